@@ -1,0 +1,157 @@
+"""``detector corpus``: check, index, split and summarise corpora of real and generated images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from detector.cli.common import console, fail, parse_list, progress_bar, stdout, write_json
+from detector.config import ConfigError, save_config
+from detector.corpus import (
+    CorpusError,
+    CorpusSummary,
+    SplitConfig,
+    assign_splits,
+    check_no_group_leak,
+    load_corpus,
+    read_manifest,
+    summarize,
+    validate_corpus,
+    write_manifest,
+)
+from detector.io import DEFAULT_MAX_PIXELS
+
+app = typer.Typer(
+    help=(
+        "Build and check corpora. A corpus is a folder ROOT/real/** + ROOT/fake/<generator>/** or a manifest "
+        "(CSV/JSONL with path,label,generator,group,split)."
+    ),
+    no_args_is_help=True,
+)
+
+
+def print_summary(summary: CorpusSummary) -> None:
+    table = Table(title=f"Corpus: {summary.total} images")
+    table.add_column("generator")
+    table.add_column("images", justify="right")
+    splits = [s for s in summary.by_split if s != "unassigned"]
+    for generator, count in summary.by_generator.items():
+        table.add_row(generator, str(count))
+    stdout.print(table)
+    if splits:
+        split_table = Table(title="Splits")
+        split_table.add_column("split")
+        split_table.add_column("real", justify="right")
+        split_table.add_column("fake", justify="right")
+        for split, counts in summary.by_split.items():
+            split_table.add_row(split, str(counts.get("real", 0)), str(counts.get("fake", 0)))
+        stdout.print(split_table)
+    fmt = Table(title="Formats and sizes")
+    fmt.add_column("class")
+    fmt.add_column("formats")
+    fmt.add_column("median WxH")
+    fmt.add_column("sides min..max")
+    for label in ("real", "fake"):
+        sizes = summary.sizes.get(label)
+        fmt.add_row(
+            label,
+            ", ".join(f"{k}:{v}" for k, v in sorted(summary.formats.get(label, {}).items())) or "-",
+            f"{sizes['width_median']:.0f}x{sizes['height_median']:.0f}" if sizes else "-",
+            f"{sizes['min_side']:.0f}..{sizes['max_side']:.0f}" if sizes else "-",
+        )
+    stdout.print(fmt)
+    if summary.skipped:
+        skipped = Table(title=f"Skipped files ({len(summary.skipped)})")
+        skipped.add_column("path")
+        skipped.add_column("reason")
+        for path, reason in summary.skipped[:50]:
+            skipped.add_row(path, reason)
+        if len(summary.skipped) > 50:
+            skipped.add_row("...", f"{len(summary.skipped) - 50} more in the summary JSON")
+        stdout.print(skipped)
+    for warning in summary.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
+
+
+@app.command()
+def index(
+    root: Path = typer.Argument(
+        ..., help="Corpus folder (ROOT/real, ROOT/fake/<generator>) or a manifest file."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Manifest to write (.csv or .jsonl). Default: ROOT/manifest.csv."
+    ),
+    group_regex: str | None = typer.Option(
+        None, help="Regex whose first group, found in a file name, names its group (e.g. '^(.+?)_crop')."
+    ),
+    decode: bool = typer.Option(
+        True, help="Decode every image (finds truncated files); --no-decode reads headers."
+    ),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels than this."),
+    min_side: int = typer.Option(16, help="Refuse images whose shorter side is below this."),
+    summary_json: Path | None = typer.Option(
+        None, help="Also write the summary (and skipped files) as JSON."
+    ),
+) -> None:
+    """Validate every image of a corpus, write its manifest, print the summary table.
+
+    Files that cannot be used (corrupt, truncated, too large, not images) are listed with their reason
+    and left out of the manifest. Warns when real and fake differ in format or size (a shortcut).
+    """
+    try:
+        corpus = load_corpus(root, group_regex=group_regex)
+    except CorpusError as exc:
+        fail(str(exc))
+    with progress_bar("validating", len(corpus)) as advance:
+        corpus = validate_corpus(
+            corpus, decode=decode, max_pixels=max_pixels, min_side=min_side, progress=advance
+        )
+    if out is None:
+        out = (root if root.is_dir() else root.parent) / "manifest.csv"
+    write_manifest(corpus.records, out, root=corpus.root)
+    summary = summarize(corpus)
+    print_summary(summary)
+    if summary_json:
+        write_json(summary_json, summary.to_dict())
+    console.print(f"wrote {out} ({len(corpus)} images, {len(corpus.skipped)} skipped)")
+
+
+@app.command()
+def split(
+    manifest: Path = typer.Argument(..., help="Manifest (.csv/.jsonl) or corpus folder to split."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Manifest to write. Default: overwrite the input."
+    ),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same split."),
+    fractions: str = typer.Option("0.7,0.15,0.15", help="train,val,test shares (by image count)."),
+    holdout: str | None = typer.Option(
+        None, help="Generators or families kept out of train/val, seen only at test: 'gen_a,gen_b'."
+    ),
+) -> None:
+    """Assign train/val/test splits that never split a group, optionally leaving generators out.
+
+    Held-out generators appear only in test; their images whose group fell in train/val are marked
+    'excluded' (reported), because keeping them would leak content across the split.
+    """
+    try:
+        train, val, test = (float(x) for x in parse_list(fractions))
+    except ValueError:
+        fail(f"--fractions must be three numbers like 0.7,0.15,0.15, got {fractions!r}")
+    config = SplitConfig(seed=seed, train=train, val=val, test=test, holdout=parse_list(holdout) or None)
+    try:
+        corpus = read_manifest(manifest) if manifest.is_file() else load_corpus(manifest)
+        assign_splits(corpus.records, config)
+        check_no_group_leak(corpus.records)
+    except (CorpusError, ConfigError) as exc:
+        fail(str(exc))
+    if out is None:
+        out = manifest if manifest.is_file() else manifest / "manifest.csv"
+    write_manifest(corpus.records, out, root=corpus.root)
+    save_config(config, out.with_name(out.stem + ".split.yaml"))
+    print_summary(summarize(corpus))
+    excluded = sum(r.split == "excluded" for r in corpus.records)
+    if excluded:
+        console.print(f"[yellow]{excluded} held-out image(s) excluded to keep groups whole[/]")
+    console.print(f"wrote {out} and {out.with_name(out.stem + '.split.yaml')}")

@@ -1,0 +1,29 @@
+"""Safe file I/O: the one image loader every module uses, and atomic writers."""
+
+from detector.io.atomic import atomic_write_bytes, atomic_write_text, atomic_writer
+from detector.io.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageInfo,
+    ImageLoadError,
+    file_sha256,
+    iter_image_files,
+    load_image,
+    load_image_array,
+    probe_image,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "ImageInfo",
+    "ImageLoadError",
+    "file_sha256",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_writer",
+    "iter_image_files",
+    "load_image",
+    "load_image_array",
+    "probe_image",
+]

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny images and tiny corpora written by the tests themselves (offline, fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_rgb(path: Path, size=(32, 24), seed=0, fmt=None) -> Path:
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def folder_corpus(tmp_path: Path) -> Path:
+    """ROOT/real (8 images in 4 groups) + ROOT/fake/gen_a, gen_b (4 each), all 32x32 PNG."""
+    root = tmp_path / "corpus"
+    for i in range(8):
+        write_rgb(root / "real" / f"photo{i // 2}_crop{i % 2}.png", size=(32, 32), seed=i)
+    for g, gen in enumerate(["gen_a", "gen_b"]):
+        for i in range(4):
+            write_rgb(root / "fake" / gen / f"photo{i}_crop{g}.png", size=(32, 32), seed=100 + 10 * g + i)
+    return root
