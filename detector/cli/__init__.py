@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from detector import __version__
-from detector.cli import corpus
+from detector.cli import corpus, evaluate, train
 
 app = typer.Typer(
     name="detector",
@@ -18,6 +18,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(corpus.app, name="corpus")
+# Single commands (not groups): `detector train ...`, `detector eval CHECKPOINT CORPUS`.
+app.command("train")(train.train_command)
+app.command("eval")(evaluate.eval_command)
 
 
 def _version(value: bool) -> None:

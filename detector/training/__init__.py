@@ -11,7 +11,7 @@ from detector.training.config import (
     TrainConfig,
     WandbConfig,
 )
-from detector.training.engine import TrainingError, train
+from detector.training.engine import TrainingError, TrainResult, train
 from detector.training.model import Detector, finalize, prepare_method
 from detector.training.predict import Predictions, predict
 
@@ -26,6 +26,7 @@ __all__ = [
     "OptimConfig",
     "Predictions",
     "TrainConfig",
+    "TrainResult",
     "TrainingError",
     "WandbConfig",
     "finalize",

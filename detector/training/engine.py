@@ -53,6 +53,14 @@ from detector.training.model import (
 from detector.training.predict import Predictions, autocast, make_loader, predict
 
 
+@dataclass
+class TrainResult:
+    """The model card written with the checkpoint, and the trained (merged) detector in memory."""
+
+    card: dict[str, Any]
+    detector: Detector
+
+
 class TrainingError(ValueError):
     """The data or config cannot train a detector; the message says why."""
 
@@ -141,7 +149,7 @@ def _compatible(saved: dict, current: dict) -> list[str]:
 def train(
     config: TrainConfig, resume: bool = False, console: Console | None = None, show_progress: bool = True
 ):
-    """Train, calibrate and save a detector as configured; returns the model card (a dict)."""
+    """Train, calibrate and save a detector as configured (rank 0 writes the checkpoint)."""
     console = console or Console(stderr=True)
     info, device = distributed.setup(config.device)
     try:
@@ -287,7 +295,7 @@ def _train(config, resume, console, show_progress, info, device):
         progress["history"].append(record)
         progress["epoch"] = epoch + 1
         if info.is_main:
-            for index, reason in skipped[:5]:
+            for _index, reason in skipped[:5]:
                 console.print(f"[yellow]skipped[/] {reason}")
             console.print(
                 f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, val AUC {record['val_auc']:.4f}, "
@@ -320,7 +328,7 @@ def _train(config, resume, console, show_progress, info, device):
             run.summary.update({f"final/{k}": v for k, v in val_metrics.items() if isinstance(v, float)})
             run.finish()
     distributed.barrier(info)
-    return card
+    return TrainResult(card, detector)
 
 
 def _calibrate(config: TrainConfig, pred: Predictions, console: Console | None) -> Calibrator:
