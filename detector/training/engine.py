@@ -188,7 +188,11 @@ def _train(config, resume, console, show_progress, info, device):
     sampler = DistributedSampler(
         train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed
     )
-    train_loader = make_loader(train_ds, config.data.batch_size, config.data.workers, sampler=sampler)
+    # A ragged last batch of one image breaks BatchNorm in training mode: drop it when there is more.
+    drop_last = len(sampler) > config.data.batch_size
+    train_loader = make_loader(
+        train_ds, config.data.batch_size, config.data.workers, sampler=sampler, drop_last=drop_last
+    )
     val_loader = make_loader(val_ds, config.data.batch_size, config.data.workers)
     steps_per_epoch = len(train_loader)
     if config.optim.max_steps_per_epoch:

@@ -31,7 +31,7 @@ def autocast(device: torch.device, enabled: bool):
 
 
 def make_loader(
-    dataset: CorpusDataset, batch_size: int, workers: int, sampler=None, shuffle=False
+    dataset: CorpusDataset, batch_size: int, workers: int, sampler=None, shuffle=False, drop_last=False
 ) -> DataLoader:
     return DataLoader(
         dataset,
@@ -41,6 +41,7 @@ def make_loader(
         num_workers=workers,
         collate_fn=collate_skip_errors,
         persistent_workers=False,
+        drop_last=drop_last,
     )
 
 
