@@ -145,6 +145,8 @@ def test_cli_train_then_eval(split_corpus, tmp_path):
             "wandb.mode=disabled",
             "--set",
             "calibration.method=isotonic",
+            "--set",
+            "model.generator_head=false",
         ],
     )
     assert result.exit_code == 0, result.output

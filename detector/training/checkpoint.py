@@ -132,7 +132,7 @@ def render_card(card: dict[str, Any]) -> str:
         f"- input size: {card.get('image_size')}",
         f"- training data: `{card.get('data', {}).get('corpus')}`; "
         f"train {card.get('data', {}).get('train_images')} images, val {card.get('data', {}).get('val_images')}",
-        f"- generators seen in training: {', '.join(card.get('generators', [])[1:]) or '-'}",
+        f"- generators seen in training: {', '.join(card.get('data', {}).get('train_generators', [])) or '-'}",
         f"- epochs run: {card.get('epochs_run')} (best epoch {card.get('best_epoch')})",
         "",
         "## Validation metrics",

@@ -320,7 +320,7 @@ def _train(config, resume, console, show_progress, info, device):
     val_metrics = detection_metrics(pred.targets, probs, calibrator.threshold).as_dict()
     val_metrics["ap"] = average_precision(pred.targets, probs)
     val_metrics.update(ece_before=calibrator.ece_before, ece_after=calibrator.ece_after)
-    card = _card(config, backbone, state, data, size, progress, val_metrics, calibrator)
+    card = _card(config, detector, state, data, size, progress, val_metrics, calibrator)
     if info.is_main:
         save_checkpoint(out, detector, config, calibrator, card)
         console.print(
@@ -348,13 +348,15 @@ def _calibrate(config: TrainConfig, pred: Predictions, console: Console | None) 
     return fit_calibrator(pred.logits, pred.targets, method, target_fpr)
 
 
-def _card(config, backbone, state, data: TrainData, size, progress, metrics, calibrator) -> dict[str, Any]:
+def _card(
+    config, detector: Detector, state, data: TrainData, size, progress, metrics, calibrator
+) -> dict[str, Any]:
     history = progress["history"]
     return {
         "detector_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "backbone": config.model.backbone,
-        "weights_id": getattr(backbone, "weights_id", None),
+        "weights_id": getattr(detector.backbone, "weights_id", None),
         "method": config.method.name,
         "targets": state.targets,
         "effort_rank": config.method.rank if config.method.name == "effort" else None,
@@ -362,7 +364,8 @@ def _card(config, backbone, state, data: TrainData, size, progress, metrics, cal
         "trainable_parameters": state.trainable,
         "total_parameters": state.total,
         "image_size": size,
-        "generators": data.generators if config.model.generator_head else ["real", *data.train.generators],
+        # The generator head's classes (empty without one); the checkpoint loader rebuilds the head from it.
+        "generators": list(detector.generators),
         "data": {
             "corpus": config.data.corpus,
             "train_images": len(data.train),
