@@ -181,3 +181,24 @@ def test_feature_files_round_trip_without_pickle(tmp_path):
         load_features(tmp_path / "obj.npy")
     with pytest.raises(FeatureFileError, match="2 entries for 6"):
         FeatureSet(x, generators=["a", "b"])
+
+
+def test_protocol_holdout_and_enrolment_curve(head):
+    from detector.attribution.protocol import AttributionFitConfig, enrolment_curve, evaluate, make_splits
+
+    x, y = clusters(30, KNOWN + ["held_out", "real"], seed=10)
+    fs = FeatureSet(x, generators=y)  # no split column: a seeded validation share is carved
+    splits = make_splits(fs, AttributionFitConfig(holdout=["held_out"]))
+    assert set(splits.train.generators) == set(KNOWN) and splits.test is None and splits.notes
+    assert len(splits.val) == 4 * 6  # 20% of 30 per known generator; real and held_out dropped
+
+    pool = FeatureSet(*clusters(30, ["held_out"], seed=11))
+    test = FeatureSet(*clusters(20, KNOWN + ["held_out"], seed=12))
+    before = head.predict(test.features).probs.copy()
+    rows = enrolment_curve(head, pool, test, shots=[1, 10], repeats=2)
+    assert [(r["generator"], r["shots"]) for r in rows] == [("held_out", 1), ("held_out", 10)]
+    assert rows[1]["new_accuracy"] > 0.9 and rows[1]["known_accuracy"] > 0.9
+    assert rows[1]["new_rejected"] <= rows[0]["new_rejected"] + 0.05
+    np.testing.assert_array_equal(head.predict(test.features).probs, before)  # the head is left as it was
+    result = evaluate(head, test)
+    assert result["closed"]["n_unknown"] == 20 and result["scores"]["mahalanobis"]["unknown_auroc"] > 0.9
