@@ -1,0 +1,27 @@
+"""Scoring images at scale: the branch pipeline and the streaming, resumable writer behind `detector score`."""
+
+from detector.scoring.pipeline import Batch, BranchError, Pipeline
+from detector.scoring.stream import (
+    FORMATS,
+    ResultWriter,
+    ScoreSummary,
+    ScoringError,
+    count_inputs,
+    expand_inputs,
+    merge_outputs,
+    score_stream,
+)
+
+__all__ = [
+    "FORMATS",
+    "Batch",
+    "BranchError",
+    "Pipeline",
+    "ResultWriter",
+    "ScoreSummary",
+    "ScoringError",
+    "count_inputs",
+    "expand_inputs",
+    "merge_outputs",
+    "score_stream",
+]
