@@ -19,7 +19,15 @@ from PIL import Image
 
 from detector.fusion import FusionConfig, FusionModel
 from detector.result import AttributionEvidence, ProvenanceResult, WatermarkEvidence
-from detector.scoring import Batch, Pipeline, ScoringError, expand_inputs, merge_outputs, score_stream
+from detector.scoring import (
+    Batch,
+    Pipeline,
+    ScoringError,
+    expand_inputs,
+    merge_outputs,
+    score_distributed,
+    score_stream,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -194,3 +202,31 @@ def test_killed_run_resumes_without_rescoring_or_losing_lines(tmp_path):
     assert not (rescored & done_before), "resume re-scored images that were already written"
     assert first_run | rescored >= {f for f in files if "broken" not in f and "empty" not in f}
     assert not partial.exists()
+
+
+def test_ranks_write_one_merged_output(tmp_path):
+    """Two ranks (threads here; processes under torchrun) score their shards and rank 0 merges them."""
+    import threading
+
+    files = make_folder(tmp_path, n=7)
+    out = tmp_path / "merged.jsonl"
+    gate = threading.Barrier(2)
+    pipeline = Pipeline(passive={"bright": brightness})
+    summaries = {}
+
+    def rank(r):
+        summaries[r] = score_distributed(
+            [tmp_path / "imgs"], pipeline, out, barrier=gate.wait, shard=(r, 2), batch_size=2
+        )
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["path"] for r in rows) == files
+    assert (
+        summaries[0].total + summaries[1].total == len(files) and summaries[0].total > 0 < summaries[1].total
+    )
+    assert not list(tmp_path.glob("merged.jsonl.rank*"))

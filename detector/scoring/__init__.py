@@ -7,9 +7,12 @@ from detector.scoring.stream import (
     ScoreSummary,
     ScoringError,
     count_inputs,
+    distributed_shard,
     expand_inputs,
     merge_outputs,
+    score_distributed,
     score_stream,
+    shard_path,
 )
 
 __all__ = [
@@ -21,7 +24,10 @@ __all__ = [
     "ScoreSummary",
     "ScoringError",
     "count_inputs",
+    "distributed_shard",
     "expand_inputs",
     "merge_outputs",
+    "score_distributed",
     "score_stream",
+    "shard_path",
 ]

@@ -316,3 +316,52 @@ def merge_outputs(parts: Sequence[str | os.PathLike], out: str | os.PathLike, fm
                 for line in handle:
                     target.write(line)
     return out
+
+
+def distributed_shard() -> tuple[int, int]:
+    """(rank, world size) from the environment torchrun sets (``RANK``, ``WORLD_SIZE``); (0, 1) alone."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ScoringError("RANK and WORLD_SIZE must be integers") from None
+    if not 0 <= rank < world:
+        raise ScoringError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
+    return rank, world
+
+
+def shard_path(out: str | os.PathLike, rank: int, world: int) -> Path:
+    out = Path(out)
+    return out.with_name(f"{out.name}.rank{rank}-of-{world}")
+
+
+def score_distributed(
+    sources: Iterable[str | os.PathLike],
+    pipeline: Pipeline,
+    out: str | os.PathLike,
+    fmt: str = "jsonl",
+    barrier: Callable[[], None] | None = None,
+    shard: tuple[int, int] | None = None,
+    **kwargs,
+) -> ScoreSummary:
+    """:func:`score_stream` under torchrun: each rank scores its shard into its own (resumable) file,
+    waits at ``barrier`` (default: ``torch.distributed.barrier`` on a gloo group it creates if needed),
+    and rank 0 merges the shard files into ``out`` and removes them. ``shard`` overrides the environment."""
+    rank, world = shard or distributed_shard()
+    if world == 1:
+        return score_stream(sources, pipeline, out, fmt=fmt, **kwargs)
+    part = shard_path(out, rank, world)
+    summary = score_stream(sources, pipeline, part, fmt=fmt, shard=(rank, world), **kwargs)
+    if barrier is None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        barrier = dist.barrier
+    barrier()
+    if rank == 0:
+        parts = [shard_path(out, r, world) for r in range(world)]
+        merge_outputs(parts, out, fmt)
+        for path in parts:
+            path.unlink()
+    barrier()
+    return summary
