@@ -179,6 +179,15 @@ def test_feature_files_round_trip_without_pickle(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(FeatureFileError, match="obj.npy"):
         load_features(tmp_path / "obj.npy")
+    folder = tmp_path / "extracted"  # the layout `detector features extract --out` writes
+    folder.mkdir()
+    np.save(folder / "features.npy", x)
+    rows = "".join(f"{i},{i},{i}.png,fake,{g},train\n" for i, g in enumerate(y))
+    (folder / "records.csv").write_text("row,index,path,label,generator,split\n" + rows)
+    from_folder = load_features(folder)
+    assert (
+        from_folder.generators == y and from_folder.paths[1] == "1.png" and from_folder.splits[0] == "train"
+    )
     with pytest.raises(FeatureFileError, match="2 entries for 6"):
         FeatureSet(x, generators=["a", "b"])
 

@@ -1,8 +1,10 @@
 """Feature files: the matrices attribution works on, stored without pickle.
 
 A feature file is a ``.npz`` holding ``features`` (N x D float) and, where known, ``generators`` (N
-strings), ``paths``, ``splits`` and ``families`` (N strings each); or a bare ``.npy`` with the N x D
-matrix alone (enough for enrolment and prediction, where the label is given or wanted). Strings are
+strings), ``paths``, ``splits`` and ``families`` (N strings each); a bare ``.npy`` with the N x D
+matrix alone (enough for enrolment and prediction, where the label is given or wanted); or a feature
+folder as ``detector features extract --out DIR`` writes it (``features.npy`` + ``records.csv`` with
+one row per feature row). Strings are
 stored as fixed-width unicode arrays, so ``np.load(..., allow_pickle=False)`` reads them back: a
 feature file from a stranger cannot run code.
 """
@@ -94,6 +96,8 @@ def save_features(features: FeatureSet, path: str | Path) -> Path:
 def load_features(path: str | Path) -> FeatureSet:
     """Read a ``.npz`` or ``.npy`` feature file (pickled content is refused)."""
     path = Path(path)
+    if path.is_dir():
+        return _load_folder(path)
     if not path.is_file():
         raise FeatureFileError(f"{path}: no such feature file")
     try:
@@ -110,3 +114,31 @@ def load_features(path: str | Path) -> FeatureSet:
         raise FeatureFileError(f"{path}: {exc}") from None
     except (ValueError, OSError, EOFError) as exc:
         raise FeatureFileError(f"{path}: not a readable feature file ({exc})") from None
+
+
+def _load_folder(folder: Path) -> FeatureSet:
+    """``features.npy`` + ``records.csv`` (columns path, generator, split, optionally family), row-aligned."""
+    import csv
+
+    matrix, records = folder / "features.npy", folder / "records.csv"
+    if not matrix.is_file() or not records.is_file():
+        raise FeatureFileError(f"{folder}: a feature folder needs features.npy and records.csv")
+    features = load_features(matrix).features
+    with open(records, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if len(rows) != len(features):
+        raise FeatureFileError(f"{folder}: records.csv has {len(rows)} rows for {len(features)} feature rows")
+    columns = set(rows[0]) if rows else set()
+    if "generator" not in columns:
+        raise FeatureFileError(f"{folder}/records.csv: no 'generator' column")
+
+    def column(name: str) -> list[str]:
+        return [row[name] for row in rows] if name in columns else []
+
+    return FeatureSet(
+        features,
+        generators=column("generator"),
+        paths=column("path"),
+        splits=column("split"),
+        families=column("family"),
+    )
