@@ -230,3 +230,30 @@ def test_ranks_write_one_merged_output(tmp_path):
         summaries[0].total + summaries[1].total == len(files) and summaries[0].total > 0 < summaries[1].total
     )
     assert not list(tmp_path.glob("merged.jsonl.rank*"))
+
+
+def test_attribution_head_as_a_branch_reuses_the_shared_features():
+    from detector.attribution import AttributionHead
+    from detector.scoring import attribution_branch
+
+    calls = {"n": 0}
+
+    def colour(batch: Batch) -> np.ndarray:
+        calls["n"] += 1
+        return np.stack([np.asarray(img, dtype=np.float32).mean(axis=(0, 1)) / 255 for img in batch.images])
+
+    rng = np.random.default_rng(0)
+    red = np.clip(rng.normal([0.8, 0.1, 0.1], 0.03, (30, 3)), 0, 1)
+    blue = np.clip(rng.normal([0.1, 0.1, 0.8], 0.03, (30, 3)), 0, 1)
+    head = AttributionHead().fit(np.concatenate([red, blue]), ["red_gen"] * 30 + ["blue_gen"] * 30)
+    head.fit_thresholds(np.concatenate([red, blue]), ["red_gen"] * 30 + ["blue_gen"] * 30)
+    shared = lambda batch: batch.memo("colour", colour)  # noqa: E731
+    pipeline = Pipeline(
+        passive={"red": lambda batch: list(shared(batch)[:, 0])},
+        attribution=attribution_branch(head, shared, top_k=2),
+    )
+    images = [Image.new("RGB", (8, 8), c) for c in ((204, 25, 25), (25, 25, 204), (25, 204, 25))]
+    results = pipeline.score_batch(Batch(["r", "b", "g"], images))
+    assert calls["n"] == 1
+    assert [r.attribution.generator for r in results] == ["red_gen", "blue_gen", "unknown"]
+    assert len(results[0].attribution.top_k) == 2 and results[0].attribution.score_name == "mahalanobis"

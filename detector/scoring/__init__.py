@@ -1,5 +1,6 @@
 """Scoring images at scale: the branch pipeline and the streaming, resumable writer behind `detector score`."""
 
+from detector.scoring.branches import attribution_branch
 from detector.scoring.pipeline import Batch, BranchError, Pipeline
 from detector.scoring.stream import (
     FORMATS,
@@ -23,6 +24,7 @@ __all__ = [
     "ResultWriter",
     "ScoreSummary",
     "ScoringError",
+    "attribution_branch",
     "count_inputs",
     "distributed_shard",
     "expand_inputs",
