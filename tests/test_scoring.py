@@ -257,3 +257,27 @@ def test_attribution_head_as_a_branch_reuses_the_shared_features():
     assert calls["n"] == 1
     assert [r.attribution.generator for r in results] == ["red_gen", "blue_gen", "unknown"]
     assert len(results[0].attribution.top_k) == 2 and results[0].attribution.score_name == "mahalanobis"
+
+
+def test_backbone_features_run_one_forward_per_batch_whoever_asks():
+    import torch
+
+    from detector.backbones import create_backbone
+    from detector.scoring import backbone_features
+
+    torch.manual_seed(0)
+    backbone = create_backbone("timm:test_efficientnet")
+    features = backbone_features(backbone)
+    forwards = {"n": 0}
+    backbone.register_forward_hook(lambda *args: forwards.__setitem__("n", forwards["n"] + 1))
+    images = [
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 30, 3), dtype=np.uint8))
+        for i in range(3)
+    ]
+    batch = Batch(["a", "b", "c"], images)
+    first, again = features(batch), features(batch)
+    assert first.shape == (3, backbone.feature_dim) and first is again and forwards["n"] == 1
+    alone = features(Batch(["b"], [images[1]]))
+    np.testing.assert_allclose(
+        alone[0], first[1], rtol=1e-4, atol=1e-5
+    )  # batching does not change an image's features

@@ -1,6 +1,6 @@
 """Scoring images at scale: the branch pipeline and the streaming, resumable writer behind `detector score`."""
 
-from detector.scoring.branches import attribution_branch
+from detector.scoring.branches import attribution_branch, backbone_features
 from detector.scoring.pipeline import Batch, BranchError, Pipeline
 from detector.scoring.stream import (
     FORMATS,
@@ -25,6 +25,7 @@ __all__ = [
     "ScoreSummary",
     "ScoringError",
     "attribution_branch",
+    "backbone_features",
     "count_inputs",
     "distributed_shard",
     "expand_inputs",
