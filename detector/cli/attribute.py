@@ -23,9 +23,9 @@ from detector.attribution import (
     plot_confusion,
 )
 from detector.attribution.protocol import AttributionFitConfig, evaluate, fit_head, make_splits
-from detector.cli.common import console, fail, parse_list, stdout, write_json
+from detector.cli.common import console, fail, parse_list, progress_bar, stdout, write_json
 from detector.config import ConfigError, load_config, save_config
-from detector.io import atomic_writer
+from detector.io import ImageLoadError, atomic_writer, load_image
 
 app = typer.Typer(
     help=(
@@ -51,6 +51,63 @@ def _load_head(path: Path) -> AttributionHead:
 
 def _fmt(value) -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def _build_backbone(name: str, pretrained: str | None):
+    from detector.backbones import CheckpointError, create_backbone
+
+    try:
+        return create_backbone(name, **({"pretrained": pretrained} if pretrained else {}))
+    except (ValueError, CheckpointError) as exc:
+        fail(f"cannot build backbone {name!r}: {exc}")
+
+
+def _backbone_for(head: AttributionHead):
+    """The backbone whose features the head was fitted on, as recorded at fit time (checked, not trusted)."""
+    name = head.metadata.get("backbone")
+    if not name:
+        fail(
+            "this head does not record which backbone made its features, so it cannot read images; "
+            "give feature files, or refit with `detector attribute fit ... --backbone NAME`"
+        )
+    backbone = _build_backbone(name, head.metadata.get("pretrained"))
+    if backbone.feature_dim != head.dim:
+        fail(f"backbone {name!r} gives {backbone.feature_dim}-d features; the head expects {head.dim}")
+    recorded = head.metadata.get("weights_id")
+    if recorded and backbone.weights_id != recorded:
+        fail(f"backbone {name!r} now has weights {backbone.weights_id}, the head was fitted on {recorded}")
+    return backbone
+
+
+def _image_batches(backbone, sources: list[Path], batch_size: int):
+    """Yield ``(paths, features, errors)`` per batch of images; unreadable files come back as errors."""
+    from detector.scoring import Batch, backbone_features, count_inputs, expand_inputs
+
+    features = backbone_features(backbone)
+    total = count_inputs(sources)
+    with progress_bar(f"features ({backbone.name})", total) as advance:
+        paths: list[str] = []
+        images, errors = [], []
+
+        def flush():
+            feats = (
+                features(Batch(paths, images)) if images else np.zeros((0, backbone.feature_dim), np.float32)
+            )
+            return list(paths), feats, list(errors)
+
+        for path in expand_inputs(sources):
+            try:
+                images.append(load_image(path))
+                paths.append(path)
+            except ImageLoadError as exc:
+                errors.append((path, exc.reason))
+            if len(paths) + len(errors) >= batch_size:
+                yield flush()
+                advance(len(paths) + len(errors))
+                paths, images, errors = [], [], []
+        if paths or errors:
+            yield flush()
+            advance(len(paths) + len(errors))
 
 
 def print_evaluation(title: str, result: dict, chosen: str) -> None:
@@ -90,6 +147,13 @@ def fit(
     accept_rate: float | None = typer.Option(
         None, help="Share of known validation rows to accept (e.g. 0.95)."
     ),
+    backbone: str | None = typer.Option(
+        None,
+        help="Backbone that made the features (e.g. effnet-lite0): recorded so enroll/predict can read images.",
+    ),
+    pretrained: str | None = typer.Option(
+        None, help="The backbone's weights, as given to feature extraction."
+    ),
 ) -> None:
     """Fit the head on the train rows, fit rejection thresholds on the val rows, report val and test.
 
@@ -105,8 +169,18 @@ def fit(
         config = load_config(AttributionFitConfig, config_path, extra)
         data = load_features(features)
         splits = make_splits(data, config)
-        head = fit_head(splits, config, metadata={"features": str(features), "feature_dim": data.dim})
+        metadata = {"features": str(features), "feature_dim": data.dim}
     except (ConfigError, FeatureFileError, AttributionError) as exc:
+        fail(str(exc))
+    if backbone:
+        metadata.update(backbone=backbone, **({"pretrained": pretrained} if pretrained else {}))
+        model = _build_backbone(backbone, pretrained)
+        if model.feature_dim != data.dim:
+            fail(f"backbone {backbone!r} gives {model.feature_dim}-d features; {features} has {data.dim}")
+        metadata["weights_id"] = model.weights_id
+    try:
+        head = fit_head(splits, config, metadata=metadata)
+    except AttributionError as exc:
         fail(str(exc))
     for note in splits.notes:
         console.print(f"[yellow]note:[/] {note}")
@@ -167,29 +241,55 @@ def evaluate_cmd(
 def enroll(
     head_path: Path = typer.Argument(..., help=HEAD_HELP),
     name: str = typer.Option(..., "--name", help="Name of the new generator."),
-    features: Path = typer.Option(
-        ..., "--features", help="Its feature vectors: a .npy, or a .npz whose rows labelled NAME are used."
+    images: Path | None = typer.Option(
+        None, "--images", help="Folder (or glob, or manifest) of its images; read with the head's backbone."
+    ),
+    features: Path | None = typer.Option(
+        None,
+        "--features",
+        help="Or its feature vectors: a .npy, or a .npz whose rows labelled NAME are used.",
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write the enlarged head here (default: in place)."
     ),
+    batch_size: int = typer.Option(16, min=1, help="Images per backbone forward."),
 ) -> None:
-    """Add a generator from a few (5-50) feature vectors: new prototype, covariance and linear layer update."""
+    """Add a generator from a few (5-50) images or feature vectors, without retraining the backbone.
+
+    The generator gets its own prototype, the shared covariance is recomputed, and the linear layer is
+    refitted on the head's memory (seconds). Unreadable images are listed and skipped."""
+    if (images is None) == (features is None):
+        fail("give exactly one of --images DIR or --features FILE")
     head = _load_head(head_path)
     try:
-        data = load_features(features)
-        if data.generators:
-            data = data.select(np.array([g == name for g in data.generators]))
-            if not len(data):
-                fail(f"{features} has no rows labelled {name!r}")
-        if len(data) < 5:
-            console.print(f"[yellow]warning:[/] only {len(data)} vector(s); 5-50 make a reliable prototype")
-        head.enroll(name, data.features)
+        if images is not None:
+            backbone = _backbone_for(head)
+            rows, skipped = [], []
+            for _, feats, errors in _image_batches(backbone, [images], batch_size):
+                rows.append(feats)
+                skipped += errors
+            for path, reason in skipped:
+                console.print(f"[yellow]skipped[/] {path}: {reason}")
+            matrix = np.concatenate(rows) if rows else np.zeros((0, head.dim), np.float32)
+            if not len(matrix):
+                fail(f"no readable image under {images}")
+        else:
+            data = load_features(features)
+            if data.generators:
+                data = data.select(np.array([g == name for g in data.generators]))
+                if not len(data):
+                    fail(f"{features} has no rows labelled {name!r}")
+            matrix = data.features
+        if len(matrix) < 5:
+            console.print(
+                f"[yellow]warning:[/] only {len(matrix)} example(s); 5-50 make a reliable prototype"
+            )
+        head.enroll(name, matrix)
     except (FeatureFileError, AttributionError) as exc:
         fail(str(exc))
     head.save(out or head_path)
     console.print(
-        f"enrolled {name!r} from {len(data)} vectors; {len(head.classes)} generators in {out or head_path}"
+        f"enrolled {name!r} from {len(matrix)} examples; {len(head.classes)} generators in {out or head_path}"
     )
 
 
@@ -224,42 +324,70 @@ def remove(
     console.print(f"removed {name!r}; {len(head.classes)} generators left in {out or head_path}")
 
 
+def _prediction_line(path: str | None, row: int, item) -> str:
+    return json.dumps(
+        {
+            "path": path,
+            "row": row,
+            "generator": item.generator,
+            "top_k": [[g, round(p, 6)] for g, p in item.top_k],
+            "unknown_score": item.unknown_score,
+            "is_unknown": item.is_unknown,
+            "score_name": item.score_name,
+            "scores": item.scores,
+            "error": None,
+        }
+    )
+
+
 @app.command()
 def predict(
     head_path: Path = typer.Argument(..., help=HEAD_HELP),
-    features: Path = typer.Argument(..., help="Feature file (.npz or .npy) to attribute."),
+    paths: list[Path] = typer.Argument(None, help="Images, folders, globs or manifests to attribute."),
+    features: Path | None = typer.Option(
+        None, "--features", help="Or a feature file (.npz/.npy) to attribute."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="JSONL output (default: stdout)."),
-    top_k: int = typer.Option(3, help="How many generators to list per row."),
+    top_k: int = typer.Option(3, min=1, help="How many generators to list per row."),
+    batch_size: int = typer.Option(16, min=1, help="Images per backbone forward."),
 ) -> None:
-    """Attribute every row: top-k generators with probabilities, the unknown score and the decision."""
+    """Attribute images (read with the head's backbone) or feature rows: top-k generators with
+    probabilities, the unknown score and the decision; one JSON line per input, errors included."""
+    if bool(paths) == (features is not None):
+        fail("give image PATHS or --features FILE (one of the two)")
     head = _load_head(head_path)
+
+    def lines():
+        if features is not None:
+            data = load_features(features)
+            preds = head.predict(data.features)
+            for i in range(len(data)):
+                yield (
+                    _prediction_line(data.paths[i] if data.paths else None, i, preds.item(i, k=top_k)),
+                    False,
+                )
+            return
+        backbone = _backbone_for(head)
+        row = 0
+        for batch_paths, feats, errors in _image_batches(backbone, list(paths), batch_size):
+            for path, reason in errors:
+                yield json.dumps({"path": path, "row": None, "error": reason}), False
+            preds = head.predict(feats)
+            for i, path in enumerate(batch_paths):
+                item = preds.item(i, k=top_k)
+                yield _prediction_line(path, row, item), item.is_unknown
+                row += 1
+
+    written = rejected = 0
     try:
-        data = load_features(features)
-        preds = head.predict(data.features)
+        if out:
+            with atomic_writer(out) as handle:
+                for line, unknown in lines():
+                    handle.write(line + "\n")
+                    written, rejected = written + 1, rejected + unknown
+            console.print(f"wrote {written} lines to {out} ({rejected} attributed to an unknown generator)")
+        else:
+            for line, _ in lines():
+                stdout.print(line, markup=False, highlight=False, soft_wrap=True)
     except (FeatureFileError, AttributionError) as exc:
         fail(str(exc))
-    lines = []
-    for i in range(len(data)):
-        item = preds.item(i, k=top_k)
-        lines.append(
-            json.dumps(
-                {
-                    "path": data.paths[i] if data.paths else None,
-                    "row": i,
-                    "generator": item.generator,
-                    "top_k": [[g, round(p, 6)] for g, p in item.top_k],
-                    "unknown_score": item.unknown_score,
-                    "is_unknown": item.is_unknown,
-                    "score_name": item.score_name,
-                    "scores": item.scores,
-                }
-            )
-        )
-    if out:
-        with atomic_writer(out) as handle:
-            handle.write("\n".join(lines) + "\n")
-        rejected = int(preds.is_unknown.sum())
-        console.print(f"wrote {len(lines)} rows to {out} ({rejected} attributed to an unknown generator)")
-    else:
-        for line in lines:
-            stdout.print(line, markup=False, highlight=False, soft_wrap=True)
