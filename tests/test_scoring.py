@@ -281,3 +281,29 @@ def test_backbone_features_run_one_forward_per_batch_whoever_asks():
     np.testing.assert_allclose(
         alone[0], first[1], rtol=1e-4, atol=1e-5
     )  # batching does not change an image's features
+
+
+def test_watermark_decoder_results_become_evidence_and_the_fusion_decides():
+    from types import SimpleNamespace
+
+    from detector.scoring import watermark_branch
+
+    class Decoder:  # the shape of detector.watermark.Watermarker.detect_array's answer
+        def detect_array(self, image, path=None):
+            marked = image.mean() > 128
+            return SimpleNamespace(
+                watermarked=marked,
+                p_value=1e-9 if marked else 0.4,
+                bit_accuracy=0.97 if marked else 0.5,
+                bits="0110",
+                payload=7 if marked else None,
+                record={"generator": "our-sd", "payload_id": 7} if marked else None,
+            )
+
+    pipeline = Pipeline(passive={"bright": brightness}, watermark=watermark_branch(Decoder()))
+    results = pipeline.score_batch(
+        Batch(["dark", "light"], [Image.new("RGB", (4, 4), (20,) * 3), Image.new("RGB", (4, 4), (200,) * 3)])
+    )
+    assert results[0].verdict == "real" and results[0].watermark.detected is False
+    assert results[1].verdict == "watermarked" and results[1].generator == "our-sd"
+    assert results[1].watermark.payload == "7" and results[1].watermark.record["payload_id"] == 7

@@ -1,6 +1,11 @@
 """Scoring images at scale: the branch pipeline and the streaming, resumable writer behind `detector score`."""
 
-from detector.scoring.branches import attribution_branch, backbone_features
+from detector.scoring.branches import (
+    attribution_branch,
+    backbone_features,
+    watermark_branch,
+    watermark_evidence,
+)
 from detector.scoring.pipeline import Batch, BranchError, Pipeline
 from detector.scoring.stream import (
     FORMATS,
@@ -33,4 +38,6 @@ __all__ = [
     "score_distributed",
     "score_stream",
     "shard_path",
+    "watermark_branch",
+    "watermark_evidence",
 ]

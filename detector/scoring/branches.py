@@ -7,8 +7,8 @@ from collections.abc import Callable
 import numpy as np
 
 from detector.attribution import AttributionHead
-from detector.result import AttributionEvidence
-from detector.scoring.pipeline import AttributionBranch, Batch
+from detector.result import AttributionEvidence, WatermarkEvidence
+from detector.scoring.pipeline import AttributionBranch, Batch, WatermarkBranch
 
 
 def backbone_features(backbone, key: str | None = None) -> Callable[[Batch], np.ndarray]:
@@ -53,5 +53,37 @@ def attribution_branch(
                 )
             )
         return out
+
+    return branch
+
+
+def watermark_evidence(result) -> WatermarkEvidence:
+    """A watermark decoder's result (``detector.watermark.WatermarkResult`` or anything with its fields:
+    ``watermarked, p_value, bit_accuracy, bits, payload, record``) as the evidence a result carries."""
+    record = getattr(result, "record", None)
+    payload = getattr(result, "payload", None)
+    p_value = getattr(result, "p_value", None)
+    bit_accuracy = getattr(result, "bit_accuracy", None)
+    return WatermarkEvidence(
+        detected=bool(result.watermarked),
+        p_value=None if p_value is None else float(p_value),
+        bit_accuracy=None if bit_accuracy is None else float(bit_accuracy),
+        bits=getattr(result, "bits", None),
+        payload=None if payload is None else str(payload),
+        generator=(record or {}).get("generator"),
+        record=dict(record) if record else None,
+    )
+
+
+def watermark_branch(watermarker) -> WatermarkBranch:
+    """A watermark branch from a decoder with ``detect_array(H x W x 3 uint8, path=...)`` (the project's
+    ``Watermarker``). Give the fusion the decoder's FPR (``FusionConfig.watermark_fpr``): the fusion
+    decides what counts as found, from the p-value."""
+
+    def branch(batch: Batch) -> list[WatermarkEvidence]:
+        return [
+            watermark_evidence(watermarker.detect_array(np.asarray(image, dtype=np.uint8), path=path))
+            for path, image in zip(batch.paths, batch.images, strict=True)
+        ]
 
     return branch
