@@ -26,6 +26,7 @@ from detector.attribution.protocol import AttributionFitConfig, evaluate, fit_he
 from detector.cli.common import console, fail, parse_list, progress_bar, stdout, write_json
 from detector.config import ConfigError, load_config, save_config
 from detector.io import ImageLoadError, atomic_writer, load_image
+from detector.scoring.stream import ScoringError
 
 app = typer.Typer(
     help=(
@@ -227,7 +228,7 @@ def evaluate_cmd(
         data = load_features(features)
         data = data.split(split) if split else data
         result = evaluate(head, data)
-    except (FeatureFileError, AttributionError) as exc:
+    except (FeatureFileError, AttributionError, ScoringError) as exc:
         fail(str(exc))
     print_evaluation(split or "all rows", result, head.config.score)
     if report:
@@ -285,7 +286,7 @@ def enroll(
                 f"[yellow]warning:[/] only {len(matrix)} example(s); 5-50 make a reliable prototype"
             )
         head.enroll(name, matrix)
-    except (FeatureFileError, AttributionError) as exc:
+    except (FeatureFileError, AttributionError, ScoringError) as exc:
         fail(str(exc))
     head.save(out or head_path)
     console.print(
@@ -389,5 +390,5 @@ def predict(
         else:
             for line, _ in lines():
                 stdout.print(line, markup=False, highlight=False, soft_wrap=True)
-    except (FeatureFileError, AttributionError) as exc:
+    except (FeatureFileError, AttributionError, ScoringError) as exc:
         fail(str(exc))
