@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from detector import __version__
-from detector.cli import attribute, corpus, evaluate, train
+from detector.cli import attribute, corpus, evaluate, score, train
 
 app = typer.Typer(
     name="detector",
@@ -22,6 +22,9 @@ app.add_typer(attribute.app, name="attribute")
 # Single commands (not groups): `detector train ...`, `detector eval CHECKPOINT CORPUS`.
 app.command("train")(train.train_command)
 app.command("eval")(evaluate.eval_command)
+# Scoring: `detector bundle RUN --corpus C --out B`, `detector score PATHS --model B`.
+app.command("bundle")(score.bundle_command)
+app.command("score")(score.score_command)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,304 @@
+"""A provenance bundle on disk and the detector it loads into: ``load_detector(path).score(image)``.
+
+A bundle is a folder::
+
+    bundle.json              format, what each part is, versions (sha256 of every weights file)
+    detector/                the trained passive detector checkpoint, as ``detector train`` wrote it
+    attribution.safetensors  the open-set attribution head, fitted on the detector's backbone features
+    fusion.safetensors       the fusion of the passive branch scores, fitted on validation
+    fusion_report.json       what the fusion was fitted on (validation metrics per branch)
+
+and, optionally, a *reference* to a watermark decoder (checkpoint, key, registry: paths, not copies:
+the key is a secret and belongs where its owner keeps it).
+
+The pipeline it runs: one backbone forward per batch (at the checkpoint's input size) feeds the
+detector head (calibrated P(fake), branch ``detector``) and the attribution head (top-k generators and
+the distance to the nearest known generator, which is also a passive branch: ``attribution_distance``);
+the watermark decoder, when referenced, adds its evidence; the fusion turns it all into one
+:class:`~detector.result.ProvenanceResult`. Everything is safetensors or JSON: loading a bundle runs no
+pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from detector.attribution import AttributionHead
+from detector.fusion import FusionConfig, FusionModel
+from detector.io import ImageLoadError, file_sha256, load_image
+from detector.result import AttributionEvidence, ProvenanceResult
+from detector.scoring import Batch, Pipeline, watermark_branch
+
+FORMAT = "detector.bundle/1"
+MANIFEST = "bundle.json"
+DETECTOR_DIR = "detector"
+ATTRIBUTION_FILE = "attribution.safetensors"
+FUSION_FILE = "fusion.safetensors"
+#: Passive branch names (the fusion is fitted on exactly these).
+DETECTOR_BRANCH = "detector"
+DISTANCE_BRANCH = "attribution_distance"
+
+
+class BundleError(ValueError):
+    """A bundle folder is missing a part, has an unknown format, or cannot be built as asked."""
+
+
+def _device(name: str | torch.device) -> torch.device:
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_watermarker(reference: dict[str, Any], base: Path | None = None):
+    """A :class:`detector.watermark.Watermarker` from a bundle's watermark reference (relative paths are
+    resolved against the bundle folder)."""
+    try:
+        from detector.watermark import Watermarker
+    except ImportError as exc:
+        raise BundleError(
+            f"this bundle references a watermark decoder, but detector.watermark cannot be imported ({exc})"
+        ) from None
+
+    def resolve(value):
+        if value is None:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() or base is None else base / path
+
+    key = resolve(reference.get("key"))
+    if key is None or not key.is_file():
+        raise BundleError(f"watermark key not found: {key}")
+    return Watermarker(
+        key,
+        checkpoint=resolve(reference.get("checkpoint")),
+        registry=resolve(reference.get("registry")),
+        fpr=float(reference.get("fpr", 1e-6)),
+    )
+
+
+class ProvenanceDetector:
+    """The trained passive detector + attribution head + fusion (+ a watermark decoder), as one scorer.
+
+    Not to be confused with :class:`detector.training.Detector`, the trainable ``nn.Module`` inside it."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        calibrator,
+        card: dict[str, Any],
+        attribution: AttributionHead | None = None,
+        fusion: FusionModel | None = None,
+        watermarker=None,
+        fusion_config: FusionConfig | None = None,
+        versions: dict[str, str] | None = None,
+        path: str | Path | None = None,
+        top_k: int = 3,
+    ):
+        from detector.corpus.dataset import resize_transform
+
+        self.model = model.eval()
+        self.calibrator = calibrator
+        self.card = dict(card)
+        self.image_size = int(card["image_size"])
+        self.attribution = attribution
+        self.fusion = fusion
+        self.watermarker = watermarker
+        self.fusion_config = fusion_config or (fusion.config if fusion is not None else FusionConfig())
+        self.versions = dict(versions or {})
+        self.path = Path(path) if path is not None else None
+        self.top_k = top_k
+        self._transform = resize_transform(self.image_size)
+        self._memo_key = f"bundle-features:{id(self)}:{self.image_size}"
+        self._pipeline: Pipeline | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu", watermark: bool = True) -> ProvenanceDetector:
+        """Load a bundle folder (see the module docstring). ``watermark=False`` skips the decoder."""
+        from detector.training.checkpoint import CheckpointError, load_checkpoint
+
+        folder = Path(path)
+        manifest = folder / MANIFEST
+        if not manifest.is_file():
+            raise BundleError(f"{folder}: not a detector bundle ({MANIFEST} is missing)")
+        try:
+            meta = json.loads(manifest.read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{manifest}: not valid JSON ({exc})") from None
+        if meta.get("format") != FORMAT:
+            raise BundleError(f"{manifest}: unsupported bundle format {meta.get('format')!r} (want {FORMAT})")
+        try:
+            model, _, calibrator, card = load_checkpoint(folder / DETECTOR_DIR, _device(device))
+        except CheckpointError as exc:
+            raise BundleError(str(exc)) from None
+        attribution = None
+        if meta.get("attribution"):
+            attribution = AttributionHead.load(folder / meta["attribution"])
+        fusion = FusionModel.load(folder / meta["fusion"]) if meta.get("fusion") else None
+        watermarker = None
+        if watermark and meta.get("watermark"):
+            watermarker = load_watermarker(meta["watermark"], folder)
+        return cls(
+            model,
+            calibrator,
+            card,
+            attribution=attribution,
+            fusion=fusion,
+            watermarker=watermarker,
+            versions=meta.get("versions", {}),
+            path=folder,
+        )
+
+    # ------------------------------------------------------------------ branches
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _compute_features(self, batch: Batch) -> np.ndarray:
+        from detector.corpus.dataset import to_tensor
+
+        arrays = [self._transform(image=np.asarray(img, dtype=np.uint8))["image"] for img in batch.images]
+        images = torch.stack([to_tensor(a) for a in arrays])
+        return self.model.backbone.encode(images.to(self.device)).cpu().numpy()
+
+    def features(self, batch: Batch) -> np.ndarray:
+        """``N x D`` backbone features of a batch, computed once per batch whoever asks."""
+        return batch.memo(self._memo_key, self._compute_features)
+
+    @torch.inference_mode()
+    def detector_scores(self, batch: Batch) -> list[float]:
+        """The trained head's calibrated P(fake) per image."""
+        feats = torch.from_numpy(self.features(batch)).to(self.device)
+        logits = self.model.head(feats.float()).squeeze(-1).double().cpu().numpy()
+        return [float(p) for p in np.atleast_1d(self.calibrator(logits))]
+
+    def distance_scores(self, batch: Batch) -> list[float]:
+        """The attribution head's unknown score: how far an image is from every known generator."""
+        preds = self.attribution.predict(np.asarray(self.features(batch), dtype=np.float32))
+        return [float(v) for v in preds.unknown_score]
+
+    def attributions(self, batch: Batch) -> list[AttributionEvidence]:
+        preds = self.attribution.predict(np.asarray(self.features(batch), dtype=np.float32))
+        out = []
+        for i in range(len(batch)):
+            item = preds.item(i, k=self.top_k)
+            out.append(
+                AttributionEvidence(
+                    top_k=item.top_k,
+                    unknown_score=item.unknown_score,
+                    is_unknown=item.is_unknown,
+                    score_name=item.score_name,
+                    threshold=item.threshold,
+                )
+            )
+        return out
+
+    def passive_branches(self) -> dict[str, Any]:
+        branches = {DETECTOR_BRANCH: self.detector_scores}
+        if self.attribution is not None:
+            branches[DISTANCE_BRANCH] = self.distance_scores
+        return branches
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The scoring pipeline (built once): the passive branches the fusion knows, attribution, watermark."""
+        if self._pipeline is None:
+            passive = self.passive_branches()
+            if self.fusion is not None:
+                passive = {k: v for k, v in passive.items() if k in self.fusion.branches}
+            else:
+                passive = {DETECTOR_BRANCH: passive[DETECTOR_BRANCH]}  # calibrated: fine on its own
+            self._pipeline = Pipeline(
+                passive=passive,
+                watermark=watermark_branch(self.watermarker) if self.watermarker is not None else None,
+                attribution=self.attributions if self.attribution is not None else None,
+                fusion=self.fusion,
+                config=self.fusion_config,
+                versions=self.versions,
+            )
+        return self._pipeline
+
+    # ------------------------------------------------------------------ scoring
+    def score(
+        self, image: str | os.PathLike | Image.Image | np.ndarray, path: str | None = None
+    ) -> ProvenanceResult:
+        """Score one image (a path, a PIL image or an H x W x 3 uint8 array)."""
+        return self.pipeline.score(image, path=path)
+
+    def score_many(
+        self, images: Iterable[str | os.PathLike], batch_size: int = 16
+    ) -> Iterator[ProvenanceResult]:
+        """Results for many image paths (files, folders, globs, manifests), in order, batched; an
+        unreadable file yields a result with ``error`` set. For millions of images and resumable output
+        use :meth:`score_files` (``detector score``)."""
+        from detector.scoring import expand_inputs
+
+        def flush(paths, decoded):
+            good = [i for i, item in enumerate(decoded) if isinstance(item, Image.Image)]
+            results: list[ProvenanceResult | None] = [None] * len(paths)
+            for i, item in enumerate(decoded):
+                if isinstance(item, ImageLoadError):
+                    results[i] = ProvenanceResult.failed(paths[i], item.reason, self.versions)
+            if good:
+                batch = Batch([paths[i] for i in good], [decoded[i] for i in good])
+                for i, result in zip(good, self.pipeline.score_batch(batch), strict=True):
+                    results[i] = result
+            return results
+
+        paths: list[str] = []
+        decoded: list[Any] = []
+        for path in expand_inputs([images] if isinstance(images, (str, os.PathLike)) else images):
+            try:
+                decoded.append(load_image(path))
+            except ImageLoadError as exc:
+                decoded.append(exc)
+            paths.append(path)
+            if len(paths) == batch_size:
+                yield from flush(paths, decoded)
+                paths, decoded = [], []
+        if paths:
+            yield from flush(paths, decoded)
+
+    def score_files(self, sources, out, **kwargs):
+        """:func:`detector.scoring.score_stream` (or ``score_distributed`` under torchrun) with this
+        detector's pipeline: JSONL/CSV, one line per input, resumable."""
+        from detector.scoring import distributed_shard, score_distributed, score_stream
+
+        if distributed_shard()[1] > 1:
+            return score_distributed(sources, self.pipeline, out, **kwargs)
+        return score_stream(sources, self.pipeline, out, **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path) if self.path else None,
+            "backbone": self.card.get("backbone"),
+            "method": self.card.get("method"),
+            "image_size": self.image_size,
+            "branches": self.pipeline.branch_names,
+            "attribution_classes": list(self.attribution.classes) if self.attribution else [],
+            "watermark": self.watermarker is not None,
+            "versions": self.versions,
+        }
+
+
+def versions_for(folder: Path, card: dict[str, Any], parts: dict[str, str | None]) -> dict[str, str]:
+    """Model name -> version string: package version, backbone weights id, sha256 of every weights file."""
+    from detector import __version__
+
+    versions = {
+        "detector": __version__,
+        "backbone": f"{card.get('backbone')}@{card.get('weights_id')}",
+        "passive": "sha256:" + file_sha256(folder / DETECTOR_DIR / "model.safetensors")[:16],
+    }
+    for name, file in parts.items():
+        if file:
+            versions[name] = "sha256:" + file_sha256(folder / file)[:16]
+    return versions

@@ -1,0 +1,253 @@
+"""``detector bundle``: a trained checkpoint + a corpus's train/val splits -> a scoring bundle.
+
+The attribution head is fitted on the *training* split's fake images (features from the checkpoint's own
+backbone, so scoring needs one forward), its rejection thresholds and the fusion on the *validation*
+split; the test split is never read. The fusion is a logistic regression over the passive branch scores
+(the detector head's calibrated P(fake) and the distance to the nearest known generator); a watermark,
+when the bundle references a decoder, enters by the verdict rule (its p-value's likelihood ratio), not
+through the regression: a found watermark is strong evidence, a missing one weak.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.attribution import AttributionHead, FeatureSet, HeadConfig
+from detector.bundle.detector import (
+    ATTRIBUTION_FILE,
+    DETECTOR_DIR,
+    DISTANCE_BRANCH,
+    FORMAT,
+    FUSION_FILE,
+    MANIFEST,
+    BundleError,
+    ProvenanceDetector,
+    versions_for,
+)
+from detector.corpus import REAL_GENERATOR, load_corpus
+from detector.fusion import FusionConfig, FusionModel
+from detector.io import ImageLoadError, atomic_write_text, load_image
+from detector.metrics import auc, tpr_at_fpr
+from detector.scoring import Batch
+
+CHECKPOINT_FILES = (
+    "model.safetensors",
+    "config.yaml",
+    "calibration.json",
+    "model_card.json",
+    "MODEL_CARD.md",
+)
+
+
+@dataclass
+class BundleConfig:
+    """What ``detector bundle`` fits (saved as ``bundle.yaml`` in the bundle)."""
+
+    checkpoint: str = ""
+    corpus: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    attribution: HeadConfig = field(default_factory=HeadConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    batch_size: int = 32
+    #: Optional watermark decoder reference: checkpoint (None = the shipped one), key, registry, fpr.
+    watermark_key: str | None = None
+    watermark_checkpoint: str | None = None
+    watermark_registry: str | None = None
+
+
+@dataclass
+class SplitScores:
+    """Branch scores, features and labels of one split (images that failed to load are listed apart)."""
+
+    paths: list[str]
+    targets: np.ndarray
+    generators: list[str]
+    features: np.ndarray
+    detector: np.ndarray
+    errors: list[tuple[str, str]]
+
+
+def score_split(
+    det: ProvenanceDetector, corpus, split: str, batch_size: int, advance: Callable[[int], None] | None = None
+) -> SplitScores:
+    """Backbone features and the detector head's calibrated P(fake) for every loadable image of ``split``."""
+    records = corpus.subset(split).records if split != "all" else corpus.records
+    paths, targets, gens, feats, scores, errors = [], [], [], [], [], []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        images, kept = [], []
+        for record in chunk:
+            path = str(corpus.resolve(record))
+            try:
+                images.append(load_image(path))
+                kept.append(record)
+            except ImageLoadError as exc:
+                errors.append((path, exc.reason))
+        if kept:
+            batch = Batch([str(corpus.resolve(r)) for r in kept], images)
+            feats.append(det.features(batch))
+            scores.extend(det.detector_scores(batch))
+            paths.extend(batch.paths)
+            targets.extend(1 if r.is_fake else 0 for r in kept)
+            gens.extend(r.generator for r in kept)
+        if advance:
+            advance(len(chunk))
+    dim = int(det.model.backbone.feature_dim)
+    return SplitScores(
+        paths,
+        np.asarray(targets, dtype=np.int64),
+        gens,
+        np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
+        np.asarray(scores, dtype=np.float64),
+        errors,
+    )
+
+
+def fit_attribution(train: SplitScores, val: SplitScores, config: HeadConfig) -> AttributionHead | None:
+    """The head on the training fakes, thresholds on the validation fakes; None with < 2 generators."""
+    fakes = [g != REAL_GENERATOR for g in train.generators]
+    if len({g for g, f in zip(train.generators, fakes, strict=True) if f}) < 2:
+        return None
+    tr = FeatureSet(train.features, train.generators).select(np.array(fakes))
+    head = AttributionHead(HeadConfig(**asdict(config)))
+    head.fit(tr.features, tr.generators)
+    val_fake = np.array([g in head.classes for g in val.generators])
+    if not val_fake.any():
+        raise BundleError("no validation fakes of a known generator to fit the attribution thresholds on")
+    head.fit_thresholds(
+        val.features[val_fake], [g for g, k in zip(val.generators, val_fake, strict=True) if k]
+    )
+    return head
+
+
+def branch_table(scores: dict[str, np.ndarray], targets: np.ndarray, fused: np.ndarray | None) -> dict:
+    """AUC / TPR at 1% FPR of every branch alone (oriented so that higher = fake) and of the fusion."""
+    out = {}
+    for name, values in scores.items():
+        ok = np.isfinite(values)
+        oriented = values if auc(targets[ok], values[ok]) >= 0.5 else -values
+        out[name] = _metrics(targets[ok], oriented[ok])
+    if fused is not None:
+        out["fused"] = _metrics(targets, fused)
+    return out
+
+
+def _metrics(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    return {
+        "n": int(len(targets)),
+        "auc": float(auc(targets, scores)),
+        "tpr_fpr1": float(tpr_at_fpr(targets, scores, 0.01)),
+    }
+
+
+def build_bundle(
+    config: BundleConfig,
+    out: str | Path,
+    progress: Callable | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Copy the checkpoint into ``out``, fit attribution + fusion, write the bundle; returns its report."""
+    from detector.config import save_config
+    from detector.training.checkpoint import CheckpointError, load_checkpoint
+
+    out = Path(out)
+    checkpoint = Path(config.checkpoint)
+    try:
+        model, _, calibrator, card = load_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        raise BundleError(str(exc)) from None
+    corpus = load_corpus(config.corpus)
+    for split in (config.train_split, config.val_split):
+        if not corpus.subset(split).records:
+            raise BundleError(f"{config.corpus}: no images in split {split!r}")
+    det = ProvenanceDetector(model, calibrator, card)
+
+    def run(split: str) -> SplitScores:
+        n = len(corpus.subset(split).records)
+        if progress is None:
+            return score_split(det, corpus, split, config.batch_size)
+        with progress(f"features {split}", n) as advance:
+            return score_split(det, corpus, split, config.batch_size, advance)
+
+    train, val = run(config.train_split), run(config.val_split)
+    for path, reason in train.errors + val.errors:
+        log(f"skipped {path}: {reason}")
+    if len(np.unique(val.targets)) < 2:
+        raise BundleError(f"split {config.val_split!r} needs real and fake images to fit the fusion")
+    head = fit_attribution(train, val, config.attribution)
+    scores = {"detector": val.detector}
+    if head is not None:
+        scores[DISTANCE_BRANCH] = head.predict(val.features).unknown_score.astype(np.float64)
+    else:
+        log("fewer than two fake generators in the training split: no attribution head")
+    fusion = FusionModel(config.fusion).fit(scores, val.targets)
+    fused = fusion.predict_proba(scores)
+    report = {
+        "fitted_on": {
+            "corpus": str(config.corpus),
+            "attribution": f"{config.train_split} fakes (thresholds: {config.val_split})",
+            "fusion": config.val_split,
+            "train_images": len(train.paths),
+            "val_images": len(val.paths),
+            "skipped": len(train.errors) + len(val.errors),
+        },
+        "validation_branches": branch_table(scores, val.targets, fused),
+        "fusion": fusion.describe(),
+        "attribution_classes": head.classes if head is not None else [],
+    }
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DETECTOR_DIR).mkdir(exist_ok=True)
+    for name in CHECKPOINT_FILES:
+        if (checkpoint / name).is_file():
+            shutil.copyfile(checkpoint / name, out / DETECTOR_DIR / name)
+    fusion.metadata = {"fitted_on": report["fitted_on"]}
+    fusion.save(out / FUSION_FILE)
+    if head is not None:
+        head.metadata = {"backbone": card.get("backbone"), "weights_id": card.get("weights_id")}
+        head.save(out / ATTRIBUTION_FILE)
+    watermark = None
+    if config.watermark_key:
+        watermark = {
+            "key": str(Path(config.watermark_key).resolve()),
+            "checkpoint": str(Path(config.watermark_checkpoint).resolve())
+            if config.watermark_checkpoint
+            else None,
+            "registry": str(Path(config.watermark_registry).resolve()) if config.watermark_registry else None,
+            "fpr": config.fusion.watermark_fpr,
+        }
+        from detector.bundle.detector import load_watermarker
+
+        load_watermarker(watermark)  # fail now, not at scoring time
+    parts = {"attribution": ATTRIBUTION_FILE if head is not None else None, "fusion": FUSION_FILE}
+    versions = versions_for(out, card, parts)
+    if watermark is not None:
+        from detector.io import file_sha256
+
+        wm_model = watermark["checkpoint"]
+        if wm_model is None:
+            from detector.watermark.api import default_checkpoint
+
+            wm_model = str(default_checkpoint())
+        versions["watermark"] = "sha256:" + file_sha256(wm_model)[:16]
+    meta = {
+        "format": FORMAT,
+        "detector": DETECTOR_DIR,
+        "attribution": parts["attribution"],
+        "fusion": FUSION_FILE,
+        "watermark": watermark,
+        "branches": sorted(scores),
+        "versions": versions,
+    }
+    save_config(config, out / "bundle.yaml")
+    atomic_write_text(out / "fusion_report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / MANIFEST, json.dumps(meta, indent=2) + "\n")  # last: marks a finished bundle
+    return report

@@ -1,0 +1,157 @@
+"""``detector score PATHS --model BUNDLE`` and ``detector bundle RUN --corpus C --out BUNDLE``."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import typer
+
+from detector.cli.common import console, fail, progress_bar, stdout, write_json
+
+FORMATS = ("jsonl", "csv", "table")
+
+
+def score_command(
+    paths: list[str] = typer.Argument(..., help="Image files, folders (recursive), globs or manifests."),
+    model: Path = typer.Option(..., "--model", "-m", help="Bundle folder (detector bundle / detector demo)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Results file (one line per image). Default: print to stdout."
+    ),
+    fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl | csv | table (a table on stdout)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip images already in --out (after a kill)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
+    workers: int = typer.Option(0, "--workers", help="Decode threads (0: decode in the main thread)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
+    no_watermark: bool = typer.Option(False, "--no-watermark", help="Skip the bundle's watermark decoder."),
+    summary_json: Path | None = typer.Option(None, "--summary", help="Also write the run summary as JSON."),
+) -> None:
+    """Score images with a bundle: calibrated p_ai, verdict, watermark and attribution evidence per image.
+
+    Every input gets one line, an unreadable file a line with its error (the run goes on). Output is
+    written to OUT.partial and renamed when complete; --resume continues a killed run. Under torchrun
+    each rank scores a shard and rank 0 merges them into OUT.
+    """
+    from detector.bundle import BundleError, ProvenanceDetector
+    from detector.scoring import ScoringError, count_inputs
+
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if resume and out is None:
+        fail("--resume needs --out (the file to continue)")
+    if fmt == "table" and out is not None:
+        fail("--format table prints to stdout; use jsonl or csv with --out")
+    try:
+        det = ProvenanceDetector.load(model, device=device, watermark=not no_watermark)
+    except (BundleError, ValueError, OSError) as exc:
+        fail(str(exc))
+    with tempfile.TemporaryDirectory() as tmp:
+        target = out or Path(tmp) / ("scores.csv" if fmt == "csv" else "scores.jsonl")
+        file_fmt = "csv" if fmt == "csv" else "jsonl"
+        try:
+            total = count_inputs(paths)
+            with progress_bar("score", total) as advance:
+                summary = det.score_files(
+                    paths,
+                    target,
+                    fmt=file_fmt,
+                    resume=resume,
+                    batch_size=batch_size,
+                    workers=workers,
+                    progress=advance,
+                )
+        except (ScoringError, ValueError) as exc:
+            fail(str(exc))
+        if out is None and fmt != "table":
+            stdout.file.write(target.read_text())
+            stdout.file.flush()
+        elif fmt == "table":
+            _print_results(target)
+    _print_summary(summary.to_dict(), out)
+    if summary_json is not None:
+        write_json(summary_json, summary.to_dict())
+
+
+def _print_results(path: Path) -> None:
+    from rich.table import Table
+
+    from detector.result import ProvenanceResult
+
+    table = Table(title="provenance")
+    for column in ("path", "verdict", "p_ai", "generator", "watermark p", "error"):
+        table.add_column(column, overflow="fold")
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            r = ProvenanceResult.from_json(line)
+            wm = r.watermark.p_value if r.watermark and r.watermark.p_value is not None else None
+            table.add_row(
+                r.path,
+                r.verdict or "-",
+                "-" if r.p_ai is None else f"{r.p_ai:.3f}",
+                r.generator or "-",
+                "-" if wm is None else f"{wm:.1e}",
+                r.error or "",
+            )
+    stdout.print(table)
+
+
+def _print_summary(summary: dict, out: Path | None) -> None:
+    verdicts = ", ".join(f"{k} {v}" for k, v in sorted(summary["verdicts"].items())) or "none"
+    console.print(
+        f"scored {summary['scored']} (skipped {summary['skipped']} already done, {summary['errors']} errors) "
+        f"in {summary['seconds']:.1f} s; verdicts: {verdicts}" + (f"; wrote {out}" if out else "")
+    )
+
+
+def bundle_command(
+    checkpoint: Path = typer.Argument(..., help="Run folder written by `detector train`."),
+    corpus: str = typer.Option(
+        ..., "--corpus", "-c", help="Corpus (folder or manifest) with train/val splits."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write."),
+    watermark_key: Path | None = typer.Option(None, help="Watermark key file: the bundle decodes it."),
+    watermark_checkpoint: Path | None = typer.Option(
+        None, help="Watermark model (default: the shipped one)."
+    ),
+    watermark_registry: Path | None = typer.Option(None, help="Watermark payload registry (SQLite)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Dotted override: --set attribution.score=knn --set fusion.uncertain_band=0.05"
+    ),
+) -> None:
+    """Fit the attribution head (train split) and the fusion (val split) for a trained checkpoint and
+    write a scoring bundle that `detector score` and `load_detector` read. The test split is not read."""
+    from detector.attribution import AttributionError
+    from detector.bundle import BundleConfig, BundleError, build_bundle
+    from detector.config import ConfigError, load_config
+    from detector.corpus import CorpusError
+    from detector.fusion import FusionError
+
+    extra = [f"checkpoint={checkpoint}", f"corpus={corpus}", *overrides]
+    for key, value in (
+        ("watermark_key", watermark_key),
+        ("watermark_checkpoint", watermark_checkpoint),
+        ("watermark_registry", watermark_registry),
+    ):
+        if value is not None:
+            extra.append(f"{key}={value}")
+    try:
+        config = load_config(BundleConfig, None, extra)
+        report = build_bundle(config, out, progress=progress_bar, log=console.print)
+    except (ConfigError, BundleError, CorpusError, FusionError, AttributionError, ValueError) as exc:
+        fail(str(exc))
+    print_branch_table(report["validation_branches"], "validation (the split the fusion was fitted on)")
+    console.print(f"wrote bundle {out} (fusion report: {out / 'fusion_report.json'})")
+
+
+def print_branch_table(rows: dict, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("score", "n", "AUC", "TPR@1%FPR"):
+        table.add_column(column)
+    for name, m in rows.items():
+        table.add_row(name, str(m["n"]), f"{m['auc']:.3f}", f"{m['tpr_fpr1']:.3f}")
+    stdout.print(table)
+
+
+__all__ = ["bundle_command", "print_branch_table", "score_command"]

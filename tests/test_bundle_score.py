@@ -1,0 +1,171 @@
+"""Bundles, load_detector and `detector score`: a tiny trained checkpoint, bundled and scored end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from detector import load_detector
+from detector.cli import app
+from detector.config import load_config
+from detector.corpus import SplitConfig, assign_splits, records_from_folder, write_manifest
+from detector.result import ProvenanceResult
+from tests.conftest import write_rgb
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """A corpus of 3 generators, a 1-epoch linear probe on timm:test_efficientnet, and its bundle."""
+    from detector.bundle import BundleConfig, build_bundle
+    from detector.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("bundle")
+    corpus = root / "corpus"
+    for i in range(16):
+        write_rgb(corpus / "real" / f"photo{i // 2}_crop{i % 2}.png", size=(32, 32), seed=i)
+    for g, gen in enumerate(["gen_a", "gen_b", "gen_c"]):
+        for i in range(8):
+            write_rgb(corpus / "fake" / gen / f"{gen}{i}.png", size=(32, 32), seed=100 + 10 * g + i)
+    records = records_from_folder(corpus, group_regex=r"^(.+?)_crop")
+    assign_splits(records, SplitConfig(seed=0, train=0.5, val=0.3, test=0.2))
+    manifest = write_manifest(records, corpus / "manifest.csv", corpus)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    overrides = [
+        f"data.corpus={manifest}",
+        f"out={root / 'run'}",
+        "method.name=linear-probe",
+        "model.backbone=timm:test_efficientnet",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "optim.epochs=1",
+        "wandb.mode=disabled",
+    ]
+    train(load_config(TrainConfig, None, overrides))
+    config = load_config(
+        BundleConfig, None, [f"checkpoint={root / 'run'}", f"corpus={manifest}", "fusion.min_rows=5"]
+    )
+    build_bundle(config, root / "bundle")
+    torch.set_num_threads(before)
+    return root / "bundle"
+
+
+def mixed_folder(folder: Path, n: int = 6) -> Path:
+    for i in range(n):
+        write_rgb(folder / f"img{i}.png", size=(40, 36), seed=500 + i)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_load_detector_scores_one_image_with_its_evidence(bundle, tmp_path):
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["format"] == "detector.bundle/1"
+    assert meta["branches"] == ["attribution_distance", "detector"]
+    assert {"detector", "backbone", "passive", "attribution", "fusion"} <= set(meta["versions"])
+
+    det = load_detector(bundle)
+    image = write_rgb(tmp_path / "one.png", size=(48, 40), seed=7)
+    result = det.score(image)
+    assert isinstance(result, ProvenanceResult) and result.ok
+    assert 0.0 <= result.p_ai <= 1.0 and result.verdict in ("real", "ai-generated", "uncertain")
+    assert set(result.branches) == {"detector", "attribution_distance"}
+    assert result.attribution is not None and result.attribution.top_k[0][0] in {"gen_a", "gen_b", "gen_c"}
+    assert result.versions == meta["versions"]
+    # The same pixels as an array and as a path give the same answer (one preprocessing path).
+    from detector.io import load_image_array
+
+    again = det.score(load_image_array(image), path=str(image))
+    assert again.p_ai == pytest.approx(result.p_ai, abs=1e-6)
+
+
+def test_score_many_keeps_order_and_reports_bad_files(bundle, tmp_path):
+    folder = mixed_folder(tmp_path / "in", n=3)
+    det = load_detector(bundle)
+    results = list(det.score_many([folder], batch_size=2))
+    by_name = {Path(r.path).name: r for r in results}
+    assert set(by_name) == {"img0.png", "img1.png", "img2.png", "empty.png", "broken.jpg"}
+    assert by_name["empty.png"].error and by_name["broken.jpg"].error
+    assert all(by_name[f"img{i}.png"].ok for i in range(3))
+
+
+def test_score_cli_writes_one_line_per_file_in_jsonl_and_csv(bundle, tmp_path):
+    folder = mixed_folder(tmp_path / "in")
+    out = tmp_path / "scores.jsonl"
+    result = runner.invoke(
+        app, ["score", str(folder), "--model", str(bundle), "--out", str(out), "--workers", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = [ProvenanceResult.from_json(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 8  # 6 good + empty + broken (the .txt is not an image file)
+    errors = {Path(r.path).name: r.error for r in lines if r.error}
+    assert set(errors) == {"empty.png", "broken.jpg"}
+    assert all(r.verdict is not None for r in lines if r.ok)
+
+    csv_out = tmp_path / "scores.csv"
+    result = runner.invoke(
+        app, ["score", str(folder / "*.png"), "--model", str(bundle), "--out", str(csv_out), "-f", "csv"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = csv_out.read_text().splitlines()
+    assert rows[0].startswith("path,p_ai,verdict") and len(rows) == 1 + 7  # header + 6 good + empty.png
+
+    table = runner.invoke(app, ["score", str(folder / "img0.png"), "--model", str(bundle), "-f", "table"])
+    assert table.exit_code == 0 and "img0.png" in table.output
+
+
+def test_score_cli_errors_cleanly(bundle, tmp_path):
+    result = runner.invoke(app, ["score", "x.png", "--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "not a detector bundle" in " ".join(result.output.split())
+    result = runner.invoke(app, ["score", "x.png", "--model", str(bundle), "--resume"])
+    assert result.exit_code == 2 and "--resume needs --out" in " ".join(result.output.split())
+
+
+def test_score_cli_killed_mid_run_resumes_without_losing_or_repeating_lines(bundle, tmp_path):
+    folder = tmp_path / "many"
+    for i in range(40):
+        write_rgb(folder / f"img{i:03d}.png", size=(32, 32), seed=1000 + i)
+    (folder / "bad.png").write_bytes(b"garbage")
+    out = tmp_path / "scores.jsonl"
+    partial = Path(str(out) + ".partial")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = [sys.executable, "-m", "detector", "score", str(folder), "--model", str(bundle), "--out", str(out)]
+    proc = subprocess.Popen(
+        [*args, "--batch-size", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if partial.exists() and len(partial.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not out.exists(), "the killed run must not have produced the final output"
+    done_before = len(partial.read_text().splitlines())
+    assert 4 <= done_before < 41
+    with open(partial, "a") as handle:  # a write torn by the kill
+        handle.write('{"path": "torn')
+    result = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    paths = [json.loads(line)["path"] for line in out.read_text().splitlines()]
+    assert len(paths) == 41 and len(set(paths)) == 41
+    assert f"skipped {done_before} already done" in " ".join(result.stderr.split())
