@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from detector import __version__
-from detector.cli import attribute, corpus, evaluate, score, train
+from detector.cli import attribute, corpus, demo, evaluate, score, train
 
 app = typer.Typer(
     name="detector",
@@ -25,6 +25,7 @@ app.command("eval")(evaluate.eval_command)
 # Scoring: `detector bundle RUN --corpus C --out B`, `detector score PATHS --model B`.
 app.command("bundle")(score.bundle_command)
 app.command("score")(score.score_command)
+app.command("demo")(demo.demo_command)
 
 
 def _version(value: bool) -> None:
