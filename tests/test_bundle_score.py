@@ -169,3 +169,23 @@ def test_score_cli_killed_mid_run_resumes_without_losing_or_repeating_lines(bund
     paths = [json.loads(line)["path"] for line in out.read_text().splitlines()]
     assert len(paths) == 41 and len(set(paths)) == 41
     assert f"skipped {done_before} already done" in " ".join(result.stderr.split())
+
+
+def test_demo_small_runs_every_stage_on_a_given_corpus(bundle, tmp_path):
+    """`detector demo --small --corpus C`: train, bundle, test table, attribution, mixed-folder verdicts."""
+    manifest = bundle.parent / "corpus" / "manifest.csv"
+    out = tmp_path / "demo"
+    result = runner.invoke(
+        app, ["demo", "--small", "--corpus", str(manifest), "--out", str(out), "--threads", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "each passive branch alone vs the fused p_ai" in text and "example verdicts" in text
+    assert "What it is not" in text
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["test_branches"]) == {"detector", "attribution_distance", "fused"}
+    assert (out / "roc_test.png").stat().st_size > 0 and (out / "confusion_test.png").stat().st_size > 0
+    lines = (out / "mixed_scores.jsonl").read_text().splitlines()
+    errors = [json.loads(line) for line in lines if json.loads(line)["error"]]
+    assert len(errors) == 1 and "broken" in errors[0]["path"]
+    assert load_detector(out / "bundle").score(write_rgb(tmp_path / "x.png", seed=3)).ok
