@@ -8,6 +8,8 @@ Then each held-out generator is enrolled from n of its *train/val* vectors (n in
 draws) and its *test* vectors are attributed: the enrolment curve.
 
     python experiments/attribution/run_attribution.py FEATURES --holdout gen_x,gen_y --out experiments/attribution
+    python experiments/attribution/run_attribution.py data/demo/manifest.csv --corpus --backbone effnet-lite0 \
+        --holdout sdedit-t300,sdedit-t600,vqar-p8,vqar-p4 --out experiments/attribution
 
 writes ``results.json``, ``table.md`` (the markdown pasted into RESULTS.md), ``confusion.png`` and
 ``enrolment.png`` under --out, and prints the table.
@@ -39,7 +41,17 @@ def _f(value) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("features", type=Path, help="Feature .npz or extraction folder (with splits).")
+    parser.add_argument(
+        "features",
+        type=Path,
+        help="Feature .npz or extraction folder (with splits), or a corpus with --corpus.",
+    )
+    parser.add_argument(
+        "--corpus",
+        action="store_true",
+        help="FEATURES is a corpus (folder or manifest): extract frozen --backbone features first.",
+    )
+    parser.add_argument("--backbone", default="effnet-lite0", help="Registry backbone for --corpus.")
     parser.add_argument("--holdout", required=True, help="Comma-separated generators held out as unknowns.")
     parser.add_argument("--shots", default="1,2,5,10,20,50", help="Enrolment sizes.")
     parser.add_argument("--repeats", type=int, default=5, help="Random enrolment draws per size.")
@@ -49,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     holdout = [g.strip() for g in args.holdout.split(",") if g.strip()]
-    data = load_features(args.features)
+    data = corpus_features(args.features, args.backbone) if args.corpus else load_features(args.features)
     config = AttributionFitConfig(holdout=holdout, seed=args.seed)
     config.head.score = args.score
     splits = make_splits(data, config)
@@ -121,6 +133,41 @@ def main(argv: list[str] | None = None) -> dict:
     atomic_write_text(args.out / "results.json", json.dumps(out, indent=2) + "\n")
     print(table)
     return out
+
+
+def corpus_features(corpus_path: Path, backbone_name: str, batch_size: int = 32):
+    """Frozen backbone features of every image of a corpus (splits, generators and families kept)."""
+    import torch
+
+    from detector.attribution import FeatureSet
+    from detector.backbones import create_backbone
+    from detector.corpus import load_corpus
+    from detector.io import ImageLoadError, load_image
+    from detector.scoring import Batch, backbone_features
+
+    torch.manual_seed(0)
+    corpus = load_corpus(corpus_path)
+    features = backbone_features(create_backbone(backbone_name))
+    records = [r for r in corpus.records if r.split in ("train", "val", "test")]
+    rows, kept = [], []
+    for start in range(0, len(records), batch_size):
+        images, chunk = [], []
+        for record in records[start : start + batch_size]:
+            try:
+                images.append(load_image(corpus.resolve(record)))
+                chunk.append(record)
+            except ImageLoadError as exc:
+                print(f"skipped {exc}", file=sys.stderr)
+        if chunk:
+            rows.append(features(Batch([r.path for r in chunk], images)))
+            kept.extend(chunk)
+    return FeatureSet(
+        np.concatenate(rows),
+        generators=[r.generator for r in kept],
+        paths=[r.path for r in kept],
+        splits=[r.split for r in kept],
+        families=[r.family or r.generator for r in kept],
+    )
 
 
 def _plot_curve(curve: list[dict], path: Path) -> None:
