@@ -40,7 +40,9 @@ HONEST_NOTE = (
 @dataclass
 class DemoConfig:
     out: str = "runs/demo"
-    corpus: str | None = None  # an existing corpus folder/manifest; None = build (or reuse) data/demo-quick
+    #: An existing corpus folder/manifest; None = reuse data/demo (if `detector corpus build` made it),
+    #: else build (or finish) the quick preset in ``corpus_out``.
+    corpus: str | None = None
     corpus_out: str = "data/demo-quick"
     preset: str = "quick"  # quick (default) or small (seconds; for tests and smoke runs)
     n_real: int = 360
@@ -54,7 +56,8 @@ class DemoConfig:
     n_watermarked: int = 4
     seed: int = 0
     examples: int = 6
-    extra_train: list[str] = field(default_factory=list)
+    #: The corpus is 128 px: train at its size rather than upsampling to the backbone's 224.
+    extra_train: list[str] = field(default_factory=lambda: ["data.image_size=128"])
 
 
 def small_demo(out: str, corpus_out: str, **overrides) -> DemoConfig:
@@ -78,6 +81,10 @@ def _build_corpus(config: DemoConfig, progress, log) -> Path:
 
     if config.corpus:
         return Path(config.corpus)
+    standard = Path("data/demo/manifest.csv")  # `detector corpus build` already ran here: reuse it
+    if config.preset != "small" and standard.is_file():
+        log(f"reusing the built benchmark {standard}")
+        return standard
     if config.preset == "small":
         build = small_config(seed=config.seed)
     else:
@@ -192,7 +199,8 @@ def run_demo(
     if det.attribution is not None:
         scores[DISTANCE_BRANCH] = det.attribution.predict(test.features).unknown_score.astype(np.float64)
     fused = det.fusion.predict_proba({k: v for k, v in scores.items() if k in det.fusion.branches})
-    fusion_table = branch_table(scores, test.targets, fused)
+    signs = det.fusion.metadata.get("branch_signs", {})  # fixed on validation, not on test
+    fusion_table = branch_table(scores, test.targets, fused, signs)
     seen = set(det.card.get("data", {}).get("train_generators", []))
     unseen_rows = np.array(
         [t == 0 or g not in seen for t, g in zip(test.targets, test.generators, strict=True)]
@@ -204,11 +212,9 @@ def run_demo(
         if test.targets[unseen_rows].sum() > 0 and (test.targets[unseen_rows] == 0).any()
         else None
     )
-    from detector.metrics import auc
-
     curves = {"fused": (test.targets, fused)}
     for name, values in scores.items():
-        curves[name] = (test.targets, values if auc(test.targets, values) >= 0.5 else -values)
+        curves[name] = (test.targets, signs.get(name, 1) * values)
     plot_roc(curves, out / "roc_test.png", title="test split: branches vs fused")
     attribution_report = None
     if det.attribution is not None:

@@ -128,13 +128,29 @@ def fit_attribution(train: SplitScores, val: SplitScores, config: HeadConfig) ->
     return head
 
 
-def branch_table(scores: dict[str, np.ndarray], targets: np.ndarray, fused: np.ndarray | None) -> dict:
-    """AUC / TPR at 1% FPR of every branch alone (oriented so that higher = fake) and of the fusion."""
+def branch_signs(scores: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, int]:
+    """+1 where a branch's higher values mean fake on these (validation) rows, -1 where they mean real."""
+    signs = {}
+    for name, values in scores.items():
+        ok = np.isfinite(values)
+        signs[name] = 1 if auc(targets[ok], values[ok]) >= 0.5 else -1
+    return signs
+
+
+def branch_table(
+    scores: dict[str, np.ndarray],
+    targets: np.ndarray,
+    fused: np.ndarray | None,
+    signs: dict[str, int] | None = None,
+) -> dict:
+    """AUC / TPR at 1% FPR of every branch alone and of the fusion. Each branch is oriented by ``signs``
+    (fixed on validation: pass the bundle's, never choose them on the rows being evaluated); without
+    ``signs`` the rows themselves decide (only for the validation table)."""
+    signs = signs or branch_signs(scores, targets)
     out = {}
     for name, values in scores.items():
         ok = np.isfinite(values)
-        oriented = values if auc(targets[ok], values[ok]) >= 0.5 else -values
-        out[name] = _metrics(targets[ok], oriented[ok])
+        out[name] = _metrics(targets[ok], signs.get(name, 1) * values[ok])
     if fused is not None:
         out["fused"] = _metrics(targets, fused)
     return out
@@ -190,6 +206,7 @@ def build_bundle(
         log("fewer than two fake generators in the training split: no attribution head")
     fusion = FusionModel(config.fusion).fit(scores, val.targets)
     fused = fusion.predict_proba(scores)
+    signs = branch_signs(scores, val.targets)
     report = {
         "fitted_on": {
             "corpus": str(config.corpus),
@@ -199,7 +216,8 @@ def build_bundle(
             "val_images": len(val.paths),
             "skipped": len(train.errors) + len(val.errors),
         },
-        "validation_branches": branch_table(scores, val.targets, fused),
+        "validation_branches": branch_table(scores, val.targets, fused, signs),
+        "branch_signs": signs,
         "fusion": fusion.describe(),
         "attribution_classes": head.classes if head is not None else [],
     }
@@ -209,7 +227,7 @@ def build_bundle(
     for name in CHECKPOINT_FILES:
         if (checkpoint / name).is_file():
             shutil.copyfile(checkpoint / name, out / DETECTOR_DIR / name)
-    fusion.metadata = {"fitted_on": report["fitted_on"]}
+    fusion.metadata = {"fitted_on": report["fitted_on"], "branch_signs": signs}
     fusion.save(out / FUSION_FILE)
     if head is not None:
         head.metadata = {"backbone": card.get("backbone"), "weights_id": card.get("weights_id")}

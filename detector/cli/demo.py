@@ -83,27 +83,26 @@ def print_report(report: dict) -> None:
             f"({closed['n_known']} known, {closed['n_unknown']} unknown test fakes)"
         )
     table = Table(title="example verdicts (mixed folder)")
-    for column in ("file", "verdict", "p_ai", "generator", "evidence"):
+    for column in ("file (true source__name)", "verdict", "p_ai", "generator", "evidence"):
         table.add_column(column, overflow="fold")
     for r in report["results"]:
         if r["error"]:
             table.add_row(Path(r["path"]).name, "-", "-", "-", f"error: {r['error']}")
             continue
-        evidence = ", ".join(f"{k}={_f(v)}" for k, v in sorted(r["branches"].items()))
+        short = {"detector": "det", "attribution_distance": "dist"}
+        evidence = " ".join(f"{short.get(k, k)}={_f(v)}" for k, v in sorted(r["branches"].items()))
         wm = r.get("watermark")
-        if wm:
-            evidence += f"; watermark p={wm['p_value']:.1e}" if wm.get("p_value") is not None else ""
+        if wm and wm.get("p_value") is not None:
+            evidence += f" wm_p={wm['p_value']:.1e}"
         at = r.get("attribution")
         if at and at.get("top_k"):
-            top = ", ".join(f"{g} {p:.2f}" for g, p in at["top_k"][:2])
-            evidence += f"; top-2 {top}; unknown={'yes' if at['is_unknown'] else 'no'}"
-        generator = (
-            (wm or {}).get("generator")
-            if r["verdict"] == "watermarked"
-            else (at or {}).get("top_k", [[None]])[0][0]
-        )
-        if at and at.get("is_unknown") and r["verdict"] != "watermarked":
+            evidence += " top: " + ", ".join(f"{g} {p:.2f}" for g, p in at["top_k"][:2])
+        if r["verdict"] == "watermarked":
+            generator = (wm or {}).get("generator")
+        elif at and at.get("is_unknown"):
             generator = "unknown"
+        else:
+            generator = (at or {}).get("top_k", [[None]])[0][0]
         table.add_row(Path(r["path"]).name, r["verdict"], _f(r["p_ai"]), str(generator or "-"), evidence)
     stdout.print(table)
     if not report["watermark"]:

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:
         perturbation(name)
     det = ProvenanceDetector.load(args.bundle)
+    signs = det.fusion.metadata.get("branch_signs", {})  # each branch's direction, fixed on validation
     corpus = load_corpus(args.corpus)
     records = corpus.subset("test").records
     arrays, targets = [], []
@@ -96,14 +97,15 @@ def main(argv: list[str] | None = None) -> dict:
     }
     lines = [
         f"Test split of `{args.corpus}`: {int(targets.sum())} fakes, {int((targets == 0).sum())} reals. "
-        "Branches oriented so that higher = fake; the fusion was fitted on the validation split.",
+        "Each branch alone is oriented (higher = fake) as it was on the validation split, where the fusion "
+        "was fitted; nothing is chosen on test.",
         "",
     ]
     for name in names:
         attack = perturbation(name)
         attacked = [attack(a) if attack else a for a in arrays]
         s = score_arrays(det, attacked, args.batch_size, full=False)
-        table = branch_table({k: s[k] for k in s if k not in ("fused", "p_ai")}, targets, s["fused"])
+        table = branch_table({k: s[k] for k in s if k not in ("fused", "p_ai")}, targets, s["fused"], signs)
         entry = {"passive": table}
         lines += [
             f"**{name}** ({GRID[name][0]})",
@@ -114,8 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
         lines += [_row(k, m) for k, m in table.items()]
         if marked is not None:
             w = score_arrays(det, [attack(a) if attack else a for a in marked], args.batch_size, full=True)
-            wtable = branch_table({k: w[k] for k in w if k not in ("fused", "p_ai")}, targets, w["fused"])
-            wtable["p_ai (fused + watermark)"] = branch_table({}, targets, w["p_ai"])["fused"]
+            wtable = branch_table(
+                {k: w[k] for k in w if k not in ("fused", "p_ai")}, targets, w["fused"], signs
+            )
+            wtable["p_ai (fused + watermark)"] = branch_table({}, targets, w["p_ai"], signs)["fused"]
             entry["watermarked_fakes"] = wtable
             lines += [_row(f"fakes watermarked, then {name}: {k}", m) for k, m in wtable.items()]
         results["rows"][name] = entry
