@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from detector import __version__
-from detector.cli import corpus
+from detector.cli import corpus, features
 
 app = typer.Typer(
     name="detector",
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(corpus.app, name="corpus")
+app.add_typer(features.app, name="features")
 
 
 def _version(value: bool) -> None:
