@@ -245,7 +245,10 @@ def rigid(
 
 
 @app.command("cache-info")
-def cache_info(cache_dir: Path = typer.Argument(DEFAULT_CACHE, help="Feature cache folder.")) -> None:
+def cache_info(
+    cache_dir: Path = typer.Argument(DEFAULT_CACHE, help="Feature cache folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
     """What the cache holds: one row per (extractor, weights, preprocessing) namespace."""
     import json
 
@@ -256,10 +259,12 @@ def cache_info(cache_dir: Path = typer.Argument(DEFAULT_CACHE, help="Feature cac
     table = Table(title=f"Feature cache {cache_dir}")
     for column in ("extractor", "weights", "dim", "entries", "shards", "MB", "problems"):
         table.add_column(column)
+    rows = []
     for meta_path in sorted(cache_dir.glob("*/meta.json")):
         meta = json.loads(meta_path.read_text())
         with FeatureCache(meta_path.parent, meta) as cache:
             stats = cache.stats()
+        rows.append({**meta, "folder": str(meta_path.parent), **stats.__dict__})
         table.add_row(
             meta["extractor"],
             meta["weights_id"],
@@ -269,4 +274,7 @@ def cache_info(cache_dir: Path = typer.Argument(DEFAULT_CACHE, help="Feature cac
             f"{stats.bytes / 1e6:.1f}",
             "; ".join(stats.problems) or "-",
         )
-    stdout.print(table)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        stdout.print(table)
