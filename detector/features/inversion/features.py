@@ -36,6 +36,7 @@ class InversionConfig:
     seed: int = 0  # fixes the single-step noise field (shared by all images: batch-independent)
     prompt: str = ""  # caption for text-conditioned models ("" = unconditional)
     fixed_point_iters: int = 0  # >0: exact inversion by fixed-point refinement of each step
+    vae_residual: bool = True  # latent models: also |x - D(E(x))| (one VAE decode more)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -77,7 +78,7 @@ def invert_images(model: DiffusionModel, images: Tensor, config: InversionConfig
     with autocast_context(model.device):
         z0 = model.encode(images)
         states = model.encoder_states(len(images), config.prompt)
-        if model.latent:
+        if model.latent and config.vae_residual:
             out.vae_residual = (images - model.decode(z0)).abs()
         if config.mode in ("lare", "all"):
             noise = _noise_field(tuple(z0.shape[1:]), config.seed, z0.device, z0.dtype)
@@ -149,12 +150,13 @@ class InversionExtractor:
     def __init__(self, model: DiffusionModel, config: InversionConfig = InversionConfig()):
         self.model = model
         self.config = config
-        self.names = feature_names(config.mode, model.latent)
+        self.names = feature_names(config.mode, model.latent and config.vae_residual)
         self.feature_dim = len(self.names)
         self.preprocess = Preprocess(model.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "area")
         c = config
         steps = f";steps={c.num_steps};fp={c.fixed_point_iters}" if c.mode != "lare" else ""
         prompt = f";prompt={c.prompt!r}" if c.prompt else ""
+        prompt += "" if c.vae_residual or not model.latent else ";no-vae-residual"
         self.name = f"inversion[{model.name};{c.mode};t={c.lare_timestep};seed={c.seed}{steps}{prompt}]"
 
     @property

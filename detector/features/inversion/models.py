@@ -88,9 +88,10 @@ class DiffusionModel:
     def to(
         self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> DiffusionModel:
+        kwargs = {"device": device} if dtype is None else {"device": device, "dtype": dtype}
         for module in (self.unet, self.vae, self.text_encoder):
             if module is not None:
-                module.to(device=device, dtype=dtype)
+                module.to(**kwargs)
         if self.conditioning is not None:
             self.conditioning = self.conditioning.to(device=device, dtype=dtype or self.conditioning.dtype)
         return self
