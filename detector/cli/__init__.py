@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from detector import __version__
-from detector.cli import corpus, features
+from detector.cli import attribute, corpus, evaluate, features, train
 
 app = typer.Typer(
     name="detector",
@@ -19,6 +19,10 @@ app = typer.Typer(
 )
 app.add_typer(corpus.app, name="corpus")
 app.add_typer(features.app, name="features")
+app.add_typer(attribute.app, name="attribute")
+# Single commands (not groups): `detector train ...`, `detector eval CHECKPOINT CORPUS`.
+app.command("train")(train.train_command)
+app.command("eval")(evaluate.eval_command)
 
 
 def _version(value: bool) -> None:

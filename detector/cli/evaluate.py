@@ -1,0 +1,46 @@
+"""``detector eval CHECKPOINT CORPUS``: metrics, perturbation grid, seen vs unseen generators, plots."""
+
+from __future__ import annotations
+
+import typer
+
+from detector.cli.common import console, fail, parse_list, stdout
+
+
+def eval_command(
+    checkpoint: str = typer.Argument(..., help="Run folder written by `detector train`."),
+    corpus: str = typer.Argument(..., help="Corpus folder or manifest."),
+    out: str = typer.Option(None, "--out", "-o", help="Output folder (default CHECKPOINT/eval-SPLIT)."),
+    split: str = typer.Option("test", "--split", help="train | val | test | all"),
+    perturbations: str = typer.Option(
+        None,
+        "--perturbations",
+        "-p",
+        help="Comma list (default: the whole grid: clean,jpeg95,...,brightness).",
+    ),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    workers: int = typer.Option(0, "--workers"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Write metrics.csv, per_generator.csv, metrics.md, roc.png and reliability.png."""
+    from pathlib import Path
+
+    from detector.evaluation import GRID, EvalConfig, evaluate
+    from detector.training.checkpoint import CheckpointError
+
+    config = EvalConfig(
+        checkpoint=checkpoint,
+        corpus=corpus,
+        split=split,
+        out=out or str(Path(checkpoint) / f"eval-{split}"),
+        perturbations=parse_list(perturbations) or list(GRID),
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+    )
+    try:
+        result = evaluate(config, console=console)
+    except (CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    stdout.print((Path(result["out"]) / "metrics.md").read_text())
+    console.print(f"[bold green]wrote[/] {result['out']}")

@@ -1,0 +1,269 @@
+"""Fusion of passive branch scores into one calibrated P(AI-generated).
+
+A logistic regression (scikit-learn) on the branch scores, fitted on validation data. Branches can be
+missing for an image (inversion switched off, a branch that failed): instead of imputing a value the
+model never saw, the fusion fits one small logistic regression for *every* subset of branches, on the
+validation rows where that subset is present, and scores each image with the model of exactly the
+branches it has (falling back to the largest fitted subset of them, then to the validation base rate).
+With B branches that is 2^B - 1 models of B+1 numbers each: nothing for B <= 6.
+
+Scores that look like probabilities on the validation set (all in [0, 1]) are mapped to logits first,
+where a linear model suits them; every input is then standardised with the validation mean/std. The
+model is stored as safetensors (coefficients) with a JSON header (branch names, transforms, config): no
+pickle.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.io import atomic_write_bytes
+
+FORMAT = "detector.fusion/1"
+_EPS = 1e-6
+
+
+class FusionError(ValueError):
+    """The fusion model cannot be fitted, loaded or applied as asked."""
+
+
+@dataclass
+class FusionConfig:
+    """How branch scores become one p_ai, and how p_ai becomes a verdict."""
+
+    C: float = 1.0  # inverse L2 strength of each logistic regression
+    min_rows: int = 20  # fewest validation rows (with both classes) to fit a branch subset
+    threshold: float = 0.5  # p_ai above which an image is called AI-generated
+    uncertain_band: float = 0.1  # p_ai within threshold +- band is "uncertain"
+    watermark_fpr: float = 1e-6  # a watermark counts as found when its p-value is at most this
+    max_watermark_log_lr: float = 30.0  # cap on the log-likelihood ratio a found watermark adds
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise FusionError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 <= self.uncertain_band < min(self.threshold, 1 - self.threshold):
+            raise FusionError(f"uncertain_band must be in [0, {min(self.threshold, 1 - self.threshold)})")
+        if not 0.0 < self.watermark_fpr < 1.0:
+            raise FusionError(f"watermark_fpr must be in (0, 1), got {self.watermark_fpr}")
+
+
+def _key(subset: Sequence[str]) -> str:
+    return "+".join(subset)
+
+
+def logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(x: np.ndarray | float) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+
+
+class FusionModel:
+    """Per-branch-subset logistic regressions over standardised branch scores."""
+
+    def __init__(self, config: FusionConfig | None = None):
+        self.config = config or FusionConfig()
+        self.branches: list[str] = []
+        self.transforms: dict[str, str] = {}  # branch -> "logit" | "identity"
+        self.mean: dict[str, float] = {}
+        self.std: dict[str, float] = {}
+        self.models: dict[str, tuple[np.ndarray, float]] = {}  # subset key -> (coef, intercept)
+        self.base_rate = 0.5
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.branches)
+
+    # ------------------------------------------------------------------ inputs
+    def _matrix(self, scores: Mapping[str, Sequence[float | None]], n: int | None = None) -> np.ndarray:
+        """N x B matrix of transformed, standardised scores; NaN where a branch is missing."""
+        unknown = sorted(set(scores) - set(self.branches))
+        if unknown:
+            raise FusionError(f"unknown branch(es) {unknown}; the fusion knows {self.branches}")
+        lengths = {len(v) for v in scores.values()}
+        if len(lengths) > 1:
+            raise FusionError(f"branch score lists differ in length: {sorted(lengths)}")
+        n = lengths.pop() if lengths else (n or 0)
+        out = np.full((n, len(self.branches)), np.nan)
+        for j, name in enumerate(self.branches):
+            if name not in scores:
+                continue
+            raw = np.array([np.nan if v is None else float(v) for v in scores[name]], dtype=np.float64)
+            raw[~np.isfinite(raw)] = np.nan
+            values = logit(raw) if self.transforms.get(name) == "logit" else raw
+            if self.std:
+                values = (values - self.mean[name]) / self.std[name]
+            out[:, j] = np.where(np.isnan(raw), np.nan, values)
+        return out
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, scores: Mapping[str, Sequence[float | None]], labels: Sequence[int]) -> FusionModel:
+        """Fit on validation scores per branch (None/NaN = missing) and labels (1 = AI-generated, 0 = real)."""
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
+        y = np.asarray(labels, dtype=np.int64)
+        if set(np.unique(y)) - {0, 1} or len(np.unique(y)) < 2:
+            raise FusionError("labels must be 0 (real) / 1 (AI-generated) and contain both classes")
+        if not scores:
+            raise FusionError("no branch scores to fuse")
+        self.branches = sorted(scores)
+        self.transforms, self.mean, self.std, self.models = {}, {}, {}, {}
+        for name in self.branches:
+            raw = np.array([np.nan if v is None else float(v) for v in scores[name]], dtype=np.float64)
+            present = raw[np.isfinite(raw)]
+            if len(present) == 0:
+                raise FusionError(f"branch {name!r} has no score on any validation row")
+            self.transforms[name] = "logit" if present.min() >= 0.0 and present.max() <= 1.0 else "identity"
+        x = self._matrix(scores)
+        if len(x) != len(y):
+            raise FusionError(f"{len(x)} score rows for {len(y)} labels")
+        for j, name in enumerate(self.branches):
+            col = x[:, j][~np.isnan(x[:, j])]
+            self.mean[name] = float(col.mean())
+            self.std[name] = float(col.std()) if col.std() > 1e-12 else 1.0
+        x = (x - np.array([self.mean[b] for b in self.branches])) / np.array(
+            [self.std[b] for b in self.branches]
+        )
+        self.base_rate = float(y.mean())
+        for size in range(1, len(self.branches) + 1):
+            for subset in itertools.combinations(range(len(self.branches)), size):
+                rows = ~np.isnan(x[:, subset]).any(axis=1)
+                if rows.sum() < self.config.min_rows or len(np.unique(y[rows])) < 2:
+                    continue
+                model = LogisticRegression(C=self.config.C, max_iter=1000)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    model.fit(x[rows][:, subset], y[rows])
+                names = [self.branches[i] for i in subset]
+                self.models[_key(names)] = (model.coef_[0].astype(np.float64), float(model.intercept_[0]))
+        if not self.models:
+            raise FusionError(
+                f"no branch subset had {self.config.min_rows} validation rows with both classes"
+            )
+        return self
+
+    # ------------------------------------------------------------------ scoring
+    def _model_for(self, present: tuple[str, ...]) -> tuple[list[str], np.ndarray, float] | None:
+        for size in range(len(present), 0, -1):
+            for subset in itertools.combinations(present, size):
+                key = _key(subset)
+                if key in self.models:
+                    coef, intercept = self.models[key]
+                    return list(subset), coef, intercept
+        return None
+
+    def predict_logit(self, scores: Mapping[str, Sequence[float | None]], n: int | None = None) -> np.ndarray:
+        """Fused log-odds per row; rows with no usable branch get the validation base rate."""
+        if not self.fitted:
+            raise FusionError("the fusion model is not fitted")
+        x = self._matrix(scores, n)
+        out = np.full(len(x), float(logit(self.base_rate)))
+        patterns: dict[tuple[str, ...], list[int]] = {}
+        for i, row in enumerate(x):
+            present = tuple(b for b, v in zip(self.branches, row, strict=True) if not np.isnan(v))
+            patterns.setdefault(present, []).append(i)
+        for present, rows in patterns.items():
+            chosen = self._model_for(present)
+            if chosen is None:
+                continue
+            names, coef, intercept = chosen
+            cols = [self.branches.index(b) for b in names]
+            out[rows] = x[np.ix_(rows, cols)] @ coef + intercept
+        return out
+
+    def predict_proba(self, scores: Mapping[str, Sequence[float | None]], n: int | None = None) -> np.ndarray:
+        return sigmoid(self.predict_logit(scores, n))
+
+    def predict_one(self, scores: Mapping[str, float | None]) -> float:
+        return float(self.predict_proba({k: [v] for k, v in scores.items()}, n=1)[0])
+
+    # ------------------------------------------------------------------ storage
+    def save(self, path: str | Path) -> Path:
+        from safetensors.numpy import save
+
+        if not self.fitted:
+            raise FusionError("the fusion model is not fitted")
+        arrays = {}
+        for key, (coef, intercept) in self.models.items():
+            arrays[f"coef/{key}"] = np.ascontiguousarray(coef)
+            arrays[f"intercept/{key}"] = np.array([intercept])
+        meta = {
+            "format": FORMAT,
+            "branches": self.branches,
+            "transforms": self.transforms,
+            "mean": self.mean,
+            "std": self.std,
+            "base_rate": self.base_rate,
+            "subsets": sorted(self.models),
+            "config": asdict(self.config),
+            "metadata": self.metadata,
+        }
+        path = Path(path)
+        atomic_write_bytes(path, save(arrays, metadata={"detector": json.dumps(meta)}))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FusionModel:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FusionError(f"{path}: no such fusion model file")
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                header = handle.metadata() or {}
+                arrays = {key: handle.get_tensor(key) for key in handle.keys()}
+            meta = json.loads(header["detector"])
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise FusionError(f"{path}: not a detector fusion model (missing header: {exc})") from None
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise FusionError(f"{path}: unreadable safetensors file ({exc})") from None
+        if meta.get("format") != FORMAT:
+            raise FusionError(f"{path}: unsupported fusion format {meta.get('format')!r} (want {FORMAT})")
+        model = cls(FusionConfig(**meta["config"]))
+        model.branches = list(meta["branches"])
+        model.transforms = dict(meta["transforms"])
+        model.mean = {k: float(v) for k, v in meta["mean"].items()}
+        model.std = {k: float(v) for k, v in meta["std"].items()}
+        model.base_rate = float(meta["base_rate"])
+        model.metadata = dict(meta.get("metadata", {}))
+        for key in meta["subsets"]:
+            try:
+                model.models[key] = (
+                    arrays[f"coef/{key}"].astype(np.float64),
+                    float(arrays[f"intercept/{key}"][0]),
+                )
+            except KeyError:
+                raise FusionError(f"{path}: coefficients for branch subset {key!r} are missing") from None
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        """Human-readable coefficients (per standardised branch score) of every fitted subset."""
+        return {
+            key: {"intercept": intercept, **dict(zip(key.split("+"), map(float, coef), strict=True))}
+            for key, (coef, intercept) in self.models.items()
+        } | {"base_rate": self.base_rate, "threshold": self.config.threshold}
+
+
+def watermark_log_lr(p_value: float | None, config: FusionConfig) -> float:
+    """Log-likelihood ratio a found watermark adds to the passive log-odds: log(1 / p_value), capped.
+
+    P(this match | not watermarked) is the p-value; P(this match | watermarked) is at most 1, so 1/p is
+    an upper bound on the evidence, and the cap keeps one decoder from outvoting everything by 1e-300."""
+    if p_value is None or not math.isfinite(p_value):
+        return 0.0
+    return float(min(-math.log(max(p_value, 1e-300)), config.max_watermark_log_lr))

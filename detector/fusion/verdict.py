@@ -1,0 +1,99 @@
+"""From evidence to one answer: the verdict rules and the assembly of a :class:`ProvenanceResult`.
+
+The rules, and why:
+
+* A **found** watermark (p-value <= ``watermark_fpr``) is strong evidence: the verdict is
+  ``watermarked``, the generator is the one the watermark registry names, and p_ai moves up by the
+  watermark's log-likelihood ratio (see :func:`watermark_log_lr`).
+* A **missing** watermark is weak evidence: purification, regeneration or simply a generator that does
+  not watermark all remove it. It leaves p_ai exactly where the passive branches put it; it never pushes
+  an image towards ``real`` on its own.
+* Otherwise the calibrated p_ai decides: ``ai-generated`` above ``threshold + band``, ``real`` below
+  ``threshold - band``, ``uncertain`` in between (and when no branch could score the image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from detector.fusion.model import FusionConfig, FusionModel, logit, sigmoid, watermark_log_lr
+from detector.result import (
+    AI_GENERATED,
+    REAL,
+    UNCERTAIN,
+    WATERMARKED,
+    AttributionEvidence,
+    ProvenanceResult,
+    WatermarkEvidence,
+)
+
+
+def watermark_found(watermark: WatermarkEvidence | None, config: FusionConfig) -> bool:
+    """A watermark counts when its p-value clears the configured FPR (or, without a p-value, its flag)."""
+    if watermark is None:
+        return False
+    if watermark.p_value is not None:
+        return watermark.p_value <= config.watermark_fpr
+    return bool(watermark.detected)
+
+
+def decide(
+    p_passive: float | None, watermark: WatermarkEvidence | None, config: FusionConfig
+) -> tuple[float | None, str]:
+    """(p_ai, verdict) from the passive fused probability and the watermark evidence."""
+    if watermark_found(watermark, config):
+        prior = 0.5 if p_passive is None else p_passive
+        p_ai = float(sigmoid(logit(prior) + watermark_log_lr(watermark.p_value, config)))
+        return p_ai, WATERMARKED
+    if p_passive is None:
+        return None, UNCERTAIN
+    if p_passive > config.threshold + config.uncertain_band:
+        return p_passive, AI_GENERATED
+    if p_passive < config.threshold - config.uncertain_band:
+        return p_passive, REAL
+    return p_passive, UNCERTAIN
+
+
+def fuse(
+    path: str,
+    branches: Mapping[str, float | None],
+    fusion: FusionModel | None,
+    config: FusionConfig | None = None,
+    watermark: WatermarkEvidence | None = None,
+    attribution: AttributionEvidence | None = None,
+    versions: Mapping[str, str] | None = None,
+) -> ProvenanceResult:
+    """One :class:`ProvenanceResult` from the evidence gathered for one image.
+
+    Without a fitted fusion model a single passive branch is taken as already calibrated (it must be a
+    probability); with several branches and no fusion model there is no honest way to combine them, so
+    that is an error rather than a guess."""
+    config = config or (fusion.config if fusion is not None else FusionConfig())
+    present = {k: v for k, v in branches.items() if v is not None}
+    if fusion is not None:
+        usable = {k: v for k, v in present.items() if k in fusion.branches}
+        p_passive = fusion.predict_one(usable) if usable else None
+    elif len(present) == 1:
+        (value,) = present.values()
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"without a fusion model the one branch score must be a probability, got {value}"
+            )
+        p_passive = float(value)
+    elif not present:
+        p_passive = None
+    else:
+        raise ValueError(f"{len(present)} branch scores ({sorted(present)}) need a fitted fusion model")
+    if watermark is not None:  # one rule decides what counts as found: the fusion's
+        watermark = dataclasses.replace(watermark, detected=watermark_found(watermark, config))
+    p_ai, verdict = decide(p_passive, watermark, config)
+    return ProvenanceResult(
+        path=str(path),
+        p_ai=p_ai,
+        verdict=verdict,
+        watermark=watermark,
+        attribution=attribution,
+        branches=dict(branches),
+        versions=dict(versions or {}),
+    )

@@ -1,0 +1,176 @@
+"""The scoring pipeline: pluggable branch callables over a batch of images, fused into ProvenanceResults.
+
+A branch is any callable that takes a :class:`Batch` and returns one value per image:
+
+* a **passive** branch returns a score (a probability or any real number the fusion was fitted on), or
+  ``None`` where it has no opinion;
+* the **watermark** branch returns a :class:`WatermarkEvidence` (or ``None``);
+* the **attribution** branch returns an :class:`AttributionEvidence` (or ``None``).
+
+Branches that share work (one backbone forward feeding the detector head and the attribution head) share
+it through :meth:`Batch.memo`: the first branch computes, the next reuses, so the pipeline costs one
+forward, not one per branch. A branch that fails on a batch is re-run image by image so that one bad
+image costs only its own result: it gets an ``error`` naming the branch, and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from detector.fusion import FusionConfig, FusionModel, fuse
+from detector.io import ImageLoadError, load_image
+from detector.result import AttributionEvidence, ProvenanceResult, WatermarkEvidence
+
+
+class Batch:
+    """Decoded RGB images with their paths, and a per-batch memo for work branches share."""
+
+    def __init__(self, paths: Sequence[str], images: Sequence[Image.Image]):
+        if len(paths) != len(images):
+            raise ValueError(f"{len(paths)} paths for {len(images)} images")
+        self.paths = [str(p) for p in paths]
+        self.images = list(images)
+        self._memo: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def memo(self, key: str, compute: Callable[[Batch], Any]) -> Any:
+        """``compute(self)`` the first time ``key`` is asked for in this batch, the stored value after."""
+        if key not in self._memo:
+            self._memo[key] = compute(self)
+        return self._memo[key]
+
+    def subset(self, indices: Sequence[int]) -> Batch:
+        return Batch([self.paths[i] for i in indices], [self.images[i] for i in indices])
+
+
+PassiveBranch = Callable[[Batch], Sequence[float | None]]
+WatermarkBranch = Callable[[Batch], Sequence[WatermarkEvidence | None]]
+AttributionBranch = Callable[[Batch], Sequence[AttributionEvidence | None]]
+
+
+class BranchError(RuntimeError):
+    """A branch returned the wrong number of values for a batch."""
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ImageLoadError) else f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class Pipeline:
+    """Branches + fusion: what turns decoded images into :class:`ProvenanceResult` objects."""
+
+    passive: dict[str, PassiveBranch] = field(default_factory=dict)
+    watermark: WatermarkBranch | None = None
+    attribution: AttributionBranch | None = None
+    fusion: FusionModel | None = None
+    config: FusionConfig | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.passive and self.watermark is None:
+            raise ValueError("a pipeline needs at least one passive branch or a watermark decoder")
+        if self.fusion is not None:
+            unknown = sorted(set(self.passive) - set(self.fusion.branches))
+            if unknown:
+                raise ValueError(
+                    f"the fusion model was not fitted on branch(es) {unknown}: {self.fusion.branches}"
+                )
+        elif len(self.passive) > 1:
+            raise ValueError(
+                f"{len(self.passive)} passive branches need a fitted fusion model to combine them"
+            )
+        self.config = self.config or (self.fusion.config if self.fusion is not None else FusionConfig())
+
+    @property
+    def branch_names(self) -> list[str]:
+        return sorted(self.passive)
+
+    def _run(self, name: str, branch: Callable[[Batch], Sequence[Any]], batch: Batch, errors: dict[int, str]):
+        """Values of one branch for every image of ``batch``; images it fails on land in ``errors``."""
+        live = [i for i in range(len(batch)) if i not in errors]
+        values: list[Any] = [None] * len(batch)
+        if not live:
+            return values
+        sub = batch if len(live) == len(batch) else batch.subset(live)
+        try:
+            out = list(branch(sub))
+            if len(out) != len(sub):
+                raise BranchError(f"branch {name!r} returned {len(out)} values for {len(sub)} images")
+            for i, value in zip(live, out, strict=True):
+                values[i] = value
+            return values
+        except Exception as exc:  # a branch failure is reported per image, never fatal for the batch
+            if len(live) == 1:
+                errors[live[0]] = f"branch {name!r} failed: {_describe(exc)}"
+                return values
+        for i in live:  # isolate the image(s) the branch cannot handle
+            try:
+                out = list(branch(batch.subset([i])))
+                if len(out) != 1:
+                    raise BranchError(f"branch {name!r} returned {len(out)} values for 1 image")
+                values[i] = out[0]
+            except Exception as exc:
+                errors[i] = f"branch {name!r} failed: {_describe(exc)}"
+        return values
+
+    def score_batch(self, batch: Batch) -> list[ProvenanceResult]:
+        """One result per image of ``batch``, in order."""
+        errors: dict[int, str] = {}
+        passive = {name: self._run(name, fn, batch, errors) for name, fn in sorted(self.passive.items())}
+        watermarks = (
+            self._run("watermark", self.watermark, batch, errors) if self.watermark else [None] * len(batch)
+        )
+        attributions = (
+            self._run("attribution", self.attribution, batch, errors)
+            if self.attribution
+            else [None] * len(batch)
+        )
+        results = []
+        for i, path in enumerate(batch.paths):
+            if i in errors:
+                results.append(ProvenanceResult.failed(path, errors[i], self.versions))
+                continue
+            scores = {name: _as_score(values[i]) for name, values in passive.items()}
+            try:
+                results.append(
+                    fuse(
+                        path, scores, self.fusion, self.config, watermarks[i], attributions[i], self.versions
+                    )
+                )
+            except (ValueError, TypeError) as exc:
+                results.append(ProvenanceResult.failed(path, f"fusion failed: {exc}", self.versions))
+        return results
+
+    def score(
+        self, image: str | os.PathLike | Image.Image | np.ndarray, path: str | None = None
+    ) -> ProvenanceResult:
+        """Score one image given as a path, a PIL image or an H x W x 3 uint8 array."""
+        if isinstance(image, (str, os.PathLike)):
+            path = path or os.fspath(image)
+            try:
+                image = load_image(image)
+            except ImageLoadError as exc:
+                return ProvenanceResult.failed(path, exc.reason, self.versions)
+        elif isinstance(image, np.ndarray):
+            image = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+        elif isinstance(image, Image.Image):
+            image = image.convert("RGB")
+        else:
+            raise TypeError(f"cannot score a {type(image).__name__}; give a path, a PIL image or an array")
+        return self.score_batch(Batch([path or "<image>"], [image]))[0]
+
+
+def _as_score(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None

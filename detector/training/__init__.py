@@ -1,0 +1,38 @@
+"""Training engine: configs, detector model and methods, the loop, checkpoints, prediction."""
+
+from detector.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from detector.training.config import (
+    AugmentConfig,
+    CalibrationConfig,
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    WandbConfig,
+)
+from detector.training.engine import TrainingError, TrainResult, train
+from detector.training.model import Detector, finalize, prepare_method
+from detector.training.predict import Predictions, predict
+
+__all__ = [
+    "AugmentConfig",
+    "CalibrationConfig",
+    "CheckpointError",
+    "DataConfig",
+    "Detector",
+    "MethodConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "Predictions",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "WandbConfig",
+    "finalize",
+    "load_checkpoint",
+    "predict",
+    "prepare_method",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,46 @@
+"""Training augmentations (albumentations), the same pipeline for real and fake images.
+
+A corruption applied to one class only becomes a label shortcut (the classic JPEG-vs-PNG bias), so
+every image, whatever its label, goes through one pipeline: shorter side to the input size, random
+resized crop, flip, down-and-up resize, blur, colour jitter, noise, and JPEG re-encoding last (so its
+artefacts sit on the final pixels, on both classes).
+"""
+
+from __future__ import annotations
+
+from detector.corpus.dataset import resize_transform
+from detector.training.config import AugmentConfig
+
+
+def train_transform(config: AugmentConfig, size: int):
+    """The training pipeline for ``size x size`` inputs; plain resize + centre crop when disabled."""
+    if not config.enabled:
+        return resize_transform(size)
+    import albumentations as A
+    import cv2
+
+    return A.Compose(
+        [
+            A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
+            A.RandomResizedCrop(
+                size=(size, size), scale=(config.crop_scale_min, 1.0), ratio=(0.8, 1.25), p=1.0
+            ),
+            A.HorizontalFlip(p=config.flip_p),
+            A.Downscale(
+                scale_range=(config.resize_scale_min, 0.95),
+                interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
+                p=config.resize_p,
+            ),
+            A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.1, 1.5), p=config.blur_p),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=config.color_jitter_p),
+            A.GaussNoise(std_range=(0.01, 0.05), p=config.noise_p),
+            A.ImageCompression(
+                quality_range=(config.jpeg_quality_min, config.jpeg_quality_max), p=config.jpeg_p
+            ),
+        ]
+    )
+
+
+def eval_transform(size: int):
+    """Evaluation: shorter side to ``size``, centre crop (what the backbones' own transform does)."""
+    return resize_transform(size)
