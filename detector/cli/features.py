@@ -67,11 +67,23 @@ def _write_outputs(out: Path, corpus, matrix, valid, failed, extra_columns=None)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     names = list(extra_columns or {})
-    writer.writerow(["row", "index", "path", "label", "generator", "split", *names])
+    writer.writerow(["row", "index", "path", "label", "generator", "family", "group", "split", *names])
     for row, index in enumerate(valid):
         record = corpus.records[index]
         extras = [extra_columns[n][row] for n in names]
-        writer.writerow([row, index, record.path, record.label, record.generator, record.split, *extras])
+        writer.writerow(
+            [
+                row,
+                index,
+                record.path,
+                record.label,
+                record.generator,
+                record.family,
+                record.group,
+                record.split,
+                *extras,
+            ]
+        )
     from detector.io import atomic_write_text
 
     atomic_write_text(out / "records.csv", buffer.getvalue())
