@@ -203,10 +203,12 @@ def test_loads_local_diffusers_folders(tmp_path):
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "pipeline")
     unet.save_pretrained(tmp_path / "unet_only")
     scheduler.save_pretrained(tmp_path / "unet_only")
+    unet.save_pretrained(tmp_path / "components" / "unet")  # the benchmark zoo's layout
+    scheduler.save_pretrained(tmp_path / "components" / "scheduler")
     images = torch.rand(2, 3, 8, 8)
     config = InversionConfig(mode="dire", num_steps=3)
     reference = InversionExtractor(DiffusionModel(unet, dict(scheduler.config)), config).encode(images)
-    for folder in ("pipeline", "unet_only"):
+    for folder in ("pipeline", "unet_only", "components"):
         model = load_diffusion_model(tmp_path / folder, dtype="float32")
         assert model.weights_id.startswith("folder:") and model.image_size == 8
         torch.testing.assert_close(InversionExtractor(model, config).encode(images), reference)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from detector.cli.common import console, fail, progress_bar, stdout, write_json
@@ -184,9 +185,9 @@ def extract(
         save_config(config, out / "config.yaml")
         write_json(out / "report.json", report.to_dict())
     stdout.print(
-        f"{extractor.name}: {len(valid)} of {report.total} images -> {matrix.shape[1]}-d features "
+        f"{escape(extractor.name)}: {len(valid)} of {report.total} images -> {matrix.shape[1]}-d features "
         f"({report.cached} from cache, {report.computed} computed, {len(failed)} skipped); "
-        f"cache {report.cache_dir}"
+        f"cache {escape(report.cache_dir)}"
     )
 
 

@@ -226,10 +226,13 @@ def _load(source: str, revision: str | None) -> DiffusionModel:
 
     folder = Path(source)
     local = folder.is_dir()
+    if local and not (folder / "model_index.json").exists() and (folder / "unet" / "config.json").exists():
+        return _load_component_folders(folder)
     if local and not (folder / "model_index.json").exists():
         if not (folder / "config.json").exists():
             raise ValueError(
-                f"{folder}: not a diffusers folder (no model_index.json, and no config.json of a UNet)"
+                f"{folder}: not a diffusers folder (no model_index.json, no unet/config.json, "
+                "and no config.json of a UNet)"
             )
         config = json.loads((folder / "config.json").read_text())
         unet = _model_class(config.get("_class_name", "UNet2DModel")).from_pretrained(folder)
@@ -265,3 +268,24 @@ def _load(source: str, revision: str | None) -> DiffusionModel:
     weights_id = _folder_weights_id(folder) if local else f"hub:{source}@{revision or 'main'}"
     name = folder.name if local else source
     return DiffusionModel(unet, scheduler, vae, text_encoder, tokenizer, name=name, weights_id=weights_id)
+
+
+def _load_component_folders(folder: Path) -> DiffusionModel:
+    """``unet/`` and ``scheduler/`` (and optionally ``vae/``) saved one by one with ``save_pretrained``,
+    without a pipeline's ``model_index.json`` (the benchmark zoo's DDPM layout)."""
+
+    def load(name: str):
+        config = json.loads((folder / name / "config.json").read_text())
+        return _model_class(config["_class_name"]).from_pretrained(folder / name)
+
+    scheduler_path = folder / "scheduler" / "scheduler_config.json"
+    if not scheduler_path.exists():
+        raise ValueError(f"{folder}: unet/ found but no scheduler/scheduler_config.json")
+    vae = load("vae") if (folder / "vae" / "config.json").exists() else None
+    return DiffusionModel(
+        load("unet"),
+        json.loads(scheduler_path.read_text()),
+        vae=vae,
+        name=folder.name,
+        weights_id=_folder_weights_id(folder),
+    )
