@@ -98,7 +98,7 @@ def _report_failures(failed) -> None:
     table.add_column("path")
     table.add_column("reason")
     for path, reason in failed[:50]:
-        table.add_row(path, reason)
+        table.add_row(escape(path), escape(reason))
     if len(failed) > 50:
         table.add_row("...", f"{len(failed) - 50} more (see errors.json with --out)")
     console.print(table)
