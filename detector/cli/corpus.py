@@ -155,3 +155,126 @@ def split(
     if excluded:
         console.print(f"[yellow]{excluded} held-out image(s) excluded to keep groups whole[/]")
     console.print(f"wrote {out} and {out.with_name(out.stem + '.split.yaml')}")
+
+
+@app.command("real-pool")
+def real_pool(
+    out: Path = typer.Option(
+        Path("data/real-pool"), "--out", "-o", help="Folder to write real/<photo>/* into."
+    ),
+    n: int = typer.Option(4000, help="Number of crops."),
+    size: int = typer.Option(128, help="Crop side in pixels (crops are cut at 1-3x this and downscaled)."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same crops."),
+    jpeg_share: float = typer.Option(0.5, help="Share of crops stored as JPEG (the rest PNG)."),
+) -> None:
+    """Cut the bundled natural photos into many crops (group = source photo) and write a manifest.
+
+    The photos are those that ship with scikit-image, scikit-learn, matplotlib and (when installed)
+    Debian's libjxl-testdata; see `detector.corpus.photos`. Existing files are kept (resumable).
+    """
+    from detector.corpus.encoding import EncodingPolicy
+    from detector.corpus.photos import load_photos
+    from detector.corpus.realpool import plan_crops, write_pool
+
+    photos = load_photos()
+    if not photos:
+        fail("no bundled photo could be loaded (are scikit-image and scikit-learn installed?)")
+    try:
+        crops = plan_crops(photos, n, size, seed=seed)
+    except ValueError as exc:
+        fail(str(exc))
+    policy = EncodingPolicy(jpeg_share=jpeg_share, seed=seed)
+    with progress_bar("real pool", len(crops)) as advance:
+        records, written = write_pool(out, photos, crops, size, policy, advance)
+    assign_splits(records, SplitConfig(seed=seed))
+    check_no_group_leak(records)
+    manifest = write_manifest(records, out / "manifest.csv", root=out)
+    print_summary(summarize(load_corpus(manifest)))
+    console.print(
+        f"wrote {written} new crop(s) ({len(records) - written} already there) from {len(photos)} photos; "
+        f"manifest {manifest}"
+    )
+
+
+@app.command()
+def build(
+    out: Path = typer.Option(Path("data/demo"), "--out", "-o", help="Corpus folder to build (or finish)."),
+    small: bool = typer.Option(False, "--small", help="Tiny preset (every stage and generator, in seconds)."),
+    cache: Path | None = typer.Option(
+        None, help="Zoo model cache. Default: data/zoo-cache/<preset> (relative to the current folder)."
+    ),
+    seed: int = typer.Option(0, help="Seed for crops, zoo training, sampling, formats and splits."),
+    n_real: int | None = typer.Option(None, help="Real crops (default 4000; 48 with --small)."),
+    n_fake: int | None = typer.Option(None, help="Fakes per generator (default 500; 8 with --small)."),
+    generators: str | None = typer.Option(None, help="Only these generators, e.g. 'ddpm-ddim,gan-tconv'."),
+    holdout: str | None = typer.Option(
+        None, help="Families kept out of train/val (default: sdedit,vqar; 'none' for a plain split)."
+    ),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    config: Path | None = typer.Option(None, help="YAML BuildConfig; options above override it."),
+) -> None:
+    """Build the offline benchmark: real-photo pool + fakes from the generator zoo, with a manifest.
+
+    Both classes share one size and one JPEG/PNG mix. Zoo models are trained once into the cache
+    (safetensors). Every file is written atomically and skipped if present: rerun to resume.
+    """
+    import torch
+
+    from detector.config import load_config
+    from detector.corpus.build import BuildConfig, build_corpus, small_config
+    from detector.zoo import list_generators
+
+    try:
+        cfg = load_config(BuildConfig, config) if config else (small_config() if small else BuildConfig())
+    except ConfigError as exc:
+        fail(str(exc))
+    if small:
+        cfg.preset = "small"
+    cfg.seed = seed
+    if n_real is not None:
+        cfg.n_real = n_real
+    if n_fake is not None:
+        cfg.n_fake_per_generator = n_fake
+    if generators:
+        unknown = [g for g in parse_list(generators) if g not in list_generators()]
+        if unknown:
+            fail(f"unknown generator(s) {unknown}; known: {', '.join(list_generators())}")
+        cfg.generators = parse_list(generators)
+    if holdout is not None:
+        cfg.holdout = [] if holdout.strip().lower() == "none" else parse_list(holdout)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        result = build_corpus(out, cfg, cache=cache, progress=progress_bar, log=console.print)
+    except (CorpusError, ValueError) as exc:
+        fail(str(exc))
+    summary = summarize(load_corpus(result.manifest))
+    print_summary(summary)
+    total = sum(result.timings.values())
+    console.print(
+        f"built {out} in {total:.0f} s ({len(result.records)} images; models trained now: "
+        f"{', '.join(result.trained) or 'none'}); see {out / 'build.json'}"
+    )
+
+
+@app.command()
+def report(
+    corpus: Path = typer.Argument(..., help="Built corpus folder or manifest."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report folder. Default: CORPUS/report."),
+    per_generator: int = typer.Option(8, help="Sample images per generator in the grids."),
+    max_stats: int = typer.Option(200, help="Images per generator used for spectra and histograms."),
+    seed: int = typer.Option(0, help="Which images are shown and measured."),
+) -> None:
+    """Sanity report: sample grids (real beside every generator), mean spectra and colour histograms
+    per generator as PNGs, and the numbers behind them as JSON."""
+    from detector.corpus.report import make_report
+
+    try:
+        loaded = load_corpus(corpus)
+    except CorpusError as exc:
+        fail(str(exc))
+    out = out or ((corpus if corpus.is_dir() else corpus.parent) / "report")
+    with progress_bar("report", None) as advance:
+        written = make_report(loaded, out, per_generator, max_stats, seed, progress=advance)
+    for path in written:
+        console.print(f"wrote {path}")
