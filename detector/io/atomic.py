@@ -21,7 +21,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w", encoding: str | None
     binary = "b" in mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get ordinary permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get ordinary permissions
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
             yield handle
             handle.flush()
@@ -33,10 +33,14 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w", encoding: str | None
         raise
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+# Read once at import (os.umask can only be read by setting it, which is not thread-safe later on).
+_UMASK = _read_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
