@@ -191,3 +191,13 @@ def test_encoding_policy_balances_formats_within_a_stream():
         assert abs(exts.count("jpg") - 20) <= 2
     qualities = [q for q in (policy.choose("real", i)[1] for i in range(200)) if q]
     assert min(qualities) >= 75 and max(qualities) <= 95 and len(set(qualities)) > 5
+
+
+def test_build_commands_have_help_and_refuse_unknown_generators(tmp_path):
+    for command in ("real-pool", "build", "report"):
+        result = runner.invoke(app, ["corpus", command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
+    result = runner.invoke(
+        app, ["corpus", "build", "--small", "--out", str(tmp_path), "--generators", "nope"]
+    )
+    assert result.exit_code == 2 and "unknown generator" in result.output

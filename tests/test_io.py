@@ -233,3 +233,10 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("interrupted")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    from detector.io.atomic import _UMASK
+
+    atomic_write_text(tmp_path / "out.txt", "x")
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~_UMASK  # not mkstemp's 0600

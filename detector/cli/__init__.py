@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from detector import __version__
-from detector.cli import attribute, corpus, demo, evaluate, score, train
+from detector.cli import attribute, corpus, demo, evaluate, features, score, train
 
 app = typer.Typer(
     name="detector",
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(corpus.app, name="corpus")
+app.add_typer(features.app, name="features")
 app.add_typer(attribute.app, name="attribute")
 # Single commands (not groups): `detector train ...`, `detector eval CHECKPOINT CORPUS`.
 app.command("train")(train.train_command)

@@ -47,8 +47,8 @@ def radial_spectrum(image: np.ndarray, bins: int | None = None) -> np.ndarray:
 
 def _sample(records: list[Record], k: int, rng: np.random.Generator) -> list[Record]:
     if len(records) <= k:
-        return list(records)
-    return [records[i] for i in sorted(rng.choice(len(records), k, replace=False))]
+        return [records[i] for i in rng.permutation(len(records))]
+    return [records[i] for i in rng.choice(len(records), k, replace=False)]  # random order: mixed photos
 
 
 def make_report(

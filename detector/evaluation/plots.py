@@ -40,7 +40,8 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title
             label=f"{name} (AUC {auc(y, s):.3f})",
             lw=1.5 if name == "clean" else 1,
         )
-    ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=0.8)
+    chance = np.logspace(-4, 0, 200)
+    ax.plot(chance, chance, "k:", lw=0.8, label="chance")
     ax.set_xscale("log")
     ax.set_xlim(1e-3, 1)
     ax.set_ylim(0, 1.01)

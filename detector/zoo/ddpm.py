@@ -45,7 +45,7 @@ SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_ca
 
 MODELS = [
     ModelSpec(
-        DDPM_MODEL, FAMILY, {"unet": UNET_CONFIG, "scheduler": SCHEDULER_CONFIG}, steps=200, batch=24, lr=2e-3
+        DDPM_MODEL, FAMILY, {"unet": UNET_CONFIG, "scheduler": SCHEDULER_CONFIG}, steps=150, batch=24, lr=2e-3
     )
 ]
 GENERATORS = [

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from detector.config import load_config
+from detector.corpus import load_corpus, write_manifest
 from detector.evaluation import EvalConfig, evaluate
 from detector.io import atomic_write_text
 from detector.training import TrainConfig, train
@@ -46,6 +47,30 @@ ABLATION = {
     "effort-k4": ["method.name=effort", "method.rank=4"],
     "effort-k16": ["method.name=effort", "method.rank=16"],
 }
+
+
+def subsample(corpus_path: str, out: Path, limits: dict[str, int], seed: int = 0) -> str:
+    """A manifest with at most ``limits[split]`` images per split, drawn per generator in proportion
+    (seeded), so a CPU run stays short; splits (and so the group rule) are those of the source."""
+    corpus = load_corpus(corpus_path)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for split in ("train", "val", "test"):
+        records = [r for r in corpus.records if r.split == split]
+        limit = limits.get(split) or len(records)
+        by_generator: dict[str, list] = {}
+        for record in records:
+            by_generator.setdefault(record.generator, []).append(record)
+        for generator in sorted(by_generator):
+            members = by_generator[generator]
+            n = min(len(members), max(1, round(limit * len(members) / max(1, len(records)))))
+            keep += [members[i] for i in sorted(rng.choice(len(members), n, replace=False))]
+    for record in keep:
+        record.path = str(corpus.resolve(record).resolve())
+    path = out / "manifest.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(keep, path)
+    return str(path)
 
 
 def run_one(args, variant: str, overrides: list[str], seed: int) -> dict:
@@ -133,7 +158,14 @@ def render(args, table: list[dict], elapsed: float) -> str:
         f"Command: `{command}`",
         "",
         f"Backbone `{args.backbone}` at {args.image_size}px, {args.epochs} epochs, seeds {args.seeds}, "
-        f"corpus `{args.corpus}` (test split: held-out families are *unseen*). Mean ± std over seeds. "
+        f"corpus `{args.source_corpus}`"
+        + (
+            f" subsampled per generator to at most {args.max_train} / {args.max_val} / {args.max_test} "
+            "train / val / test images (0 = all)"
+            if args.corpus != args.source_corpus
+            else ""
+        )
+        + " (test split: held-out families are *unseen*). Mean ± std over seeds. "
         f"AUC of each fake subset against all test reals; accuracy at the threshold chosen on validation "
         f"for 5% FPR. CPU, {torch.get_num_threads()} thread(s); total {elapsed / 60:.1f} min.",
         "",
@@ -169,8 +201,15 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "runs"))
     parser.add_argument("--results", default=str(HERE))
     parser.add_argument("--set", action="append", default=[], help="extra TrainConfig override, repeatable")
+    parser.add_argument("--max-train", type=int, default=0, help="subsample train to N images (0 = all)")
+    parser.add_argument("--max-val", type=int, default=0, help="subsample val to N images (0 = all)")
+    parser.add_argument("--max-test", type=int, default=0, help="subsample test to N images (0 = all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    args.source_corpus = args.corpus
+    if args.max_train or args.max_val or args.max_test:
+        limits = {"train": args.max_train, "val": args.max_val, "test": args.max_test}
+        args.corpus = subsample(args.corpus, Path(args.out) / "subsample", limits)
     variants = {name: METHODS[name] for name in args.methods.split(",")}
     if args.ablation:
         variants.update(ABLATION)
