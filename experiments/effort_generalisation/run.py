@@ -167,7 +167,9 @@ def render(args, table: list[dict], elapsed: float) -> str:
         )
         + " (test split: held-out families are *unseen*). Mean ± std over seeds. "
         f"AUC of each fake subset against all test reals; accuracy at the threshold chosen on validation "
-        f"for 5% FPR. CPU, {torch.get_num_threads()} thread(s); total {elapsed / 60:.1f} min.",
+        f"for 5% FPR. CPU, {torch.get_num_threads()} thread(s); this invocation took {elapsed / 60:.1f} min "
+        "(runs already complete in --out are reused, not retrained; the training time per epoch is the "
+        "last column).",
         "",
         "| variant | trainable params | seen AUC | unseen AUC | seen acc | unseen acc | s / epoch |",
         "| --- | ---: | --- | --- | --- | --- | ---: |",
