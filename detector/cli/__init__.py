@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from detector import __version__
-from detector.cli import corpus
+from detector.cli import corpus, watermark
 
 app = typer.Typer(
     name="detector",
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(corpus.app, name="corpus")
+app.add_typer(watermark.app, name="watermark")
 
 
 def _version(value: bool) -> None:
