@@ -19,8 +19,8 @@ from detector.watermark import (
     PayloadCodec,
     PayloadRegistry,
     RegistryError,
-    WatermarkError,
     Watermarker,
+    WatermarkError,
     WatermarkModel,
     WatermarkModelConfig,
     default_checkpoint,
@@ -155,7 +155,7 @@ def test_registry_rejects_a_non_database(tmp_path):
 # -- model and distortions ----------------------------------------------------------------------------
 def test_model_any_size_psnr_and_safetensors_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = WatermarkModel(WatermarkModelConfig(n_bits=16, carrier_channels=2, embed_width=8, decode_width=8)).eval()
+    model = WatermarkModel(WatermarkModelConfig(n_bits=16, feature_channels=2, decode_width=8)).eval()
     bits = torch.randint(0, 2, (1, 16))
     for h, w in ((37, 53), (64, 64), (9, 130)):
         x = torch.rand(1, 3, h, w)
@@ -229,19 +229,56 @@ def test_cli_keygen_embed_detect(tmp_path, photo):
     (src / "broken.png").write_bytes(b"garbage")
     reg = tmp_path / "reg.db"
     res = runner.invoke(
-        app, ["watermark", "embed", str(src), str(tmp_path / "out"), "-k", str(key), "--generator", "gen-x",
-              "--model-version", "3", "--registry", str(reg)],
+        app,
+        [
+            "watermark",
+            "embed",
+            str(src),
+            str(tmp_path / "out"),
+            "-k",
+            str(key),
+            "--generator",
+            "gen-x",
+            "--model-version",
+            "3",
+            "--registry",
+            str(reg),
+        ],
     )
     assert res.exit_code == 1, res.output  # the broken file is skipped, named, and fails the exit code
     assert "broken.png" in res.output
     assert (tmp_path / "out" / "a.jpg").is_file() and (tmp_path / "out" / "b.png").is_file()
-    again = runner.invoke(app, ["watermark", "embed", str(src / "a.jpg"), str(tmp_path / "out" / "a.jpg"),
-                                "-k", str(key), "-p", "5"])
+    again = runner.invoke(
+        app,
+        [
+            "watermark",
+            "embed",
+            str(src / "a.jpg"),
+            str(tmp_path / "out" / "a.jpg"),
+            "-k",
+            str(key),
+            "-p",
+            "5",
+        ],
+    )
     assert again.exit_code == 2 and "already exists" in again.output
-    res = runner.invoke(app, ["watermark", "detect", str(tmp_path / "out"), str(src / "a.jpg"), "-k", str(key),
-                              "--registry", str(reg)])
+    res = runner.invoke(
+        app,
+        [
+            "watermark",
+            "detect",
+            str(tmp_path / "out"),
+            str(src / "a.jpg"),
+            "-k",
+            str(key),
+            "--registry",
+            str(reg),
+        ],
+    )
     lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    by_name = {line["path"].split("/")[-1] + ("@out" if "/out/" in line["path"] else ""): line for line in lines}
+    by_name = {
+        line["path"].split("/")[-1] + ("@out" if "/out/" in line["path"] else ""): line for line in lines
+    }
     assert by_name["a.jpg@out"]["watermarked"] and by_name["a.jpg@out"]["payload"] == 0
     assert by_name["a.jpg@out"]["record"]["generator"] == "gen-x"
     assert by_name["b.png@out"]["watermarked"]

@@ -134,10 +134,10 @@ class Watermarker:
     @torch.no_grad()
     def decode_logits(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
-        if max(h, w) > DECODE_WINDOW:
+        if max(h, w) > DECODE_WINDOW:  # the decoder reads a centre window anyway: skip converting the rest
             top, left = max(0, (h - DECODE_WINDOW) // 2), max(0, (w - DECODE_WINDOW) // 2)
             image = image[top : top + DECODE_WINDOW, left : left + DECODE_WINDOW]
-        return self.model.decoder(_to_tensor(image))[0].numpy()
+        return self.model.decoder(_to_tensor(image), self.model.search_factors)[0].numpy()
 
     def detect_array(self, image: np.ndarray, path: str | None = None) -> WatermarkResult:
         logits = self.decode_logits(image)

@@ -257,8 +257,7 @@ def training_layer(progress: float) -> RandomDistortion:
     p = min(1.0, max(0.0, progress))
     q_low = int(round(90 - 50 * p))  # JPEG quality floor 90 -> 40
     area_low = 0.9 - 0.7 * p  # crop area floor 0.9 -> 0.2
-    scale_low = 0.9 - 0.45 * p  # resize floor 0.9 -> 0.45
-    deg = 1 + 9 * p  # rotation up to 10 degrees
+    deg = 1 + 4 * p  # rotation up to 5 degrees
     sigma = 0.3 + 1.2 * p
     jpeg = JPEG((q_low, 95))
     crop = Crop((area_low, 1.0))
@@ -267,14 +266,13 @@ def training_layer(progress: float) -> RandomDistortion:
         (Quantize(), 1.0),
         (jpeg, 3.0),
         (crop, 2.0),
-        (Resize((scale_low, 1.3)), 1.5),
+        (Resize((0.9, 1.1)), 0.75),
         (Blur((0.3, sigma)), 1.0),
         (Noise((0.0, 0.005 + 0.025 * p)), 1.0),
         (Chain(bright, Contrast((1 - 0.4 * p, 1 + 0.4 * p)), Quantize()), 1.0),
         (Rotate((0.0, deg)), 1.0),
         (HFlip(), 0.3),
         (Chain(JPEG((q_low, 95)), Crop((area_low, 1.0)), Brightness((1 - 0.3 * p, 1 + 0.3 * p))), 2.0),
-        (Chain(Resize((scale_low, 1.0)), JPEG((q_low, 95))), 1.0),
     ]
     return RandomDistortion(choices)
 

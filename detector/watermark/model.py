@@ -1,14 +1,21 @@
 """The learned watermark: an embedder that adds a bounded, masked residual and a decoder that reads bits.
 
-Both networks are fully convolutional and work on a *working grid* at a fixed fraction of the image's
-own pixel scale (``scale``: the grid is the image downsampled by that factor). Working at a fixed pixel
-scale, not a fixed size, is what makes cropping harmless: the decoder ends in global average pooling,
-so any large enough window of the watermarked image carries the whole message. The embedder tiles a
-learned, message-dependent carrier texture over the grid, shapes it with a small CNN that also sees
-the image, scales it up to full resolution, attenuates it where the eye is most sensitive (a JND-style
-mask: flat regions get less, textured ones more) and rescales it to an exact target PSNR (the strength
-knob). So imperceptibility is a constraint met by construction and training spends its steps on
-robustness.
+Both work on a *working grid* at a fixed fraction of the image's own pixel scale (``scale``: the grid is
+the image downsampled by that factor), so any image size works and cropping keeps the pattern's scale.
+
+**Embedder.** Each bit owns a learned carrier tile (3 x ``tile`` x ``tile``); the message's carrier is
+the sum of the tiles signed by the bits, tiled periodically over the working grid, scaled up to full
+resolution, attenuated where the eye is most sensitive (a JND-style local-contrast mask: flat regions
+get less, textured ones more) and rescaled to an exact target PSNR (the strength knob). So
+imperceptibility is a constraint met by construction and training spends its steps on robustness.
+
+**Decoder.** A small CNN maps the working grid to a saturating feature map (it learns to suppress
+image content, which is noise here); the map is *folded* modulo the tile period (every tile averaged
+coherently: the SNR grows with the image area), and a learned readout is circularly correlated with the
+fold for every cyclic shift at once (FFT). A crop only shifts the fold cyclically, so the decoder takes
+the shift, and optionally the scale (``factors``: e.g. a 0.5x resized image folds at half the factor),
+where the readout is most confident. That choice depends on the image only, never on the key, so the
+keyed payload test downstream stays valid.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -32,18 +39,28 @@ class WatermarkModelConfig:
     n_bits: int = 64
     scale: int = 2  # working grid = image / scale
     tile: int = 16  # carrier period on the working grid
-    carrier_channels: int = 8
-    embed_width: int = 16
+    feature_channels: int = 8  # decoder features folded and read out
     decode_width: int = 16
     target_psnr: float = 41.0  # default strength: PSNR of the residual in dB (RGB, 8-bit peak)
     mask_floor: float = 0.015  # JND mask: flat regions keep this much (relative to local contrast)
     mask_cap: float = 0.12
+    max_grid: int = 256  # decoding reads a centre window of at most this many grid cells a side
 
 
-def working_size(height: int, width: int, scale: int) -> tuple[int, int]:
+def working_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, math.ceil(height / scale)), max(1, math.ceil(width / scale))
 
 
+def to_grid(x: torch.Tensor, scale: float) -> torch.Tensor:
+    _, _, height, width = x.shape
+    h, w = working_size(height, width, scale)
+    if (h, w) == (height, width):
+        return x
+    mode = "area" if h < height else "bilinear"
+    return F.interpolate(x, size=(h, w), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+
+
+@torch.no_grad()
 def jnd_mask(x: torch.Tensor, floor: float, cap: float) -> torch.Tensor:
     """Where a change is hard to see: local luminance contrast (7x7 std), floored and capped.
 
@@ -61,22 +78,13 @@ def jnd_mask(x: torch.Tensor, floor: float, cap: float) -> torch.Tensor:
     return mask / mask.mean(dim=(2, 3), keepdim=True)
 
 
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(
-        cin, cout, 3, stride=stride, padding=1, padding_mode="reflect" if stride == 1 else "zeros"
-    )
-
-
 class Embedder(nn.Module):
     """(image in [0,1], bits in {0,1}) -> watermarked image in [0,1], same size as the input."""
 
     def __init__(self, cfg: WatermarkModelConfig):
         super().__init__()
         self.cfg = cfg
-        c = cfg.carrier_channels
-        self.carriers = nn.Parameter(torch.randn(cfg.n_bits, c, cfg.tile, cfg.tile) / math.sqrt(cfg.n_bits))
-        w = cfg.embed_width
-        self.body = nn.Sequential(_conv(3 + c, w), nn.GELU(), nn.Conv2d(w, 3, 1))
+        self.carriers = nn.Parameter(torch.randn(cfg.n_bits, 3, cfg.tile, cfg.tile) / math.sqrt(cfg.n_bits))
 
     def carrier(self, bits: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The message's carrier texture, tiled from the top-left corner to cover ``height x width``."""
@@ -91,10 +99,12 @@ class Embedder(nn.Module):
         cfg = self.cfg
         _, _, height, width = x.shape
         h, w = working_size(height, width, cfg.scale)
-        small = F.interpolate(x, size=(h, w), mode="area") if (h, w) != (height, width) else x
-        raw = self.body(torch.cat([small - 0.5, self.carrier(bits, h, w)], dim=1))
+        raw = self.carrier(bits, h, w)
         if (h, w) != (height, width):
-            raw = F.interpolate(raw, size=(height, width), mode="bilinear", align_corners=False)
+            raw = F.interpolate(
+                raw, size=(h * cfg.scale, w * cfg.scale), mode="bilinear", align_corners=False
+            )
+            raw = raw[:, :, :height, :width]
         shaped = raw * jnd_mask(x, cfg.mask_floor, cfg.mask_cap)
         psnr = cfg.target_psnr if target_psnr is None else target_psnr
         target_rms = 10 ** (-psnr / 20)
@@ -106,36 +116,83 @@ class Embedder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Image of any size in [0,1] -> one logit per bit (positive = 1). Global pooling: crop-invariant."""
+    """Image of any size in [0,1] -> one logit per bit (positive = 1)."""
 
     def __init__(self, cfg: WatermarkModelConfig):
         super().__init__()
         self.cfg = cfg
-        w = cfg.decode_width
-        self.body = nn.Sequential(
-            _conv(3, w),
-            nn.GELU(),
-            _conv(w, 2 * w, stride=2),
-            nn.GroupNorm(8, 2 * w),
-            nn.GELU(),
-            _conv(2 * w, 2 * w),
-            nn.GELU(),
-            _conv(2 * w, 4 * w, stride=2),
-            nn.GroupNorm(8, 4 * w),
-            nn.GELU(),
-            _conv(4 * w, 4 * w),
-            nn.GELU(),
+        w, c, t = cfg.decode_width, cfg.feature_channels, cfg.tile
+        self.features = nn.Sequential(
+            nn.Conv2d(3, w, 5, padding=2, padding_mode="replicate"),
+            nn.Tanh(),
+            nn.Conv2d(w, w, 3, padding=1, padding_mode="replicate"),
+            nn.Tanh(),
+            nn.Conv2d(w, c, 1),
         )
-        self.head = nn.Linear(4 * w, cfg.n_bits)
+        self.readout = nn.Parameter(0.1 * torch.randn(cfg.n_bits, c, t, t) / math.sqrt(c * t * t))
+        self.gain = nn.Parameter(torch.tensor(math.log(4.0)))
+        self.bias = nn.Parameter(torch.zeros(cfg.n_bits))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def fold(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C, T, T): the mean of every position with the same phase modulo T."""
+        t = self.cfg.tile
+        b, c, h, w = feats.shape
+        ph, pw = -(-h // t) * t, -(-w // t) * t
+        padded = F.pad(feats, (0, pw - w, 0, ph - h))
+        ones = F.pad(torch.ones(1, 1, h, w, dtype=feats.dtype, device=feats.device), (0, pw - w, 0, ph - h))
+        total = padded.view(b, c, ph // t, t, pw // t, t).sum(dim=(2, 4))
+        count = ones.view(1, 1, ph // t, t, pw // t, t).sum(dim=(2, 4))
+        return total / count.clamp_min(1)
+
+    def shifted_logits(self, x: torch.Tensor, factor: float) -> torch.Tensor:
+        """Logits for every cyclic shift: (B, n_bits, T, T)."""
+        t = self.cfg.tile
+        window = math.ceil(self.cfg.max_grid * factor)  # crop-invariance: a centre window carries it all
         _, _, height, width = x.shape
-        h, w = working_size(height, width, self.cfg.scale)
-        small = F.interpolate(x, size=(h, w), mode="area") if (h, w) != (height, width) else x
-        if min(h, w) < 8:  # tiny inputs: pad to the smallest grid the strided body can pool
-            small = F.pad(small, (0, max(0, 8 - w), 0, max(0, 8 - h)), mode="replicate")
-        feats = self.body(small - 0.5)
-        return self.head(feats.mean(dim=(2, 3)))
+        if height > window or width > window:
+            top, left = max(0, (height - window) // 2), max(0, (width - window) // 2)
+            x = x[:, :, top : top + window, left : left + window]
+        grid = to_grid(x, factor)
+        if min(grid.shape[-2:]) < 5:
+            grid = F.pad(
+                grid, (0, max(0, 5 - grid.shape[-1]), 0, max(0, 5 - grid.shape[-2])), mode="replicate"
+            )
+        folded = self.fold(self.features((grid - 0.5) * 4))
+        # Only the pattern within a tile carries bits: drop the fold's mean (biases, image DC) and
+        # normalise its energy, so the logit scale depends on neither contrast nor image size.
+        folded = folded - folded.mean(dim=(2, 3), keepdim=True)
+        folded = folded / folded.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-12).sqrt()
+        spec = torch.fft.rfft2(folded)
+        kernel = torch.fft.rfft2(self.readout)
+        corr = torch.fft.irfft2(torch.einsum("bcuv,ncuv->bnuv", spec, kernel.conj()), s=(t, t))
+        return corr * self.gain.exp() + self.bias.view(1, -1, 1, 1)
+
+    def forward(
+        self, x: torch.Tensor, factors: tuple[float, ...] | None = None, aligned: bool = False
+    ) -> torch.Tensor:
+        """Logits at the most confident (scale, shift); ``factors`` default to ``(cfg.scale,)``.
+
+        ``aligned=True`` reads at shift 0 (the image's own top-left is the tile origin): training starts
+        so, on uncropped images, because the shift search only finds the right shift once the readout
+        has learned the carriers.
+        """
+        best_logits, best_conf = None, None
+        for factor in factors or (self.cfg.scale,):
+            logits = self.shifted_logits(x, factor)
+            b, n, t, _ = logits.shape
+            flat = logits.view(b, n, t * t)
+            if aligned:
+                return flat[:, :, 0]
+            conf = flat.abs().mean(dim=1)  # (B, T*T)
+            top_conf, idx = conf.max(dim=1)
+            chosen = flat.gather(2, idx.view(b, 1, 1).expand(b, n, 1)).squeeze(2)
+            if best_logits is None:
+                best_logits, best_conf = chosen, top_conf
+            else:
+                better = (top_conf > best_conf).unsqueeze(1)
+                best_logits = torch.where(better, chosen, best_logits)
+                best_conf = torch.maximum(top_conf, best_conf)
+        return best_logits
 
 
 class WatermarkModel(nn.Module):
@@ -146,6 +203,11 @@ class WatermarkModel(nn.Module):
         self.cfg = cfg or WatermarkModelConfig()
         self.embedder = Embedder(self.cfg)
         self.decoder = Decoder(self.cfg)
+
+    @property
+    def search_factors(self) -> tuple[float, ...]:
+        """Grids the decoder searches: the native one and half of it (an image resized to 0.5x)."""
+        return (float(self.cfg.scale), self.cfg.scale / 2)
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         """Write weights as safetensors; architecture and ``extra`` (e.g. training figures) as metadata."""

@@ -38,20 +38,21 @@ DEFAULT_HOLDOUT = (
 @dataclass
 class WatermarkTrainConfig:
     model: WatermarkModelConfig = field(default_factory=WatermarkModelConfig)
-    steps: int = 6000
+    steps: int = 3000
     batch_size: int = 16
-    patch: int = 96
-    lr: float = 2e-3
+    patch: int = 128
+    lr: float = 3e-3
     weight_decay: float = 0.0
     seed: int = 0
     holdout: list[str] = field(default_factory=lambda: list(DEFAULT_HOLDOUT))
-    psnr_start: float = 32.0  # curriculum: train at low PSNR first, reach model.target_psnr at psnr_ramp
+    psnr_start: float = 36.0  # curriculum: train at low PSNR first, reach model.target_psnr at psnr_ramp
     psnr_ramp: float = 0.4
     distortion_start: float = 0.1  # fraction of steps with only quantisation, then ramp to full strength
     distortion_ramp: float = 0.6
-    eval_every: int = 200
+    eval_every: int = 100
     save_every: int = 100
     threads: int = 1
+    init: str = ""  # start from these weights (a state.pt or model.safetensors), e.g. a shorter run's
     wandb: bool = True
 
 
@@ -111,7 +112,7 @@ def quick_eval(model: WatermarkModel, images: torch.Tensor, psnr: float, seed: i
     rng = random.Random(seed)
     for name, attack in (("none", None), ("jpeg50", JPEG((50, 50))), ("crop0.25", Crop((0.25, 0.25)))):
         attacked = marked if attack is None else attack(marked, rng)
-        logits = model.decoder(attacked)
+        logits = model.decoder(attacked, model.search_factors)
         out[f"acc_{name}"] = float(((logits > 0).long() == bits).float().mean())
     return out
 
@@ -135,6 +136,12 @@ def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=pri
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     step = 0
+    if cfg.init:
+        if cfg.init.endswith(".safetensors"):
+            model.load_state_dict(WatermarkModel.load(cfg.init).state_dict())
+        else:
+            model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True)["model"])
+        log(f"initialised from {cfg.init}")
     state_path = run_dir / "state.pt"
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -177,7 +184,8 @@ def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=pri
         bits = torch.randint(0, 2, (cfg.batch_size, cfg.model.n_bits))
         marked = model.embedder(x, bits, psnr)
         attacked = layer(marked, rng)
-        logits = model.decoder(attacked)
+        aligned = step < cfg.distortion_start * cfg.steps  # no crops yet: the tile origin is known
+        logits = model.decoder(attacked, aligned=aligned)
         loss = F.binary_cross_entropy_with_logits(logits, bits.float())
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -186,7 +194,7 @@ def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=pri
         sched.step()
         step += 1
         seen += 1
-        running.append((float(loss), float(((logits > 0).long() == bits).float().mean())))
+        running.append((loss.item(), ((logits > 0).long() == bits).float().mean().item()))
         if step % cfg.save_every == 0 or step == cfg.steps:
             tmp = state_path.with_suffix(".tmp")
             torch.save(
