@@ -37,7 +37,7 @@ class WatermarkModelConfig:
     """Architecture of the embedder/decoder pair (saved in the checkpoint's metadata)."""
 
     n_bits: int = 64
-    scale: int = 2  # working grid = image / scale
+    scale: int = 4  # working grid = image / scale (coarse enough to survive JPEG 50)
     tile: int = 16  # carrier period on the working grid
     feature_channels: int = 8  # decoder features folded and read out
     decode_width: int = 16
@@ -223,6 +223,7 @@ class WatermarkModel(nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(path, "wb") as handle:
             handle.write(save(state, metadata=meta))
+        path.chmod(0o644)  # a shipped model is public (atomic_writer's temp files are owner-only)
 
     @classmethod
     def load(cls, path: str | Path) -> WatermarkModel:

@@ -38,17 +38,17 @@ DEFAULT_HOLDOUT = (
 @dataclass
 class WatermarkTrainConfig:
     model: WatermarkModelConfig = field(default_factory=WatermarkModelConfig)
-    steps: int = 3000
+    steps: int = 1800
     batch_size: int = 16
-    patch: int = 128
+    patch: int = 192
     lr: float = 3e-3
     weight_decay: float = 0.0
     seed: int = 0
     holdout: list[str] = field(default_factory=lambda: list(DEFAULT_HOLDOUT))
-    psnr_start: float = 36.0  # curriculum: train at low PSNR first, reach model.target_psnr at psnr_ramp
-    psnr_ramp: float = 0.4
-    distortion_start: float = 0.1  # fraction of steps with only quantisation, then ramp to full strength
-    distortion_ramp: float = 0.6
+    psnr_start: float = 37.0  # curriculum: train at low PSNR first, reach model.target_psnr at psnr_ramp
+    psnr_ramp: float = 0.3
+    distortion_start: float = 0.06  # fraction of steps with only quantisation, then ramp to full strength
+    distortion_ramp: float = 0.55
     eval_every: int = 100
     save_every: int = 100
     threads: int = 1
