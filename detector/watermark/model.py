@@ -177,8 +177,14 @@ class Decoder(nn.Module):
         has learned the carriers.
         """
         best_logits, best_conf = None, None
+        candidates = []
         for factor in factors or (self.cfg.scale,):
-            logits = self.shifted_logits(x, factor)
+            # Sub-cell phase: a crop rarely starts on the grid; try offsets within a cell (key-independent).
+            step = max(1, int(factor) // 2) if not aligned else int(max(factor, 1))
+            offsets = range(0, max(1, int(factor)), step)
+            candidates += [(factor, dy, dx) for dy in offsets for dx in offsets]
+        for factor, dy, dx in candidates:
+            logits = self.shifted_logits(x[:, :, dy:, dx:], factor)
             b, n, t, _ = logits.shape
             flat = logits.view(b, n, t * t)
             if aligned:
