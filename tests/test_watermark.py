@@ -292,3 +292,35 @@ def test_cli_bad_key_file_is_a_clean_error(tmp_path):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
     res = runner.invoke(app, ["watermark", "detect", str(img), "-k", str(bad)])
     assert res.exit_code == 2 and "malformed key file" in res.output and "Traceback" not in res.output
+
+
+def test_cli_train_tiny_run_resumes_and_exports(tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "watermark",
+        "train",
+        str(run),
+        "--set",
+        "steps=2",
+        "--set",
+        "patch=64",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "wandb=false",
+        "--set",
+        "eval_every=2",
+        "--set",
+        "save_every=1",
+        "--set",
+        "model.decode_width=8",
+        "--export",
+        str(tmp_path / "exp"),
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    model = WatermarkModel.load(tmp_path / "exp" / "model.safetensors")
+    assert model.cfg.decode_width == 8
+    assert (run / "log.jsonl").read_text().count("\n") == 1
+    res = runner.invoke(app, args[:-2])  # resumes from state.pt: already at its last step
+    assert res.exit_code == 0 and "resumed at step 2" in res.output

@@ -226,9 +226,12 @@ def train(
         cfg.holdout = parse_list(holdout)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    run_training(
-        cfg, run_dir, resume=not fresh, log=lambda msg: console.print(msg, markup=False, highlight=False)
-    )
+    try:
+        run_training(
+            cfg, run_dir, resume=not fresh, log=lambda msg: console.print(msg, markup=False, highlight=False)
+        )
+    except ValueError as exc:  # e.g. resuming a state trained for another number of steps
+        fail(str(exc))
     if export is not None:
         target = export / "model.safetensors" if export.suffix != ".safetensors" else export
         target.parent.mkdir(parents=True, exist_ok=True)

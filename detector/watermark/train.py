@@ -145,6 +145,11 @@ def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=pri
     state_path = run_dir / "state.pt"
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if int(state["sched"].get("total_steps", cfg.steps)) != cfg.steps:
+            raise ValueError(
+                f"{state_path} was trained for {state['sched'].get('total_steps')} steps, not {cfg.steps}: "
+                "resume with the same steps, or start over (--fresh / init=...)"
+            )
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
