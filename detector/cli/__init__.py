@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from detector import __version__
-from detector.cli import attribute, corpus, demo, evaluate, features, score, train
+from detector.cli import attribute, corpus, demo, evaluate, features, score, train, watermark
 
 app = typer.Typer(
     name="detector",
@@ -27,6 +27,7 @@ app.command("eval")(evaluate.eval_command)
 app.command("bundle")(score.bundle_command)
 app.command("score")(score.score_command)
 app.command("demo")(demo.demo_command)
+app.add_typer(watermark.app, name="watermark")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,298 @@
+"""The distortion layer: the attacks a watermark must survive, as modules on batches of [0,1] images.
+
+Used twice: in training (random strength, differentiable or straight-through) and in evaluation
+(fixed strength, the robustness grid). Every module takes ``(B, 3, H, W)`` and may return another size
+(crop, resize). JPEG is not differentiable, so training passes gradients straight through it:
+forward = real JPEG (PIL), backward = identity.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+
+def _uniform(rng: random.Random, low: float, high: float) -> float:
+    return low if low == high else rng.uniform(low, high)
+
+
+def jpeg_numpy(image: np.ndarray, quality: int) -> np.ndarray:
+    """Real JPEG round trip of an HxWx3 uint8 array (4:2:0, like most encoders in the wild)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float [0,1] -> HxWx3 uint8 (rounded, as saving a file would)."""
+    return (x.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def from_uint8(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float() / 255.0
+
+
+class Distortion(nn.Module):
+    """Base: ``forward(x, rng)``; ``rng`` (random.Random) draws the strength within the module's range."""
+
+    name = "distortion"
+
+    def forward(self, x: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(
+            f"{k}={v}" for k, v in vars(self).items() if not k.startswith("_") and k != "training"
+        )
+
+
+class Identity(Distortion):
+    name = "none"
+
+    def forward(self, x, rng=None):
+        return x
+
+
+class Quantize(Distortion):
+    """Rounding to 8 bits (saving any lossless file), straight-through."""
+
+    name = "quantize"
+
+    def forward(self, x, rng=None):
+        return x + ((x * 255).round() / 255 - x).detach()
+
+
+class JPEG(Distortion):
+    name = "jpeg"
+
+    def __init__(self, quality: tuple[int, int] = (50, 50)):
+        super().__init__()
+        self.quality = quality
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        out = []
+        for image in x:
+            q = int(round(_uniform(rng, *self.quality)))
+            out.append(from_uint8(jpeg_numpy(to_uint8(image), q)).to(x.device))
+        compressed = torch.stack(out).to(x.dtype)
+        return x + (compressed - x).detach()  # straight-through
+
+
+class Crop(Distortion):
+    """Keep a random window with ``area`` of the image (aspect kept), no resizing: pixel scale unchanged."""
+
+    name = "crop"
+
+    def __init__(self, area: tuple[float, float] = (0.25, 0.25), center: bool = False):
+        super().__init__()
+        self.area = area
+        self.center = center
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        _, _, h, w = x.shape
+        side = math.sqrt(_uniform(rng, *self.area))
+        ch, cw = max(8, round(h * side)), max(8, round(w * side))
+        ch, cw = min(ch, h), min(cw, w)
+        if self.center:
+            top, left = (h - ch) // 2, (w - cw) // 2
+            return x[:, :, top : top + ch, left : left + cw]
+        out = []
+        for image in x:
+            top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
+            out.append(image[:, top : top + ch, left : left + cw])
+        return torch.stack(out)
+
+
+class Resize(Distortion):
+    """Rescale by a factor (antialiased): the pattern's pixel scale changes."""
+
+    name = "resize"
+
+    def __init__(self, factor: tuple[float, float] = (0.5, 0.5)):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        f = _uniform(rng, *self.factor)
+        _, _, h, w = x.shape
+        size = (max(8, round(h * f)), max(8, round(w * f)))
+        return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+class Blur(Distortion):
+    name = "blur"
+
+    def __init__(self, sigma: tuple[float, float] = (1.0, 1.0)):
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        sigma = _uniform(rng, *self.sigma)
+        radius = max(1, int(math.ceil(2.5 * sigma)))
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        kernel = torch.exp(-(t**2) / (2 * sigma * sigma))
+        kernel = kernel / kernel.sum()
+        c = x.shape[1]
+        padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+        out = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+        return F.conv2d(out, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+class Noise(Distortion):
+    name = "noise"
+
+    def __init__(self, std: tuple[float, float] = (0.02, 0.02), seed: int | None = None):
+        super().__init__()
+        self.std = std
+        self.seed = seed
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        std = _uniform(rng, *self.std)
+        gen = torch.Generator(device="cpu").manual_seed(
+            self.seed if self.seed is not None else rng.randrange(2**31)
+        )
+        return (x + std * torch.randn(x.shape, generator=gen).to(x.device, x.dtype)).clamp(0, 1)
+
+
+class Brightness(Distortion):
+    name = "brightness"
+
+    def __init__(self, factor: tuple[float, float] = (0.7, 1.3)):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        return (x * _uniform(rng, *self.factor)).clamp(0, 1)
+
+
+class Contrast(Distortion):
+    name = "contrast"
+
+    def __init__(self, factor: tuple[float, float] = (0.7, 1.3)):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return ((x - mean) * _uniform(rng, *self.factor) + mean).clamp(0, 1)
+
+
+class Rotate(Distortion):
+    """Rotate about the centre by up to ``degrees`` (either sign); corners outside are filled black."""
+
+    name = "rotate"
+
+    def __init__(self, degrees: tuple[float, float] = (5.0, 5.0), random_sign: bool = True):
+        super().__init__()
+        self.degrees = degrees
+        self.random_sign = random_sign
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        angle = math.radians(_uniform(rng, *self.degrees)) * (rng.choice((-1, 1)) if self.random_sign else 1)
+        b, _, h, w = x.shape
+        cos, sin = math.cos(angle), math.sin(angle)
+        theta = torch.tensor(
+            [[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=x.dtype, device=x.device
+        )
+        grid = F.affine_grid(theta.expand(b, 2, 3), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class HFlip(Distortion):
+    name = "hflip"
+
+    def forward(self, x, rng=None):
+        return x.flip(-1)
+
+
+class Chain(Distortion):
+    """Apply several distortions in order (e.g. JPEG + crop + brightness)."""
+
+    name = "chain"
+
+    def __init__(self, *steps: Distortion):
+        super().__init__()
+        self.steps = nn.ModuleList(steps)
+
+    def forward(self, x, rng=None):
+        for step in self.steps:
+            x = step(x, rng)
+        return x
+
+
+class RandomDistortion(Distortion):
+    """Pick one of several distortions per batch with given weights (the training distortion layer)."""
+
+    name = "random"
+
+    def __init__(self, choices: list[tuple[Distortion, float]]):
+        super().__init__()
+        self.choices = nn.ModuleList([c for c, _ in choices])
+        self.weights = [w for _, w in choices]
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        chosen = rng.choices(range(len(self.choices)), weights=self.weights, k=1)[0]
+        return self.choices[chosen](x, rng)
+
+
+def training_layer(progress: float) -> RandomDistortion:
+    """The curriculum: mild attacks first, the full range once the bits are learned (``progress`` 0..1)."""
+    p = min(1.0, max(0.0, progress))
+    q_low = int(round(90 - 50 * p))  # JPEG quality floor 90 -> 40
+    area_low = 0.9 - 0.7 * p  # crop area floor 0.9 -> 0.2
+    deg = 1 + 4 * p  # rotation up to 5 degrees
+    sigma = 0.3 + 1.2 * p
+    jpeg = JPEG((q_low, 95))
+    crop = Crop((area_low, 1.0))
+    bright = Brightness((1 - 0.4 * p, 1 + 0.4 * p))
+    choices: list[tuple[Distortion, float]] = [
+        (Quantize(), 1.0),
+        (jpeg, 3.0),
+        (crop, 2.0),
+        (Resize((0.9, 1.1)), 0.75),
+        (Blur((0.3, sigma)), 1.0),
+        (Noise((0.0, 0.005 + 0.025 * p)), 1.0),
+        (Chain(bright, Contrast((1 - 0.4 * p, 1 + 0.4 * p)), Quantize()), 1.0),
+        (Rotate((0.0, deg)), 1.0),
+        (HFlip(), 0.3),
+        (Chain(JPEG((q_low, 95)), Crop((area_low, 1.0)), Brightness((1 - 0.3 * p, 1 + 0.3 * p))), 2.0),
+    ]
+    return RandomDistortion(choices)
+
+
+def evaluation_grid() -> dict[str, Distortion]:
+    """The fixed robustness grid of the issue (deterministic: centre crops, fixed strengths)."""
+    return {
+        "none": Quantize(),
+        "jpeg90": JPEG((90, 90)),
+        "jpeg75": JPEG((75, 75)),
+        "jpeg50": JPEG((50, 50)),
+        "resize0.5": Resize((0.5, 0.5)),
+        "crop0.5": Crop((0.5, 0.5), center=True),
+        "crop0.25": Crop((0.25, 0.25), center=True),
+        "blur1": Blur((1.0, 1.0)),
+        "noise0.02": Noise((0.02, 0.02), seed=0),
+        "bright0.7": Chain(Brightness((0.7, 0.7)), Quantize()),
+        "bright1.3": Chain(Brightness((1.3, 1.3)), Quantize()),
+        "rotate5": Chain(Rotate((5.0, 5.0), random_sign=False), Quantize()),
+        "jpeg50+crop0.5+bright1.3": Chain(
+            JPEG((50, 50)), Crop((0.5, 0.5), center=True), Brightness((1.3, 1.3)), Quantize()
+        ),
+    }

@@ -1,0 +1,259 @@
+"""The keyed payload: error correction, key-derived scrambling, and the hypothesis test that decides.
+
+Layout of the ``n_bits`` message the model carries (default 64): a payload id of ``payload_bits``
+(default 16) is Reed-Solomon coded over 4-bit symbols (GF(16), at most 15 symbols: 16 data bits + 44
+parity bits correct any 5 wrong symbols), the bits left over are key-derived pilot bits, and the whole
+word is permuted and XOR-masked with streams derived from the secret key by HMAC-SHA256. Without the
+key the embedded bits look random: a message cannot be read, and one cannot be forged.
+
+**The test.** Decoding proposes a payload (the RS decoder, with erasures of the least confident symbols
+as a fallback); re-encoding it gives the word we expect, and ``k`` of the ``n`` decoded bits match it.
+Under H0 (the image carries no watermark under this key) the decoded bits are independent of the key,
+so after unmasking they are uniform and, for any one payload, ``k ~ Binomial(n, 1/2)``. The decoder may
+pick any of the ``2**payload_bits`` payloads, so the p-value is Bonferroni-corrected over all of them:
+``p = min(1, 2**payload_bits * P(Binomial(n, 1/2) >= k))``. "Watermarked" is declared at ``p <= fpr``
+(default 1e-6; with 64 bits and 16-bit payloads that needs k >= 58). This bound holds however the
+candidate was chosen, so trying several decodings does not inflate the false-positive rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import secrets
+import string
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+KEY_HEADER = "detector-watermark-key-v1"
+MIN_KEY_BYTES = 16
+
+
+class KeyFileError(ValueError):
+    """A key file is missing, unreadable or malformed."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class WatermarkKey:
+    """A secret key. ``key_id`` (a public fingerprint) tells registries and reports which key was used."""
+
+    secret: bytes
+
+    @property
+    def key_id(self) -> str:
+        return hashlib.sha256(b"key-id:" + self.secret).hexdigest()[:16]
+
+    def stream(self, label: str, n_bytes: int) -> bytes:
+        """Deterministic pseudo-random bytes for ``label`` (HMAC-SHA256 in counter mode)."""
+        out = bytearray()
+        counter = 0
+        while len(out) < n_bytes:
+            out += hmac.new(self.secret, f"{label}:{counter}".encode(), hashlib.sha256).digest()
+            counter += 1
+        return bytes(out[:n_bytes])
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"WatermarkKey(key_id={self.key_id})"
+
+
+def generate_key(path: str | os.PathLike, overwrite: bool = False) -> WatermarkKey:
+    """Write a new random 256-bit key file (owner-readable only)."""
+    from detector.io import atomic_write_text
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise KeyFileError(path, "already exists (refusing to overwrite a key)")
+    key = WatermarkKey(secrets.token_bytes(32))
+    atomic_write_text(path, f"{KEY_HEADER}\n{key.secret.hex()}\n")
+    os.chmod(path, 0o600)
+    return key
+
+
+def load_key(path: str | os.PathLike) -> WatermarkKey:
+    """Read a key file: the header line, then the secret as hex (at least 16 bytes)."""
+    path = Path(path)
+    if not path.exists():
+        raise KeyFileError(path, "no such key file")
+    if not path.is_file():
+        raise KeyFileError(path, "not a regular file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(path, f"cannot read ({exc.strerror or exc})") from exc
+    if len(raw) > 4096:
+        raise KeyFileError(path, "too large to be a key file")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(path, "not a text key file (binary content)") from exc
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines or lines[0] != KEY_HEADER:
+        raise KeyFileError(path, f"malformed key file (first line must be {KEY_HEADER!r})")
+    body = "".join(lines[1:])
+    if not body or any(c not in string.hexdigits for c in body) or len(body) % 2:
+        raise KeyFileError(path, "malformed key file (the secret must be an even number of hex digits)")
+    secret = bytes.fromhex(body)
+    if len(secret) < MIN_KEY_BYTES:
+        raise KeyFileError(path, f"key too short ({len(secret)} bytes; at least {MIN_KEY_BYTES})")
+    return WatermarkKey(secret)
+
+
+@lru_cache(maxsize=512)
+def _tail_count(n: int, k: int) -> int:
+    return sum(math.comb(n, i) for i in range(k, n + 1))
+
+
+def binomial_pvalue(matches: int, n: int) -> float:
+    """P(Binomial(n, 1/2) >= matches), exact (integer arithmetic)."""
+    if matches <= 0:
+        return 1.0
+    if matches > n:
+        return 0.0
+    return _tail_count(n, matches) / 2**n
+
+
+def min_matches(n: int, fpr: float, multiplicity: int = 1) -> int:
+    """The smallest k with multiplicity * P(Binomial(n, 1/2) >= k) <= fpr (n + 1 if none)."""
+    for k in range(n // 2, n + 1):
+        if multiplicity * binomial_pvalue(k, n) <= fpr:
+            return k
+    return n + 1
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What the payload layer makes of a word of decoded bits."""
+
+    payload: int | None  # None: no codeword found
+    matches: int  # bits agreeing with the re-encoded word (0 when no payload)
+    n_bits: int
+    p_value: float
+    watermarked: bool
+    expected: np.ndarray | None  # the re-encoded word (embedded order), when a payload was found
+
+    @property
+    def bit_accuracy(self) -> float | None:
+        return None if self.payload is None else self.matches / self.n_bits
+
+
+class PayloadCodec:
+    """Payload id <-> n-bit keyed word, and the test. One codec per (n_bits, payload_bits, key)."""
+
+    def __init__(self, key: WatermarkKey, n_bits: int = 64, payload_bits: int = 16):
+        import reedsolo
+
+        self.symbol_bits = 4 if n_bits <= 64 else 8
+        s = self.symbol_bits
+        if payload_bits <= 0 or payload_bits % s:
+            raise ValueError(f"payload_bits must be a positive multiple of {s}, got {payload_bits}")
+        self.n_symbols = min(2**s - 1, n_bits // s)
+        self.data_symbols = payload_bits // s
+        self.parity = self.n_symbols - self.data_symbols
+        if self.parity < 2:
+            raise ValueError(
+                f"{n_bits} bits leave no room for error correction of {payload_bits} payload bits"
+            )
+        self.key = key
+        self.n_bits = n_bits
+        self.payload_bits = payload_bits
+        self.rs = reedsolo.RSCodec(nsym=self.parity, nsize=self.n_symbols, c_exp=s)
+        n_code = self.n_symbols * s
+        self.pilot = np.unpackbits(np.frombuffer(key.stream("pilot", n_bits), np.uint8))[: n_bits - n_code]
+        self.mask = np.unpackbits(np.frombuffer(key.stream("mask", n_bits), np.uint8))[:n_bits]
+        order = np.frombuffer(key.stream("perm", 4 * n_bits), dtype=">u4").astype(np.int64)
+        self.perm = np.argsort(order, kind="stable")  # word position i goes to embedded position perm[i]
+
+    @property
+    def max_payload(self) -> int:
+        return 2**self.payload_bits - 1
+
+    def _scramble(self, word: np.ndarray) -> np.ndarray:
+        out = np.empty(self.n_bits, dtype=np.uint8)
+        out[self.perm] = word
+        return out ^ self.mask
+
+    def _unscramble(self, bits: np.ndarray) -> np.ndarray:
+        return (bits ^ self.mask)[self.perm]
+
+    def _symbols_to_bits(self, symbols) -> np.ndarray:
+        s = self.symbol_bits
+        return np.array([(v >> (s - 1 - j)) & 1 for v in symbols for j in range(s)], dtype=np.uint8)
+
+    def _bits_to_symbols(self, bits: np.ndarray) -> bytearray:
+        s = self.symbol_bits
+        groups = bits[: self.n_symbols * s].reshape(self.n_symbols, s)
+        return bytearray(int("".join(map(str, g)), 2) for g in groups)
+
+    def encode(self, payload: int) -> np.ndarray:
+        """The n-bit word to embed for ``payload`` (uint8 0/1, embedded order)."""
+        if not isinstance(payload, (int, np.integer)) or not 0 <= int(payload) <= self.max_payload:
+            raise ValueError(f"payload must be an integer in 0..{self.max_payload}, got {payload!r}")
+        s = self.symbol_bits
+        data = [
+            (int(payload) >> (s * (self.data_symbols - 1 - i))) & (2**s - 1) for i in range(self.data_symbols)
+        ]
+        codeword = self.rs.encode(bytearray(data))
+        word = np.concatenate([self._symbols_to_bits(codeword), self.pilot])
+        return self._scramble(word)
+
+    def _payload_of(self, data: bytearray) -> int:
+        value = 0
+        for v in data:
+            value = (value << self.symbol_bits) | int(v)
+        return value
+
+    def _candidates(self, word: np.ndarray, confidence: np.ndarray | None):
+        """Payloads proposed by RS decoding: plain, then with the least confident symbols erased."""
+        import reedsolo
+
+        symbols = self._bits_to_symbols(word)
+        tries = [[]]
+        if confidence is not None:
+            s = self.symbol_bits
+            per_symbol = confidence[: self.n_symbols * s].reshape(self.n_symbols, s).min(axis=1)
+            order = list(np.argsort(per_symbol, kind="stable"))
+            tries += [sorted(int(i) for i in order[:e]) for e in range(2, self.parity + 1, 2)]
+        seen = set()
+        for erase in tries:
+            try:
+                data, _, _ = self.rs.decode(bytearray(symbols), erase_pos=erase or None)
+            except reedsolo.ReedSolomonError:
+                continue
+            payload = self._payload_of(data)
+            if payload not in seen:
+                seen.add(payload)
+                yield payload
+
+    def decode(self, bits: np.ndarray, confidence: np.ndarray | None = None, fpr: float = 1e-6) -> Decoded:
+        """Decode raw bits (embedded order; ``confidence`` = |logit| per bit, optional) and test them."""
+        bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
+        if bits.size != self.n_bits:
+            raise ValueError(f"expected {self.n_bits} bits, got {bits.size}")
+        word = self._unscramble(bits)
+        conf = None if confidence is None else np.asarray(confidence, dtype=np.float64).reshape(-1)[self.perm]
+        best: Decoded | None = None
+        for payload in self._candidates(word, conf):
+            expected = self.encode(payload)
+            matches = int((expected == bits).sum())
+            if best is None or matches > best.matches:
+                p = self.p_value(matches)
+                best = Decoded(payload, matches, self.n_bits, p, p <= fpr, expected)
+        return best or Decoded(None, 0, self.n_bits, 1.0, False, None)
+
+    def p_value(self, matches: int) -> float:
+        """Bonferroni over every possible payload: 2**payload_bits * P(Binomial(n, 1/2) >= matches)."""
+        return min(1.0, 2**self.payload_bits * binomial_pvalue(matches, self.n_bits))
+
+    def threshold(self, fpr: float = 1e-6) -> int:
+        """Matching bits needed to declare a watermark at ``fpr``."""
+        return min_matches(self.n_bits, fpr, 2**self.payload_bits)

@@ -1,0 +1,181 @@
+"""The payload registry: which generator (and model version) embedded a payload id under a key.
+
+An embedded SQLite file is the default (``sqlite:///path/to/registry.db`` or a plain path); a
+``postgresql://`` URL uses PostgreSQL through ``psycopg`` (installed separately). Ids are allocated
+inside one write transaction (SQLite ``BEGIN IMMEDIATE`` in WAL mode; PostgreSQL retries on a unique
+violation), so concurrent writers, in threads or processes, never hand out one id twice nor corrupt
+the file. Records are keyed by ``(key_id, payload_id)``: several keys can share one registry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS payloads (
+    key_id TEXT NOT NULL,
+    payload_id INTEGER NOT NULL,
+    generator TEXT NOT NULL,
+    model_version TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    content_hash TEXT,
+    PRIMARY KEY (key_id, payload_id)
+)
+"""
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot be opened, is full, or a record conflicts."""
+
+
+@dataclass(frozen=True)
+class PayloadRecord:
+    key_id: str
+    payload_id: int
+    generator: str
+    model_version: str
+    created_at: str
+    content_hash: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class PayloadRegistry:
+    """Open with a URL or path; use as a context manager or call :meth:`close`."""
+
+    def __init__(self, url: str | os.PathLike, timeout: float = 60.0):
+        text = str(url)
+        self.url = text
+        if text.startswith(("postgresql://", "postgres://")):
+            try:
+                import psycopg
+            except ImportError as exc:
+                raise RegistryError(
+                    "a postgresql:// registry needs the 'psycopg' package (pip install psycopg)"
+                ) from exc
+            self.kind = "postgresql"
+            self._param = "%s"
+            self._integrity = psycopg.errors.UniqueViolation
+            self.conn = psycopg.connect(text, autocommit=True)
+        else:
+            path = Path(text[len("sqlite:///") :] if text.startswith("sqlite:///") else text)
+            if path.is_dir():
+                raise RegistryError(f"{path}: is a folder, not a registry file")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.kind = "sqlite"
+            self._param = "?"
+            self._integrity = sqlite3.IntegrityError
+            try:
+                self.conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            except sqlite3.DatabaseError as exc:
+                raise RegistryError(f"{path}: not a usable SQLite registry ({exc})") from exc
+        try:
+            self._execute(SCHEMA)
+        except Exception as exc:
+            self.close()
+            raise RegistryError(f"{self.url}: cannot create the registry table ({exc})") from exc
+
+    def __enter__(self) -> PayloadRegistry:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+            self.conn = None
+
+    def _sql(self, query: str) -> str:
+        return query.replace("?", self._param)
+
+    def _execute(self, query: str, params: tuple = ()):
+        cur = self.conn.cursor()
+        cur.execute(self._sql(query), params)
+        return cur
+
+    def _begin(self) -> None:
+        self._execute("BEGIN IMMEDIATE" if self.kind == "sqlite" else "BEGIN")
+
+    def register(
+        self,
+        key_id: str,
+        generator: str,
+        model_version: str = "",
+        content_hash: str | None = None,
+        payload_id: int | None = None,
+        max_payload: int = 2**16 - 1,
+    ) -> PayloadRecord:
+        """Add a record; with ``payload_id=None`` the next free id is allocated atomically."""
+        if not generator:
+            raise RegistryError("a registry record needs a generator name")
+        for _attempt in range(20):
+            self._begin()
+            try:
+                if payload_id is None:
+                    row = self._execute(
+                        "SELECT COALESCE(MAX(payload_id), -1) FROM payloads WHERE key_id = ?", (key_id,)
+                    ).fetchone()
+                    new_id = int(row[0]) + 1
+                    if new_id > max_payload:
+                        raise RegistryError(
+                            f"registry full for key {key_id}: all ids 0..{max_payload} are used"
+                        )
+                else:
+                    new_id = int(payload_id)
+                    if not 0 <= new_id <= max_payload:
+                        raise RegistryError(f"payload id {new_id} is outside 0..{max_payload}")
+                record = PayloadRecord(key_id, new_id, generator, model_version, _now(), content_hash)
+                self._execute(
+                    "INSERT INTO payloads (key_id, payload_id, generator, model_version, created_at, content_hash)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (key_id, new_id, generator, model_version, record.created_at, content_hash),
+                )
+                self._execute("COMMIT")
+                return record
+            except self._integrity as exc:
+                self._execute("ROLLBACK")
+                if payload_id is not None:
+                    raise RegistryError(
+                        f"payload id {payload_id} is already registered for key {key_id}"
+                    ) from exc
+                continue  # another writer took the id between our read and write (PostgreSQL): retry
+            except BaseException:
+                self._execute("ROLLBACK")
+                raise
+        raise RegistryError("could not allocate a payload id after 20 attempts (heavy contention)")
+
+    def lookup(self, key_id: str, payload_id: int) -> PayloadRecord | None:
+        row = self._execute(
+            "SELECT key_id, payload_id, generator, model_version, created_at, content_hash FROM payloads"
+            " WHERE key_id = ? AND payload_id = ?",
+            (key_id, int(payload_id)),
+        ).fetchone()
+        return None if row is None else PayloadRecord(*row)
+
+    def records(self, key_id: str | None = None) -> list[PayloadRecord]:
+        query = "SELECT key_id, payload_id, generator, model_version, created_at, content_hash FROM payloads"
+        params: tuple = ()
+        if key_id is not None:
+            query += " WHERE key_id = ?"
+            params = (key_id,)
+        rows = self._execute(query + " ORDER BY key_id, payload_id", params).fetchall()
+        return [PayloadRecord(*row) for row in rows]
+
+    def check(self) -> bool:
+        """Run the database's own integrity check (SQLite); True when healthy."""
+        if self.kind != "sqlite":
+            return True
+        return self._execute("PRAGMA integrity_check").fetchone()[0] == "ok"
