@@ -21,7 +21,6 @@ stored as safetensors plus a JSON header (no pickle).
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.io import atomic_write_bytes
+from detector.io.tensors import load_arrays, save_arrays
 
 UNKNOWN_SCORES = ("msp", "energy", "mahalanobis", "knn")
 UNKNOWN = "unknown"
@@ -387,32 +386,19 @@ class AttributionHead:
 
     def save(self, path: str | Path) -> Path:
         """Write the head as one safetensors file with its JSON description in the header (atomic)."""
-        from safetensors.numpy import save
-
         self._check_fitted()
         arrays, meta = self.state()
-        path = Path(path)
-        atomic_write_bytes(path, save(arrays, metadata={"detector": json.dumps(meta)}))
-        return path
+        return save_arrays(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> AttributionHead:
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise AttributionError(f"{path}: no such attribution head file")
         try:
-            with safe_open(str(path), framework="numpy") as handle:
-                header = handle.metadata() or {}
-                arrays = {key: handle.get_tensor(key) for key in handle.keys()}
-            meta = json.loads(header["detector"])
-        except (KeyError, json.JSONDecodeError) as exc:
-            raise AttributionError(
-                f"{path}: not a detector attribution head (missing header: {exc})"
-            ) from None
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise AttributionError(f"{path}: unreadable safetensors file ({exc})") from None
+            arrays, meta = load_arrays(path)
+        except FileNotFoundError:
+            raise AttributionError(f"{path}: no such attribution head file") from None
+        except ValueError as exc:
+            raise AttributionError(f"{path}: not a detector attribution head ({exc})") from None
         if meta.get("format") != FORMAT:
             raise AttributionError(f"{path}: unsupported head format {meta.get('format')!r} (want {FORMAT})")
         missing = [name for name in cls._ARRAYS if name not in arrays]

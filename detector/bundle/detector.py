@@ -36,6 +36,7 @@ from detector.fusion import FusionConfig, FusionModel
 from detector.io import ImageLoadError, file_sha256, load_image
 from detector.result import AttributionEvidence, ProvenanceResult
 from detector.scoring import Batch, Pipeline, watermark_branch
+from detector.scoring.branches import attribution_evidence
 
 FORMAT = "detector.bundle/1"
 MANIFEST = "bundle.json"
@@ -186,20 +187,7 @@ class ProvenanceDetector:
         return [float(v) for v in preds.unknown_score]
 
     def attributions(self, batch: Batch) -> list[AttributionEvidence]:
-        preds = self.attribution.predict(np.asarray(self.features(batch), dtype=np.float32))
-        out = []
-        for i in range(len(batch)):
-            item = preds.item(i, k=self.top_k)
-            out.append(
-                AttributionEvidence(
-                    top_k=item.top_k,
-                    unknown_score=item.unknown_score,
-                    is_unknown=item.is_unknown,
-                    score_name=item.score_name,
-                    threshold=item.threshold,
-                )
-            )
-        return out
+        return attribution_evidence(self.attribution, self.features(batch), self.top_k)
 
     def passive_branches(self) -> dict[str, Any]:
         branches = {DETECTOR_BRANCH: self.detector_scores}

@@ -16,7 +16,6 @@ pickle.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.io import atomic_write_bytes
+from detector.io.tensors import load_arrays, save_arrays
 
 FORMAT = "detector.fusion/1"
 _EPS = 1e-6
@@ -193,8 +192,6 @@ class FusionModel:
 
     # ------------------------------------------------------------------ storage
     def save(self, path: str | Path) -> Path:
-        from safetensors.numpy import save
-
         if not self.fitted:
             raise FusionError("the fusion model is not fitted")
         arrays = {}
@@ -212,26 +209,17 @@ class FusionModel:
             "config": asdict(self.config),
             "metadata": self.metadata,
         }
-        path = Path(path)
-        atomic_write_bytes(path, save(arrays, metadata={"detector": json.dumps(meta)}))
-        return path
+        return save_arrays(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> FusionModel:
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise FusionError(f"{path}: no such fusion model file")
         try:
-            with safe_open(str(path), framework="numpy") as handle:
-                header = handle.metadata() or {}
-                arrays = {key: handle.get_tensor(key) for key in handle.keys()}
-            meta = json.loads(header["detector"])
-        except (KeyError, json.JSONDecodeError) as exc:
-            raise FusionError(f"{path}: not a detector fusion model (missing header: {exc})") from None
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise FusionError(f"{path}: unreadable safetensors file ({exc})") from None
+            arrays, meta = load_arrays(path)
+        except FileNotFoundError:
+            raise FusionError(f"{path}: no such fusion model file") from None
+        except ValueError as exc:
+            raise FusionError(f"{path}: not a detector fusion model ({exc})") from None
         if meta.get("format") != FORMAT:
             raise FusionError(f"{path}: unsupported fusion format {meta.get('format')!r} (want {FORMAT})")
         model = cls(FusionConfig(**meta["config"]))

@@ -39,22 +39,29 @@ def attribution_branch(
     backbone forward the passive detector already ran on the batch."""
 
     def branch(batch: Batch) -> list[AttributionEvidence]:
-        preds = head.predict(np.asarray(features(batch), dtype=np.float32))
-        out = []
-        for i in range(len(batch)):
-            item = preds.item(i, k=top_k)
-            out.append(
-                AttributionEvidence(
-                    top_k=item.top_k,
-                    unknown_score=item.unknown_score,
-                    is_unknown=item.is_unknown,
-                    score_name=item.score_name,
-                    threshold=item.threshold,
-                )
-            )
-        return out
+        return attribution_evidence(head, features(batch), top_k)
 
     return branch
+
+
+def attribution_evidence(
+    head: AttributionHead, features: np.ndarray, top_k: int = 3
+) -> list[AttributionEvidence]:
+    """The head's top-k generators and unknown score for each row of ``features``."""
+    preds = head.predict(np.asarray(features, dtype=np.float32))
+    out = []
+    for i in range(len(preds.unknown_score)):
+        item = preds.item(i, k=top_k)
+        out.append(
+            AttributionEvidence(
+                top_k=item.top_k,
+                unknown_score=item.unknown_score,
+                is_unknown=item.is_unknown,
+                score_name=item.score_name,
+                threshold=item.threshold,
+            )
+        )
+    return out
 
 
 def watermark_evidence(result) -> WatermarkEvidence:
