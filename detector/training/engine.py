@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -411,5 +412,5 @@ def _log_images(run, batch, count: int, generators: list[str]) -> None:
             },
             step=0,
         )
-    except Exception:  # a logging failure must not stop training
-        pass
+    except Exception as exc:  # a logging failure must not stop training, but it is said
+        warnings.warn(f"wandb: could not log sample images ({exc})", RuntimeWarning, stacklevel=2)

@@ -8,6 +8,7 @@ forward = real JPEG (PIL), backward = identity.
 
 from __future__ import annotations
 
+import abc
 import io
 import math
 import random
@@ -40,13 +41,14 @@ def from_uint8(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float() / 255.0
 
 
-class Distortion(nn.Module):
+class Distortion(nn.Module, abc.ABC):
     """Base: ``forward(x, rng)``; ``rng`` (random.Random) draws the strength within the module's range."""
 
     name = "distortion"
 
-    def forward(self, x: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:
+        """Apply the distortion to a batch ``x`` (B, 3, H, W) in [0, 1]."""
 
     def extra_repr(self) -> str:
         return ", ".join(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sqlite3
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,6 +50,26 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch a SQLite database to WAL mode, retrying while another process holds the lock.
+
+    Changing the journal mode needs an exclusive lock and SQLite answers "database is locked" at once
+    (without its busy handler) when several processes open a new registry together, so we retry with a
+    short backoff until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 class PayloadRegistry:
     """Open with a URL or path; use as a context manager or call :meth:`close`."""
 
@@ -76,8 +97,8 @@ class PayloadRegistry:
             self._integrity = sqlite3.IntegrityError
             try:
                 self.conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
-                self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+                _enable_wal(self.conn, timeout)
             except sqlite3.DatabaseError as exc:
                 raise RegistryError(f"{path}: not a usable SQLite registry ({exc})") from exc
         try:
