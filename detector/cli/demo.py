@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from detector.cli.common import console, fail, progress_bar, stdout
+from detector.cli.score import print_branch_table
 
 
 def demo_command(
@@ -48,26 +49,15 @@ def demo_command(
     print_report(report)
 
 
-def _table(title: str, rows: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in ("score", "n", "AUC", "TPR@1%FPR"):
-        table.add_column(column)
-    for name, m in rows.items():
-        table.add_row(name, str(m["n"]), f"{m['auc']:.3f}", f"{m['tpr_fpr1']:.3f}")
-    stdout.print(table)
-
-
 def print_report(report: dict) -> None:
     from rich.table import Table
 
     stdout.print(f"[bold]detector demo[/] - corpus {report['corpus']}, bundle {report['bundle']}")
-    _table("test split: each passive branch alone vs the fused p_ai", report["test_branches"])
+    print_branch_table(report["test_branches"], "test split: each passive branch alone vs the fused p_ai")
     if report.get("test_branches_unseen"):
-        _table(
-            "test split, fakes of families never seen in training (vs all test reals)",
+        print_branch_table(
             report["test_branches_unseen"],
+            "test split, fakes of families never seen in training (vs all test reals)",
         )
     att = report.get("attribution_test")
     if att:

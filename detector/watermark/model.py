@@ -229,7 +229,6 @@ class WatermarkModel(nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(path, "wb") as handle:
             handle.write(save(state, metadata=meta))
-        path.chmod(0o644)  # a shipped model is public (atomic_writer's temp files are owner-only)
 
     @classmethod
     def load(cls, path: str | Path) -> WatermarkModel:
