@@ -137,11 +137,15 @@ def _inversion_model(manifest: Path, log) -> str | None:
         log(f"inversion: {info} not found (not a `detector corpus build` corpus); no inversion branch")
         return None
     cache = Path(json.loads(info.read_text()).get("cache", ""))
-    try:
-        return str(zoo_ddpm_folder(cache))
-    except FileNotFoundError as exc:
-        log(f"inversion: {exc}; no inversion branch")
-        return None
+    # a relative cache was relative to where the build ran: usually the corpus's grandparent (data/demo)
+    candidates = [cache] if cache.is_absolute() else [cache, info.parent.parent.parent / cache]
+    for folder in candidates:
+        try:
+            return str(zoo_ddpm_folder(folder))
+        except FileNotFoundError:
+            continue
+    log(f"inversion: no trained zoo DDPM in {cache}; no inversion branch")
+    return None
 
 
 def _watermark(config: DemoConfig, corpus, out: Path, log) -> tuple[list[Path], dict | None]:
