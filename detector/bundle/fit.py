@@ -40,7 +40,7 @@ from detector.features.inversion import InversionConfig
 from detector.features.rigid import RigidConfig
 from detector.fusion import FusionConfig, FusionModel
 from detector.io import ImageLoadError, atomic_write_text, load_image
-from detector.metrics import auc, tpr_at_fpr
+from detector.metrics import auc, bootstrap_interval, tpr_at_fpr
 from detector.scoring import Batch
 
 CHECKPOINT_FILES = (
@@ -187,26 +187,32 @@ def branch_table(
     targets: np.ndarray,
     fused: np.ndarray | None,
     signs: dict[str, int] | None = None,
+    bootstrap: int = 0,
 ) -> dict:
-    """AUC / TPR at 1% FPR of every branch alone and of the fusion. Each branch is oriented by ``signs``
+    """AUC / TPR at 1% FPR of every branch alone and of the fusion (with 95% bootstrap intervals
+    ``auc_ci`` / ``tpr_fpr1_ci`` when ``bootstrap`` > 0 resamples). Each branch is oriented by ``signs``
     (fixed on validation: pass the bundle's, never choose them on the rows being evaluated); without
     ``signs`` the rows themselves decide (only for the validation table)."""
     signs = signs or branch_signs(scores, targets)
     out = {}
     for name, values in scores.items():
         ok = np.isfinite(values)
-        out[name] = _metrics(targets[ok], signs.get(name, 1) * values[ok])
+        out[name] = _metrics(targets[ok], signs.get(name, 1) * values[ok], bootstrap)
     if fused is not None:
-        out["fused"] = _metrics(targets, fused)
+        out["fused"] = _metrics(targets, fused, bootstrap)
     return out
 
 
-def _metrics(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    return {
-        "n": int(len(targets)),
-        "auc": float(auc(targets, scores)),
-        "tpr_fpr1": float(tpr_at_fpr(targets, scores, 0.01)),
-    }
+def _tpr_fpr1(targets, scores) -> float:
+    return tpr_at_fpr(targets, scores, 0.01)
+
+
+def _metrics(targets: np.ndarray, scores: np.ndarray, bootstrap: int = 0) -> dict:
+    out = {"n": int(len(targets)), "auc": float(auc(targets, scores)), "tpr_fpr1": _tpr_fpr1(targets, scores)}
+    if bootstrap:
+        out["auc_ci"] = bootstrap_interval(targets, scores, auc, n=bootstrap)
+        out["tpr_fpr1_ci"] = bootstrap_interval(targets, scores, _tpr_fpr1, n=bootstrap)
+    return out
 
 
 def build_bundle(

@@ -59,7 +59,11 @@ def score_arrays(
 
 
 def _row(name: str, m: dict) -> str:
-    return f"| {name} | {m['n']} | {m['auc']:.3f} | {m['tpr_fpr1']:.3f} |"
+    def cell(key: str) -> str:
+        ci = m.get(f"{key}_ci")
+        return f"{m[key]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    return f"| {name} | {m['n']} | {cell('auc')} | {cell('tpr_fpr1')} |"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,6 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--perturbations", default="clean,jpeg75,jpeg50,crop0.5,resize0.5,blur")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--bootstrap", type=int, default=200, help="Resamples for the 95%% intervals (0: no intervals)."
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -109,16 +116,18 @@ def main(argv: list[str] | None = None) -> dict:
     lines = [
         f"Test split of `{args.corpus}`: {int(targets.sum())} fakes, {int((targets == 0).sum())} reals. "
         "Each branch alone is oriented (higher = fake) as it was on the validation split, where the fusion "
-        "was fitted; nothing is chosen on test.",
+        "was fitted; nothing is chosen on test. Brackets: 95% bootstrap intervals (reals and fakes "
+        "resampled apart).",
         "",
     ]
 
     def tables(scores: dict, rows: np.ndarray | None = None) -> dict:
         rows = np.ones(len(targets), bool) if rows is None else rows
         branches = {k: v[rows] for k, v in scores.items() if k not in ("fused", "p_ai")}
-        table = branch_table(branches, targets[rows], scores["fused"][rows], signs)
+        table = branch_table(branches, targets[rows], scores["fused"][rows], signs, args.bootstrap)
         if "p_ai" in scores:
-            table["p_ai (fused + watermark)"] = branch_table({}, targets[rows], scores["p_ai"][rows])["fused"]
+            p_ai = branch_table({}, targets[rows], scores["p_ai"][rows], bootstrap=args.bootstrap)["fused"]
+            table["p_ai (fused + watermark)"] = p_ai
         return table
 
     for name in names:
