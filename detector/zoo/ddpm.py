@@ -20,11 +20,13 @@ import torch.nn.functional as F
 from detector.zoo.base import (
     GeneratorSpec,
     ModelSpec,
+    folder_steps,
     is_done,
     random_patches,
     resize,
     torch_generator,
     train_loop,
+    training_key,
 )
 
 FAMILY = "ddpm"
@@ -124,20 +126,21 @@ def load_zoo_ddpm(cache_dir: str | Path, variant: str = DDPM_MODEL, seed: int = 
     """The benchmark zoo's trained DDPM as ``(UNet2DModel, DDPMScheduler)``, loaded from the zoo cache.
 
     ``cache_dir`` is the build's ``--cache`` folder (default ``data/zoo-cache/full`` for the full build,
-    ``.../small`` for ``--small``). Picks the trained folder ``<variant>-s<seed>-n<steps>`` with the most
-    training steps. The UNet takes 32 x 32 images in [-1, 1] and predicts the noise (epsilon).
+    ``.../small`` for ``--small``). Picks the folder trained with today's training config (see
+    :func:`~detector.zoo.base.model_dir`) with the most training steps. The UNet takes 32 x 32 images
+    in [-1, 1] and predicts the noise (epsilon).
     """
     cache_dir = Path(cache_dir)
+    spec = next(m for m in MODELS if m.name == variant)
     candidates = sorted(
-        (p for p in cache_dir.glob(f"{variant}-s{seed}-n*") if is_done(p)),
-        key=lambda p: int(p.name.rsplit("-n", 1)[1]),
+        (p for p in cache_dir.glob(f"{variant}-s{seed}-n*-{training_key(spec)}") if is_done(p)),
+        key=folder_steps,
     )
     if not candidates:
         raise FileNotFoundError(
             f"no trained {variant!r} (seed {seed}) in {cache_dir}: run `detector corpus build` first "
             f"(it caches zoo models there)"
         )
-    spec = next(m for m in MODELS if m.name == variant)
     return load(spec, candidates[-1])
 
 
