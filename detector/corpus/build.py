@@ -4,7 +4,7 @@ Stages: (1) cut the real pool, (2) train (or load from the cache) every zoo mode
 generators use, (3) generate each generator's fakes, (4) write the manifest with the default
 leave-families-out split. Both classes pass through one :class:`EncodingPolicy` at one size, so format
 and size carry no label. Everything is seeded; every file is written atomically and skipped when it
-exists, and models are cached per (name, seed, steps), so a killed build restarts where it stopped.
+exists, and models are cached per (name, seed, steps, training config), so a killed build restarts where it stopped.
 """
 
 from __future__ import annotations
@@ -153,8 +153,9 @@ def build_corpus(
     folders: dict[str, Path] = {}
     trained: list[str] = []
     for name in model_names:
-        steps = config.model_steps(get_model_spec(name).steps)
-        folder = model_dir(cache, name, config.seed, steps)
+        spec = get_model_spec(name)
+        steps = config.model_steps(spec.steps)
+        folder = model_dir(cache, spec, config.seed, steps)
         if not is_done(folder):
             log(f"training {name} ({steps} steps)")
             with progress(f"train {name}", steps) as advance:

@@ -1,7 +1,8 @@
 """Family ``autoencoder``: laundering by autoencoder round-trip (real crop in, reconstruction out).
 
-Two diffusers autoencoders trained on 32 px native-resolution patches of the pool and applied fully
-convolutionally at full size: ``ae-kl`` (``AutoencoderKL``, 2x downsampling, 4 latent channels, no
+Two diffusers autoencoders trained on 64 px native-resolution patches of the pool (L1 plus the shared
+spectral loss of ``losses.py``, so that the reconstruction keeps the photo's high band instead of the
+blur a pixel loss alone gives) and applied fully convolutionally at full size: ``ae-kl`` (``AutoencoderKL``, 2x downsampling, 4 latent channels, no
 attention, decoded from the posterior mode) and ``ae-tiny`` (``AutoencoderTiny``, the TAESD design, with
 its 8-bit latent quantisation on the way through).
 """
@@ -11,20 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from detector.zoo.base import (
     GeneratorSpec,
     ModelSpec,
     load_module,
     random_patches,
-    save_module,
-    torch_generator,
-    train_loop,
+    train_paired,
 )
+from detector.zoo.losses import reconstruction_loss
 
 FAMILY = "autoencoder"
-PATCH = 32
+PATCH = 64
 KL_CONFIG = {
     "in_channels": 3,
     "out_channels": 3,
@@ -43,9 +42,23 @@ TINY_CONFIG = {
     "num_decoder_blocks": [1, 1],
     "latent_channels": 4,
 }
+#: L1 + the shared spectral loss (``losses.py``) on 64 px patches, cosine-annealed; the KL posterior
+#: starts narrow (log-variance -6). Each choice lowered the baseline's spectrum AUC on a probe (300
+#: outputs vs 300 reals, grouped CV): plain L1 at 32 px 0.998, + spectral 0.89-0.92, + 64 px 0.78-0.81.
+RECIPE = {"l1": 1.0, "spectral": 0.2, "spectral_2d": 0.1, "cosine": True, "patch": 64}
 MODELS = [
-    ModelSpec("ae-kl", FAMILY, {"kind": "kl", **KL_CONFIG}, steps=160, batch=16, lr=2e-3),
-    ModelSpec("ae-tiny", FAMILY, {"kind": "tiny", **TINY_CONFIG}, steps=160, batch=16, lr=2e-3),
+    ModelSpec(
+        "ae-kl",
+        FAMILY,
+        {"kind": "kl", **KL_CONFIG},
+        steps=320,
+        batch=4,
+        lr=2e-3,
+        recipe={**RECIPE, "logvar_init": -6.0},
+    ),
+    ModelSpec(
+        "ae-tiny", FAMILY, {"kind": "tiny", **TINY_CONFIG}, steps=320, batch=4, lr=2e-3, recipe=dict(RECIPE)
+    ),
 ]
 GENERATORS = [
     GeneratorSpec("ae-kl", FAMILY, "ae-kl", conditional=True, description="AutoencoderKL round-trip"),
@@ -75,21 +88,19 @@ def _roundtrip(model, x: torch.Tensor, train: bool, gen: torch.Generator | None 
 
 def train(spec: ModelSpec, pool: torch.Tensor, seed: int, steps: int, folder: Path, progress=None) -> None:
     torch.manual_seed(seed)
-    model = build(spec).train()
-    gen = torch_generator(seed, spec.name, "data")
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    model = build(spec)
+    if "logvar_init" in spec.recipe and hasattr(model, "quant_conv"):
+        # start the KL posterior narrow: with log-variance 0 the sampled latent is mostly noise and
+        # the first few hundred steps (all our CPU budget) go to learning to switch that noise off
+        with torch.no_grad():
+            model.quant_conv.bias[model.config.latent_channels :] = spec.recipe["logvar_init"]
 
-    def step(i: int) -> float:
-        x = random_patches(pool, spec.batch, PATCH, gen)
+    def batch_loss(model, gen: torch.Generator) -> torch.Tensor:
+        x = random_patches(pool, spec.batch, spec.recipe.get("patch", PATCH), gen)
         out, kl = _roundtrip(model, x, True, gen)
-        loss = F.l1_loss(out, x) + (1e-6 * kl if kl is not None else 0.0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
+        return reconstruction_loss(out, x, spec.recipe) + (1e-6 * kl if kl is not None else 0.0)
 
-    losses = train_loop(step, steps, progress)
-    save_module(model, folder, spec.config, losses)
+    train_paired(spec, model, seed, steps, folder, batch_loss, progress)
 
 
 def load(spec: ModelSpec, folder: Path):

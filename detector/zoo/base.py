@@ -7,7 +7,9 @@ model, so a family gets two variants without paying twice for training on CPU.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -20,13 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 DONE = ".done"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A trainable zoo model. ``steps`` and ``batch`` are the full-build training budget."""
+    """A trainable zoo model. ``config`` builds the architecture; ``steps``, ``batch``, ``lr`` and
+    ``recipe`` (loss weights and other training choices) say how it is trained."""
 
     name: str
     family: str
@@ -34,6 +38,7 @@ class ModelSpec:
     steps: int = 200
     batch: int = 16
     lr: float = 1e-3
+    recipe: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,54 @@ def train_loop(
     return losses
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One gradient step on ``loss``; returns its value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train_paired(
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    seed: int,
+    steps: int,
+    folder: Path,
+    batch_loss: Callable[[torch.nn.Module, torch.Generator], torch.Tensor],
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """The training of the families that learn a mapping (autoencoder, sr): Adam at ``spec.lr`` on
+    ``batch_loss(model, data_generator)`` for ``steps`` steps, then weights and card into ``folder``.
+    With ``spec.recipe["cosine"]`` the rate decays to a tenth along a half cosine (a short schedule
+    ends far better annealed). ``model`` must be freshly built after ``torch.manual_seed(seed)``."""
+    model.train()
+    gen = torch_generator(seed, spec.name, "data")
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+
+    def step(i: int) -> float:
+        if spec.recipe.get("cosine"):
+            for group in optimizer.param_groups:
+                group["lr"] = spec.lr * (0.55 + 0.45 * math.cos(math.pi * i / max(1, steps)))
+        return optimizer_step(optimizer, batch_loss(model, gen))
+
+    losses = train_loop(step, steps, progress)
+    save_module(model, folder, {**spec.config, "recipe": spec.recipe}, losses)
+
+
+def upsample2x(cin: int, cout: int, kind: str) -> torch.nn.Module:
+    """A learned 2x upsampler, the layer whose trace the gan and sr variants differ by:
+    ``tconv`` (transposed convolution, the checkerboard maker), ``nearest`` (nearest-neighbour
+    upsampling then a 3x3 convolution) or ``shuffle`` (a 3x3 convolution then pixel shuffle, ESPCN)."""
+    if kind == "tconv":
+        return nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
+    if kind == "nearest":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1))
+    if kind == "shuffle":
+        return nn.Sequential(nn.Conv2d(cin, cout * 4, 3, padding=1), nn.PixelShuffle(2))
+    raise ValueError(f"unknown upsampler {kind!r}; known: tconv, nearest, shuffle")
+
+
 def save_module(
     module: torch.nn.Module, folder: Path, config: dict, losses: list[float] | None = None
 ) -> None:
@@ -124,9 +177,36 @@ def read_card(folder: Path) -> dict:
     return json.loads((folder / "card.json").read_text())
 
 
-def model_dir(cache: Path, name: str, seed: int, steps: int) -> Path:
-    """Where a trained model lives: one folder per (model, seed, training steps)."""
-    return Path(cache) / f"{name}-s{seed}-n{steps}"
+#: Bump when training code changes in a way a ModelSpec does not show (a new loss term, a schedule):
+#: every cached model then gets a new folder and is retrained instead of silently reused.
+TRAINING_VERSION = 2
+
+
+def training_key(spec: ModelSpec) -> str:
+    """8 hex digits naming how ``spec`` is trained: its architecture config, batch, learning rate,
+    recipe and :data:`TRAINING_VERSION` (the steps and seed are in the folder name already)."""
+    blob = json.dumps(
+        {
+            "v": TRAINING_VERSION,
+            "config": spec.config,
+            "batch": spec.batch,
+            "lr": spec.lr,
+            "recipe": spec.recipe,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def model_dir(cache: Path, spec: ModelSpec, seed: int, steps: int) -> Path:
+    """Where a trained model lives: ``<name>-s<seed>-n<steps>-<training key>``, so a change of the
+    training config or code never reuses weights trained the old way."""
+    return Path(cache) / f"{spec.name}-s{seed}-n{steps}-{training_key(spec)}"
+
+
+def folder_steps(folder: Path) -> int:
+    """The training steps in a :func:`model_dir` folder name."""
+    return int(folder.name.rsplit("-n", 1)[1].split("-", 1)[0])
 
 
 def is_done(folder: Path) -> bool:

@@ -20,11 +20,13 @@ import torch.nn.functional as F
 from detector.zoo.base import (
     GeneratorSpec,
     ModelSpec,
+    folder_steps,
     is_done,
     random_patches,
     resize,
     torch_generator,
     train_loop,
+    training_key,
 )
 
 FAMILY = "ddpm"
@@ -132,12 +134,14 @@ def load_zoo_ddpm(cache_dir: str | Path, variant: str = DDPM_MODEL, seed: int = 
 
 
 def zoo_ddpm_folder(cache_dir: str | Path, variant: str = DDPM_MODEL, seed: int = 0) -> Path:
-    """The trained folder ``<variant>-s<seed>-n<steps>`` with the most training steps (``unet/`` +
-    ``scheduler/``, a layout :func:`detector.features.inversion.load_diffusion_model` reads)."""
+    """The folder trained with today's training config (see :func:`~detector.zoo.base.model_dir`) with
+    the most training steps (``unet/`` + ``scheduler/``, a layout
+    :func:`detector.features.inversion.load_diffusion_model` reads)."""
     cache_dir = Path(cache_dir)
+    spec = next(m for m in MODELS if m.name == variant)
     candidates = sorted(
-        (p for p in cache_dir.glob(f"{variant}-s{seed}-n*") if is_done(p)),
-        key=lambda p: int(p.name.rsplit("-n", 1)[1]),
+        (p for p in cache_dir.glob(f"{variant}-s{seed}-n*-{training_key(spec)}") if is_done(p)),
+        key=folder_steps,
     )
     if not candidates:
         raise FileNotFoundError(

@@ -18,10 +18,12 @@ from detector.zoo.base import (
     GeneratorSpec,
     ModelSpec,
     load_module,
+    optimizer_step,
     random_patches,
     save_module,
     torch_generator,
     train_loop,
+    upsample2x,
 )
 
 FAMILY = "gan"
@@ -43,12 +45,6 @@ GENERATORS = [
 ]
 
 
-def _up(cin: int, cout: int, kind: str) -> nn.Module:
-    if kind == "tconv":
-        return nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1))
-
-
 class Generator(nn.Module):
     def __init__(self, up: str = "tconv", width: int = 48):
         super().__init__()
@@ -57,13 +53,13 @@ class Generator(nn.Module):
             nn.Conv2d(NOISE_CHANNELS, w, 3, padding=1),
             nn.BatchNorm2d(w),
             nn.ReLU(),
-            _up(w, w, up),
+            upsample2x(w, w, up),
             nn.BatchNorm2d(w),
             nn.ReLU(),
-            _up(w, w // 2, up),
+            upsample2x(w, w // 2, up),
             nn.BatchNorm2d(w // 2),
             nn.ReLU(),
-            _up(w // 2, w // 4, up),
+            upsample2x(w // 2, w // 4, up),
             nn.BatchNorm2d(w // 4),
             nn.ReLU(),
             nn.Conv2d(w // 4, 3, 3, padding=1),
@@ -111,15 +107,8 @@ def train(spec: ModelSpec, pool: torch.Tensor, seed: int, steps: int, folder: Pa
         real = random_patches(pool, spec.batch, PATCH, gen)
         z = torch.randn((spec.batch, NOISE_CHANNELS, side, side), generator=gen)
         fake = g(z)
-        loss_d = F.softplus(-d(real)).mean() + F.softplus(d(fake.detach())).mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        loss_g = F.softplus(-d(fake)).mean()
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        return loss_g.item()
+        optimizer_step(opt_d, F.softplus(-d(real)).mean() + F.softplus(d(fake.detach())).mean())
+        return optimizer_step(opt_g, F.softplus(-d(fake)).mean())
 
     losses = train_loop(step, steps, progress)
     save_module(g, folder, spec.config, losses)

@@ -1,7 +1,7 @@
 """The zoo's registry: every model and generator by name, and the cached train-or-load step.
 
 ``list_generators()`` names every labelled generator; ``ensure_model`` trains a model once per
-(name, seed, steps) into the cache (written in a temporary folder, renamed when complete, so a killed
+(name, seed, steps, training key) into the cache (written in a temporary folder, renamed when complete, so a killed
 build never leaves a half-written model that looks done) and loads it afterwards.
 """
 
@@ -69,7 +69,7 @@ def ensure_model(
     """
     spec = get_model_spec(name)
     steps = spec.steps if steps is None else steps
-    folder = model_dir(cache, name, seed, steps)
+    folder = model_dir(cache, spec, seed, steps)
     if is_done(folder):
         return folder, False
     if pool is None:

@@ -2,7 +2,8 @@
 
 A real crop is downscaled 2x (antialiased) and a small CNN brings it back: it predicts a residual on
 top of bicubic upsampling through one of two heads, ``sr-shuffle`` (sub-pixel convolution, ESPCN's
-pixel shuffle) or ``sr-tconv`` (a transposed convolution). Trained with L1 on 64 px native patches.
+pixel shuffle) or ``sr-tconv`` (a transposed convolution). Trained on 64 px native patches with L1
+plus the shared spectral loss (``losses.py``): with L1 alone the output is too smooth in the top octave.
 """
 
 from __future__ import annotations
@@ -19,16 +20,23 @@ from detector.zoo.base import (
     load_module,
     random_patches,
     resize,
-    save_module,
-    torch_generator,
-    train_loop,
+    train_paired,
+    upsample2x,
 )
+from detector.zoo.losses import reconstruction_loss
 
 FAMILY = "sr"
 PATCH = 64
+#: L1 + the shared spectral loss, cosine-annealed. On a probe (300 outputs vs 300 reals, grouped CV) the
+#: baseline's spectrum AUC fell from 0.997 (L1 alone) to 0.59-0.64.
+RECIPE = {"l1": 1.0, "spectral": 0.2, "spectral_2d": 0.1, "cosine": True}
 MODELS = [
-    ModelSpec("sr-shuffle", FAMILY, {"head": "shuffle", "width": 32}, steps=200, batch=16, lr=2e-3),
-    ModelSpec("sr-tconv", FAMILY, {"head": "tconv", "width": 32}, steps=200, batch=16, lr=2e-3),
+    ModelSpec(
+        "sr-shuffle", FAMILY, {"head": "shuffle", "width": 32}, steps=200, batch=16, lr=2e-3, recipe=RECIPE
+    ),
+    ModelSpec(
+        "sr-tconv", FAMILY, {"head": "tconv", "width": 32}, steps=200, batch=16, lr=2e-3, recipe=RECIPE
+    ),
 ]
 GENERATORS = [
     GeneratorSpec(
@@ -51,10 +59,7 @@ class SuperResolver(nn.Module):
             nn.Conv2d(width, width, 3, padding=1),
             nn.ReLU(),
         )
-        if head == "shuffle":
-            self.head = nn.Sequential(nn.Conv2d(width, 3 * 4, 3, padding=1), nn.PixelShuffle(2))
-        else:
-            self.head = nn.ConvTranspose2d(width, 3, 4, stride=2, padding=1)
+        self.head = upsample2x(width, 3, head)
 
     def forward(self, low: torch.Tensor) -> torch.Tensor:
         base = F.interpolate(low, scale_factor=2, mode="bicubic", align_corners=False)
@@ -67,20 +72,12 @@ def build(spec: ModelSpec) -> SuperResolver:
 
 def train(spec: ModelSpec, pool: torch.Tensor, seed: int, steps: int, folder: Path, progress=None) -> None:
     torch.manual_seed(seed)
-    model = build(spec).train()
-    gen = torch_generator(seed, spec.name, "data")
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
 
-    def step(i: int) -> float:
+    def batch_loss(model, gen: torch.Generator) -> torch.Tensor:
         high = random_patches(pool, spec.batch, PATCH, gen)
-        loss = F.l1_loss(model(resize(high, PATCH // 2, "bicubic")), high)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
+        return reconstruction_loss(model(resize(high, PATCH // 2, "bicubic")), high, spec.recipe)
 
-    losses = train_loop(step, steps, progress)
-    save_module(model, folder, spec.config, losses)
+    train_paired(spec, build(spec), seed, steps, folder, batch_loss, progress)
 
 
 def load(spec: ModelSpec, folder: Path) -> SuperResolver:

@@ -33,6 +33,8 @@ from detector.corpus.report import radial_spectrum
 from detector.io import ImageLoadError, atomic_write_text, load_image_array
 
 BINS = 64
+#: RESULTS.md from this heading on is written by hand and kept when the tables are rewritten.
+NOTES = "## What this says"
 
 
 def features(corpus) -> tuple[np.ndarray, list]:
@@ -144,7 +146,11 @@ def main() -> None:
             f"{row['auc_lofo_test'] if row['auc_lofo_test'] == '' else format(row['auc_lofo_test'], '.3f')} | {row['in_train']} |"
         )
     lines += ["", f"Runtime: {time.perf_counter() - start:.0f} s."]
-    atomic_write_text(args.out / "RESULTS.md", "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    previous = args.out / "RESULTS.md"
+    if previous.is_file() and NOTES in previous.read_text():  # the hand-written reading of the figures
+        text += "\n" + NOTES + previous.read_text().split(NOTES, 1)[1]
+    atomic_write_text(args.out / "RESULTS.md", text)
     print("\n".join(lines))
 
 
