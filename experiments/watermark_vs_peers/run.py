@@ -148,12 +148,18 @@ def main() -> None:
     parser.add_argument("--per-photo", type=int, default=1, help="512x512 crops per held-out photo (1 or 2).")
     parser.add_argument("--speed-images", type=int, default=5, help="Images timed per method.")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (more than the free cores is many times slower on a shared machine).",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="Rebuild RESULTS.md from the per-method files of earlier runs.",
     )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     images = held_out_images(per_photo=args.per_photo)
     if args.limit:
         images = images[: args.limit]
@@ -242,7 +248,7 @@ def main() -> None:
     )
     for q in quality:
         q.update(speeds.get(q["method"], {}))
-    write_outputs(args.out, rows, quality, n_images, min(args.speed_images, len(images)))
+    write_outputs(args.out, rows, quality, n_images, min(args.speed_images, len(images)), args.threads)
 
 
 def measure_speed(makers, checkpoint, images, keys) -> dict[str, dict]:
@@ -281,7 +287,9 @@ def measure_speed(makers, checkpoint, images, keys) -> dict[str, dict]:
     return out
 
 
-def write_outputs(out: Path, rows: list[dict], speed: list[dict], n_images: int, speed_images: int) -> None:
+def write_outputs(
+    out: Path, rows: list[dict], speed: list[dict], n_images: int, speed_images: int, threads: int
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "results.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -325,8 +333,9 @@ def write_outputs(out: Path, rows: list[dict], speed: list[dict], n_images: int,
             f"Decode speed, ours / rivaGan: **{ours['decode_ips'] / riva['decode_ips']:.1f}x** on marked images, "
             f"**{ours['decode_unmarked_ips'] / riva['decode_unmarked_ips']:.1f}x** on unmarked ones (our full "
             f"rotation/scale search; a marked image stops at its first decisive candidate). Timed on "
-            f"{speed_images} images of 512x512 after one untimed warm-up call per method, 2 torch threads, "
-            "on a 2-core machine shared with other jobs: ratios are from one run, absolute rates are noisy.",
+            f"{speed_images} images of 512x512 after one untimed warm-up call per method, {threads} torch "
+            "thread(s), on a 2-core machine shared with other jobs: ratios are from one run, absolute rates "
+            "are noisy.",
         ]
     for metric, title in (
         ("bit_acc", "Bit accuracy"),
