@@ -5,7 +5,8 @@ Stages (each reuses what an earlier run left, so a second run is fast):
 1. build (or reuse) the demo benchmark: real crops of the photos that ship in packages + fakes from the
    generator zoo, leave-families-out split (``sdedit`` and ``vqar`` never seen in training);
 2. train the passive detector (Effort on the offline ImageNet EfficientNet-Lite0, a short schedule);
-3. fit the attribution head (train fakes) and the fusion (validation) into a bundle;
+3. fit the attribution head (train fakes), the inversion branch (train; the zoo's own DDPM as the
+   diffusion model) and the fusion (validation; head, distance, RIGID, inversion) into a bundle;
 4. measure on the *test* split: each passive branch alone vs. the fused score, attribution with the
    held-out families as unknowns; ROC and confusion PNGs;
 5. watermark a few held-out real images (when the watermark decoder is in this build);
@@ -54,6 +55,8 @@ class DemoConfig:
     max_steps_per_epoch: int | None = None
     batch_size: int = 32
     n_watermarked: int = 4
+    #: Fit the inversion branch with the benchmark zoo's DDPM (when the corpus's build cache has it).
+    inversion: bool = True
     seed: int = 0
     examples: int = 6
     #: The corpus is 128 px: train at its size rather than upsampling to the backbone's 224.
@@ -125,6 +128,26 @@ def _train(config: DemoConfig, manifest: Path, run: Path, console) -> None:
     train(load_config(TrainConfig, None, overrides), console=console)
 
 
+def _inversion_model(manifest: Path, log) -> str | None:
+    """The zoo DDPM the corpus's build trained (its ``build.json`` names the cache), or None."""
+    from detector.zoo import zoo_ddpm_folder
+
+    info = Path(manifest).parent / "build.json"
+    if not info.is_file():
+        log(f"inversion: {info} not found (not a `detector corpus build` corpus); no inversion branch")
+        return None
+    cache = Path(json.loads(info.read_text()).get("cache", ""))
+    # a relative cache was relative to where the build ran: usually the corpus's grandparent (data/demo)
+    candidates = [cache] if cache.is_absolute() else [cache, info.parent.parent.parent / cache]
+    for folder in candidates:
+        try:
+            return str(zoo_ddpm_folder(folder))
+        except FileNotFoundError:
+            continue
+    log(f"inversion: no trained zoo DDPM in {cache}; no inversion branch")
+    return None
+
+
 def _watermark(config: DemoConfig, corpus, out: Path, log) -> tuple[list[Path], dict | None]:
     """Watermark a few test-split real images (when the watermark decoder ships in this build)."""
     try:
@@ -159,8 +182,7 @@ def run_demo(
     from detector.attribution import FeatureSet, plot_confusion
     from detector.attribution.protocol import evaluate as evaluate_attribution
     from detector.bundle import BundleConfig, ProvenanceDetector, build_bundle
-    from detector.bundle.detector import DISTANCE_BRANCH
-    from detector.bundle.fit import branch_table, score_split
+    from detector.bundle.fit import branch_table, score_split, split_branch_scores
     from detector.config import load_config
     from detector.corpus import load_corpus
     from detector.evaluation.plots import plot_roc
@@ -187,6 +209,9 @@ def run_demo(
         overrides.append("fusion.min_rows=5")
     if wm_ref:
         overrides += [f"watermark_key={wm_ref['key']}", f"watermark_registry={wm_ref['registry']}"]
+    inversion_model = _inversion_model(manifest, log) if config.inversion else None
+    if inversion_model:
+        overrides.append(f"inversion_model={inversion_model}")
     bundle_report = build_bundle(load_config(BundleConfig, None, overrides), bundle_dir, progress, log)
     timings["bundle"] = time.perf_counter() - start
 
@@ -194,10 +219,10 @@ def run_demo(
     start = time.perf_counter()
     det = ProvenanceDetector.load(bundle_dir)
     with progress("features test", len(corpus.subset("test").records)) as advance:
-        test = score_split(det, corpus, "test", config.batch_size, advance)
-    scores = {"detector": test.detector}
-    if det.attribution is not None:
-        scores[DISTANCE_BRANCH] = det.attribution.predict(test.features).unknown_score.astype(np.float64)
+        test = score_split(
+            det, corpus, "test", config.batch_size, advance, det.rigid is not None, det.inversion
+        )
+    scores = split_branch_scores(det, test)
     fused = det.fusion.predict_proba({k: v for k, v in scores.items() if k in det.fusion.branches})
     signs = det.fusion.metadata.get("branch_signs", {})  # fixed on validation, not on test
     fusion_table = branch_table(scores, test.targets, fused, signs)
@@ -207,7 +232,10 @@ def run_demo(
     )
     unseen_table = (
         branch_table(
-            {k: v[unseen_rows] for k, v in scores.items()}, test.targets[unseen_rows], fused[unseen_rows]
+            {k: v[unseen_rows] for k, v in scores.items()},
+            test.targets[unseen_rows],
+            fused[unseen_rows],
+            signs,
         )
         if test.targets[unseen_rows].sum() > 0 and (test.targets[unseen_rows] == 0).any()
         else None

@@ -27,3 +27,21 @@ def folder_corpus(tmp_path: Path) -> Path:
         for i in range(4):
             write_rgb(root / "fake" / gen / f"photo{i}_crop{g}.png", size=(32, 32), seed=100 + 10 * g + i)
     return root
+
+
+def write_tiny_ddpm(folder: Path) -> Path:
+    """A randomly initialised 8 x 8 diffusers DDPM pipeline folder (the layout hub models have)."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(folder)
+    return folder

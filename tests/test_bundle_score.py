@@ -18,7 +18,7 @@ from detector.cli import app
 from detector.config import load_config
 from detector.corpus import SplitConfig, assign_splits, records_from_folder, write_manifest
 from detector.result import ProvenanceResult
-from tests.conftest import write_rgb
+from tests.conftest import write_rgb, write_tiny_ddpm
 
 runner = CliRunner()
 
@@ -61,7 +61,9 @@ def bundle(tmp_path_factory) -> Path:
     ]
     train(load_config(TrainConfig, None, overrides))
     config = load_config(
-        BundleConfig, None, [f"checkpoint={root / 'run'}", f"corpus={manifest}", "fusion.min_rows=5"]
+        BundleConfig,
+        None,
+        [f"checkpoint={root / 'run'}", f"corpus={manifest}", "fusion.min_rows=5", "rigid=false"],
     )
     build_bundle(config, root / "bundle")
     torch.set_num_threads(before)
@@ -183,9 +185,59 @@ def test_demo_small_runs_every_stage_on_a_given_corpus(bundle, tmp_path):
     assert "each passive branch alone vs the fused p_ai" in text and "example verdicts" in text
     assert "What it is not" in text
     report = json.loads((out / "report.json").read_text())
-    assert set(report["test_branches"]) == {"detector", "attribution_distance", "fused"}
+    assert set(report["test_branches"]) == {"detector", "attribution_distance", "rigid", "fused"}
     assert (out / "roc_test.png").stat().st_size > 0 and (out / "confusion_test.png").stat().st_size > 0
     lines = (out / "mixed_scores.jsonl").read_text().splitlines()
     errors = [json.loads(line) for line in lines if json.loads(line)["error"]]
     assert len(errors) == 1 and "broken" in errors[0]["path"]
     assert load_detector(out / "bundle").score(write_rgb(tmp_path / "x.png", seed=3)).ok
+
+
+def test_rigid_and_inversion_branches_fit_score_and_switch_off(bundle, tmp_path):
+    """A bundle fitted with an inversion model (copied in) scores RIGID and inversion per image; loading it
+    with either branch off scores with the fusion model fitted without that branch."""
+    import numpy as np
+
+    from detector.bundle import BundleConfig, ProvenanceDetector, build_bundle
+
+    manifest = bundle.parent / "corpus" / "manifest.csv"
+    ddpm = write_tiny_ddpm(tmp_path / "ddpm")
+    config = load_config(
+        BundleConfig,
+        None,
+        [
+            f"checkpoint={bundle.parent / 'run'}",
+            f"corpus={manifest}",
+            "fusion.min_rows=5",
+            f"inversion_model={ddpm}",
+            "rigid_config.draws=1",
+        ],
+    )
+    report = build_bundle(config, tmp_path / "b")
+    assert {"rigid", "inversion", "fused"} <= set(report["validation_branches"])
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["branches"] == ["attribution_distance", "detector", "inversion", "rigid"]
+    assert (tmp_path / "b" / "inversion-model" / "unet").is_dir()  # small local model: copied
+    assert meta["versions"]["rigid"] == "lambda=0.05;draws=1;seed=0"
+    image = write_rgb(tmp_path / "x.png", size=(40, 36), seed=7)
+
+    full = load_detector(tmp_path / "b").score(image)
+    assert full.ok and set(full.branches) == {"detector", "attribution_distance", "rigid", "inversion"}
+    assert all(np.isfinite(v) for v in full.branches.values())
+    assert 0.0 <= full.branches["rigid"] <= 2.0  # 1 - cosine similarity
+
+    fast = ProvenanceDetector.load(tmp_path / "b", rigid=False, inversion=False)
+    result = fast.score(image)
+    assert set(result.branches) == {"detector", "attribution_distance"}
+    present = {k: full.branches[k] for k in result.branches}
+    assert result.branches == pytest.approx(present)
+    expected = fast.fusion.predict_one(present)  # the fusion's own model without rigid/inversion
+    assert result.p_ai == pytest.approx(expected) and result.p_ai != pytest.approx(full.p_ai)
+
+    out = tmp_path / "scores.jsonl"
+    cli = runner.invoke(
+        app, ["score", str(image), "--model", str(tmp_path / "b"), "--no-inversion", "--out", str(out)]
+    )
+    assert cli.exit_code == 0, cli.output
+    line = json.loads(out.read_text())
+    assert "inversion" not in line["branches"] and "rigid" in line["branches"]

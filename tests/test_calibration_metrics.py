@@ -86,3 +86,22 @@ def test_detection_metrics_and_per_generator_rows():
     assert rows["a"]["auc"] == pytest.approx(1.0)  # both a-fakes above every real
     assert rows["b"]["detection_rate"] == pytest.approx(0.5)
     assert rows["real"]["detection_rate"] == pytest.approx(1 / 3)
+
+
+def test_bootstrap_interval_brackets_the_metric_and_narrows_with_more_data():
+    from detector.metrics import auc, bootstrap_interval
+
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        y = np.repeat([0, 1], n)
+        return y, y + rng.normal(0, 1.0, 2 * n)
+
+    y, s = sample(100)
+    lo, hi = bootstrap_interval(y, s, auc, n=200)
+    assert lo < auc(y, s) < hi
+    y_big, s_big = sample(2000)
+    lo_big, hi_big = bootstrap_interval(y_big, s_big, auc, n=200)
+    assert hi_big - lo_big < (hi - lo) / 2
+    assert lo_big < 0.76 < hi_big  # the true AUC of N(1,1) vs N(0,1) is Phi(1/sqrt(2)) = 0.760
+    assert np.isnan(bootstrap_interval([1, 1], [0.2, 0.3], auc)[0])

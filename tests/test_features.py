@@ -15,6 +15,7 @@ from detector.cli import app
 from detector.corpus import load_corpus
 from detector.features import ExtractionReport, FeatureCache, extract_features
 from detector.features.rigid import RigidConfig, RigidExtractor, rigid_similarity
+from tests.conftest import write_tiny_ddpm
 
 
 @pytest.fixture(autouse=True)
@@ -158,18 +159,7 @@ def test_cli_extract_rigid_and_cache_info(folder_corpus, tmp_path):
 
 
 def test_cli_extract_inversion_features(folder_corpus, tmp_path):
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    write_tiny_ddpm(tmp_path / "ddpm")
     result = CliRunner().invoke(
         app,
         [

@@ -14,7 +14,11 @@ the key is a secret and belongs where its owner keeps it).
 The pipeline it runs: one backbone forward per batch (at the checkpoint's input size) feeds the
 detector head (calibrated P(fake), branch ``detector``) and the attribution head (top-k generators and
 the distance to the nearest known generator, which is also a passive branch: ``attribution_distance``);
-the watermark decoder, when referenced, adds its evidence; the fusion turns it all into one
+two optional passive branches (:mod:`detector.bundle.branches`) add RIGID (``rigid``: the same
+backbone's embedding stability under noise) and diffusion inversion (``inversion``: a reconstruction-error
+score, when the bundle was fitted with a diffusion model); each can be switched off at load time, and the
+fusion then uses its model fitted without that branch. The watermark decoder, when referenced, adds its
+evidence; the fusion turns it all into one
 :class:`~detector.result.ProvenanceResult`. Everything is safetensors or JSON: loading a bundle runs no
 pickled code.
 """
@@ -32,6 +36,8 @@ import torch
 from PIL import Image
 
 from detector.attribution import AttributionHead
+from detector.bundle.branches import INVERSION_BRANCH, RIGID_BRANCH, InversionBranch, rigid_scores
+from detector.features.rigid import RigidConfig
 from detector.fusion import FusionConfig, FusionModel
 from detector.io import ImageLoadError, file_sha256, load_image
 from detector.result import AttributionEvidence, ProvenanceResult
@@ -102,6 +108,8 @@ class ProvenanceDetector:
         versions: dict[str, str] | None = None,
         path: str | Path | None = None,
         top_k: int = 3,
+        rigid: RigidConfig | None = None,
+        inversion: InversionBranch | None = None,
     ):
         from detector.corpus.dataset import resize_transform
 
@@ -116,14 +124,25 @@ class ProvenanceDetector:
         self.versions = dict(versions or {})
         self.path = Path(path) if path is not None else None
         self.top_k = top_k
+        self.rigid = rigid
+        self.inversion = inversion
         self._transform = resize_transform(self.image_size)
         self._memo_key = f"bundle-features:{id(self)}:{self.image_size}"
         self._pipeline: Pipeline | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu", watermark: bool = True) -> ProvenanceDetector:
-        """Load a bundle folder (see the module docstring). ``watermark=False`` skips the decoder."""
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        watermark: bool = True,
+        rigid: bool = True,
+        inversion: bool = True,
+    ) -> ProvenanceDetector:
+        """Load a bundle folder (see the module docstring). ``watermark=False`` skips the decoder;
+        ``rigid=False`` / ``inversion=False`` switch those branches off (faster; the fusion falls back to
+        its model fitted without them)."""
         from detector.training.checkpoint import CheckpointError, load_checkpoint
 
         folder = Path(path)
@@ -147,6 +166,10 @@ class ProvenanceDetector:
         watermarker = None
         if watermark and meta.get("watermark"):
             watermarker = load_watermarker(meta["watermark"], folder)
+        rigid_config = RigidConfig(**meta["rigid"]) if rigid and meta.get("rigid") else None
+        inversion_branch = None
+        if inversion and meta.get("inversion"):
+            inversion_branch = InversionBranch.load(folder, device=_device(device))
         return cls(
             model,
             calibrator,
@@ -156,6 +179,8 @@ class ProvenanceDetector:
             watermarker=watermarker,
             versions=meta.get("versions", {}),
             path=folder,
+            rigid=rigid_config,
+            inversion=inversion_branch,
         )
 
     # ------------------------------------------------------------------ branches
@@ -163,12 +188,19 @@ class ProvenanceDetector:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _compute_features(self, batch: Batch) -> np.ndarray:
+    def _compute_inputs(self, batch: Batch) -> torch.Tensor:
         from detector.corpus.dataset import to_tensor
 
         arrays = [self._transform(image=np.asarray(img, dtype=np.uint8))["image"] for img in batch.images]
-        images = torch.stack([to_tensor(a) for a in arrays])
-        return self.model.backbone.encode(images.to(self.device)).cpu().numpy()
+        return torch.stack([to_tensor(a) for a in arrays]).to(self.device)
+
+    def inputs(self, batch: Batch) -> torch.Tensor:
+        """The batch resized for the backbone (``N x 3 x S x S`` in [0, 1]), once per batch."""
+        return batch.memo(self._memo_key + ":inputs", self._compute_inputs)
+
+    @torch.inference_mode()
+    def _compute_features(self, batch: Batch) -> np.ndarray:
+        return self.model.backbone.encode(self.inputs(batch)).cpu().numpy()
 
     def features(self, batch: Batch) -> np.ndarray:
         """``N x D`` backbone features of a batch, computed once per batch whoever asks."""
@@ -186,6 +218,16 @@ class ProvenanceDetector:
         preds = self.attribution.predict(np.asarray(self.features(batch), dtype=np.float32))
         return [float(v) for v in preds.unknown_score]
 
+    def rigid_scores(self, batch: Batch, config: RigidConfig | None = None) -> list[float]:
+        """RIGID's ``1 - similarity`` under the bundle's noise (higher = more likely generated)."""
+        config = config or self.rigid or RigidConfig()
+        clean = torch.from_numpy(self.features(batch))
+        return rigid_scores(self.model.backbone, self.inputs(batch), clean, config)
+
+    def inversion_scores(self, batch: Batch) -> list[float]:
+        """The inversion branch's log-odds of "generated"."""
+        return self.inversion.scores(batch.images)
+
     def attributions(self, batch: Batch) -> list[AttributionEvidence]:
         return attribution_evidence(self.attribution, self.features(batch), self.top_k)
 
@@ -193,6 +235,10 @@ class ProvenanceDetector:
         branches = {DETECTOR_BRANCH: self.detector_scores}
         if self.attribution is not None:
             branches[DISTANCE_BRANCH] = self.distance_scores
+        if self.rigid is not None:
+            branches[RIGID_BRANCH] = self.rigid_scores
+        if self.inversion is not None:
+            branches[INVERSION_BRANCH] = self.inversion_scores
         return branches
 
     @property

@@ -3,7 +3,9 @@
 The attribution head is fitted on the *training* split's fake images (features from the checkpoint's own
 backbone, so scoring needs one forward), its rejection thresholds and the fusion on the *validation*
 split; the test split is never read. The fusion is a logistic regression over the passive branch scores
-(the detector head's calibrated P(fake) and the distance to the nearest known generator); a watermark,
+(the detector head's calibrated P(fake), the distance to the nearest known generator, RIGID's instability
+and, given a diffusion model, the inversion branch's score, whose own small regression is fitted on the
+training split like the head); a watermark,
 when the bundle references a decoder, enters by the verdict rule (its p-value's likelihood ratio), not
 through the regression: a found watermark is strong evidence, a missing one weak.
 """
@@ -20,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from detector.attribution import AttributionHead, FeatureSet, HeadConfig
+from detector.bundle.branches import INVERSION_BRANCH, INVERSION_FILE, RIGID_BRANCH, InversionBranch
 from detector.bundle.detector import (
     ATTRIBUTION_FILE,
+    DETECTOR_BRANCH,
     DETECTOR_DIR,
     DISTANCE_BRANCH,
     FORMAT,
@@ -32,9 +36,11 @@ from detector.bundle.detector import (
     versions_for,
 )
 from detector.corpus import REAL_GENERATOR, load_corpus
+from detector.features.inversion import InversionConfig
+from detector.features.rigid import RigidConfig
 from detector.fusion import FusionConfig, FusionModel
 from detector.io import ImageLoadError, atomic_write_text, load_image
-from detector.metrics import auc, tpr_at_fpr
+from detector.metrics import auc, bootstrap_interval, tpr_at_fpr
 from detector.scoring import Batch
 
 CHECKPOINT_FILES = (
@@ -61,6 +67,12 @@ class BundleConfig:
     watermark_key: str | None = None
     watermark_checkpoint: str | None = None
     watermark_registry: str | None = None
+    #: RIGID branch: training-free, ``rigid_config.draws`` extra backbone forwards per batch.
+    rigid: bool = True
+    rigid_config: RigidConfig = field(default_factory=lambda: RigidConfig(draws=2))
+    #: Inversion branch: a diffusers model folder or hub id (None: no inversion branch).
+    inversion_model: str | None = None
+    inversion: InversionConfig = field(default_factory=InversionConfig)
 
 
 @dataclass
@@ -73,14 +85,25 @@ class SplitScores:
     features: np.ndarray
     detector: np.ndarray
     errors: list[tuple[str, str]]
+    rigid: np.ndarray | None = None
+    inversion_features: np.ndarray | None = None
+    groups: list[str] = field(default_factory=list)  # source photo / generator batch per row
 
 
 def score_split(
-    det: ProvenanceDetector, corpus, split: str, batch_size: int, advance: Callable[[int], None] | None = None
+    det: ProvenanceDetector,
+    corpus,
+    split: str,
+    batch_size: int,
+    advance: Callable[[int], None] | None = None,
+    rigid: bool = False,
+    inversion: InversionBranch | None = None,
 ) -> SplitScores:
-    """Backbone features and the detector head's calibrated P(fake) for every loadable image of ``split``."""
+    """Backbone features and the detector head's calibrated P(fake) for every loadable image of ``split``
+    (and RIGID scores / inversion statistics when asked)."""
     records = corpus.subset(split).records if split != "all" else corpus.records
-    paths, targets, gens, feats, scores, errors = [], [], [], [], [], []
+    paths, targets, gens, groups, feats, scores, errors = [], [], [], [], [], [], []
+    rigid_scores, inversion_feats = [], []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         images, kept = [], []
@@ -95,9 +118,14 @@ def score_split(
             batch = Batch([str(corpus.resolve(r)) for r in kept], images)
             feats.append(det.features(batch))
             scores.extend(det.detector_scores(batch))
+            if rigid:
+                rigid_scores.extend(det.rigid_scores(batch))
+            if inversion is not None:
+                inversion_feats.append(inversion.features(batch.images))
             paths.extend(batch.paths)
             targets.extend(1 if r.is_fake else 0 for r in kept)
             gens.extend(r.generator for r in kept)
+            groups.extend(r.group for r in kept)
         if advance:
             advance(len(chunk))
     dim = int(det.model.backbone.feature_dim)
@@ -108,7 +136,24 @@ def score_split(
         np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
         np.asarray(scores, dtype=np.float64),
         errors,
+        np.asarray(rigid_scores, dtype=np.float64) if rigid else None,
+        (np.concatenate(inversion_feats) if inversion_feats else np.zeros((0, len(inversion.names))))
+        if inversion is not None
+        else None,
+        groups,
     )
+
+
+def split_branch_scores(det: ProvenanceDetector, split: SplitScores) -> dict[str, np.ndarray]:
+    """Every passive branch's scores on a scored split, by branch name (what the fusion takes)."""
+    scores = {DETECTOR_BRANCH: split.detector}
+    if det.attribution is not None:
+        scores[DISTANCE_BRANCH] = det.attribution.predict(split.features).unknown_score.astype(np.float64)
+    if split.rigid is not None:
+        scores[RIGID_BRANCH] = split.rigid
+    if det.inversion is not None and split.inversion_features is not None:
+        scores[INVERSION_BRANCH] = det.inversion.decision(split.inversion_features)
+    return scores
 
 
 def fit_attribution(train: SplitScores, val: SplitScores, config: HeadConfig) -> AttributionHead | None:
@@ -142,26 +187,32 @@ def branch_table(
     targets: np.ndarray,
     fused: np.ndarray | None,
     signs: dict[str, int] | None = None,
+    bootstrap: int = 0,
 ) -> dict:
-    """AUC / TPR at 1% FPR of every branch alone and of the fusion. Each branch is oriented by ``signs``
+    """AUC / TPR at 1% FPR of every branch alone and of the fusion (with 95% bootstrap intervals
+    ``auc_ci`` / ``tpr_fpr1_ci`` when ``bootstrap`` > 0 resamples). Each branch is oriented by ``signs``
     (fixed on validation: pass the bundle's, never choose them on the rows being evaluated); without
     ``signs`` the rows themselves decide (only for the validation table)."""
     signs = signs or branch_signs(scores, targets)
     out = {}
     for name, values in scores.items():
         ok = np.isfinite(values)
-        out[name] = _metrics(targets[ok], signs.get(name, 1) * values[ok])
+        out[name] = _metrics(targets[ok], signs.get(name, 1) * values[ok], bootstrap)
     if fused is not None:
-        out["fused"] = _metrics(targets, fused)
+        out["fused"] = _metrics(targets, fused, bootstrap)
     return out
 
 
-def _metrics(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    return {
-        "n": int(len(targets)),
-        "auc": float(auc(targets, scores)),
-        "tpr_fpr1": float(tpr_at_fpr(targets, scores, 0.01)),
-    }
+def _tpr_fpr1(targets, scores) -> float:
+    return tpr_at_fpr(targets, scores, 0.01)
+
+
+def _metrics(targets: np.ndarray, scores: np.ndarray, bootstrap: int = 0) -> dict:
+    out = {"n": int(len(targets)), "auc": float(auc(targets, scores)), "tpr_fpr1": _tpr_fpr1(targets, scores)}
+    if bootstrap:
+        out["auc_ci"] = bootstrap_interval(targets, scores, auc, n=bootstrap)
+        out["tpr_fpr1_ci"] = bootstrap_interval(targets, scores, _tpr_fpr1, n=bootstrap)
+    return out
 
 
 def build_bundle(
@@ -184,27 +235,37 @@ def build_bundle(
     for split in (config.train_split, config.val_split):
         if not corpus.subset(split).records:
             raise BundleError(f"{config.corpus}: no images in split {split!r}")
-    det = ProvenanceDetector(model, calibrator, card)
+    rigid = config.rigid_config if config.rigid else None
+    det = ProvenanceDetector(model, calibrator, card, rigid=rigid)
+    inversion = None
+    if config.inversion_model:
+        try:
+            inversion = InversionBranch.create(config.inversion_model, config.inversion, det.device)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"inversion model {config.inversion_model!r}: {exc}") from None
 
-    def run(split: str) -> SplitScores:
+    def run(split: str, with_rigid: bool) -> SplitScores:
         n = len(corpus.subset(split).records)
+        kwargs = dict(rigid=with_rigid, inversion=inversion)
         if progress is None:
-            return score_split(det, corpus, split, config.batch_size)
+            return score_split(det, corpus, split, config.batch_size, **kwargs)
         with progress(f"features {split}", n) as advance:
-            return score_split(det, corpus, split, config.batch_size, advance)
+            return score_split(det, corpus, split, config.batch_size, advance, **kwargs)
 
-    train, val = run(config.train_split), run(config.val_split)
+    # RIGID is training-free: only the validation split (where the fusion is fitted) needs its scores
+    train, val = run(config.train_split, False), run(config.val_split, rigid is not None)
     for path, reason in train.errors + val.errors:
         log(f"skipped {path}: {reason}")
     if len(np.unique(val.targets)) < 2:
         raise BundleError(f"split {config.val_split!r} needs real and fake images to fit the fusion")
     head = fit_attribution(train, val, config.attribution)
-    scores = {"detector": val.detector}
-    if head is not None:
-        scores[DISTANCE_BRANCH] = head.predict(val.features).unknown_score.astype(np.float64)
-    else:
+    if head is None:
         log("fewer than two fake generators in the training split: no attribution head")
-    fusion = FusionModel(config.fusion).fit(scores, val.targets)
+    if inversion is not None:
+        inversion.fit(train.inversion_features, train.targets)
+    det.attribution, det.inversion = head, inversion
+    scores = split_branch_scores(det, val)
+    fusion = FusionModel(config.fusion).fit(scores, val.targets, groups=val.groups)
     fused = fusion.predict_proba(scores)
     signs = branch_signs(scores, val.targets)
     report = {
@@ -232,6 +293,8 @@ def build_bundle(
     if head is not None:
         head.metadata = {"backbone": card.get("backbone"), "weights_id": card.get("weights_id")}
         head.save(out / ATTRIBUTION_FILE)
+    if inversion is not None:
+        inversion.save(out)
     watermark = None
     if config.watermark_key:
         watermark = {
@@ -245,8 +308,16 @@ def build_bundle(
         from detector.bundle.detector import load_watermarker
 
         load_watermarker(watermark)  # fail now, not at scoring time
-    parts = {"attribution": ATTRIBUTION_FILE if head is not None else None, "fusion": FUSION_FILE}
+    parts = {
+        "attribution": ATTRIBUTION_FILE if head is not None else None,
+        "fusion": FUSION_FILE,
+        "inversion": INVERSION_FILE if inversion is not None else None,
+    }
     versions = versions_for(out, card, parts)
+    if rigid is not None:
+        versions["rigid"] = f"lambda={rigid.noise_level:g};draws={rigid.draws};seed={rigid.seed}"
+    if inversion is not None:
+        versions["inversion_model"] = inversion.version
     if watermark is not None:
         from detector.io import file_sha256
 
@@ -262,6 +333,8 @@ def build_bundle(
         "attribution": parts["attribution"],
         "fusion": FUSION_FILE,
         "watermark": watermark,
+        "rigid": asdict(rigid) if rigid is not None else None,
+        "inversion": INVERSION_FILE if inversion is not None else None,
         "branches": sorted(scores),
         "versions": versions,
     }

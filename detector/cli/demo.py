@@ -21,9 +21,12 @@ def demo_command(
     small: bool = typer.Option(False, "--small", help="Tiny preset (tiny backbone, a few dozen images)."),
     epochs: int | None = typer.Option(None, help="Training epochs (default 2; 1 with --small)."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    no_inversion: bool = typer.Option(
+        False, "--no-inversion", help="Fit the bundle without the diffusion-inversion branch."
+    ),
 ) -> None:
     """The whole product on the offline benchmark: build or reuse it, train the detector (Effort on
-    EfficientNet-Lite0), fit attribution + fusion into a bundle, watermark a few held-out images, score
+    EfficientNet-Lite0), fit attribution, RIGID, inversion (the zoo's DDPM) and the fusion into a bundle, watermark a few held-out images, score
     a mixed folder and print the report. Reruns reuse every finished stage."""
     import torch
 
@@ -42,6 +45,7 @@ def demo_command(
         config.corpus = str(corpus)
     if epochs is not None:
         config.epochs = epochs
+    config.inversion = not no_inversion
     try:
         report = run_demo(config, console, progress_bar, log=console.print)
     except (BundleError, CorpusError, ValueError) as exc:
@@ -79,7 +83,7 @@ def print_report(report: dict) -> None:
         if r["error"]:
             table.add_row(Path(r["path"]).name, "-", "-", "-", f"error: {r['error']}")
             continue
-        short = {"detector": "det", "attribution_distance": "dist"}
+        short = {"detector": "det", "attribution_distance": "dist", "inversion": "inv"}
         evidence = " ".join(f"{short.get(k, k)}={_f(v)}" for k, v in sorted(r["branches"].items()))
         wm = r.get("watermark")
         if wm and wm.get("p_value") is not None:

@@ -24,13 +24,20 @@ def score_command(
     workers: int = typer.Option(0, "--workers", help="Decode threads (0: decode in the main thread)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
     no_watermark: bool = typer.Option(False, "--no-watermark", help="Skip the bundle's watermark decoder."),
+    no_rigid: bool = typer.Option(
+        False, "--no-rigid", help="Skip the RIGID branch (saves its extra backbone forwards)."
+    ),
+    no_inversion: bool = typer.Option(
+        False, "--no-inversion", help="Skip the diffusion-inversion branch (the slowest passive branch)."
+    ),
     summary_json: Path | None = typer.Option(None, "--summary", help="Also write the run summary as JSON."),
 ) -> None:
     """Score images with a bundle: calibrated p_ai, verdict, watermark and attribution evidence per image.
 
     Every input gets one line, an unreadable file a line with its error (the run goes on). Output is
     written to OUT.partial and renamed when complete; --resume continues a killed run. Under torchrun
-    each rank scores a shard and rank 0 merges them into OUT.
+    each rank scores a shard and rank 0 merges them into OUT. A branch switched off (--no-rigid,
+    --no-inversion) is scored with the fusion model the bundle fitted without it.
     """
     from detector.bundle import BundleError, ProvenanceDetector
     from detector.scoring import ScoringError, count_inputs
@@ -42,7 +49,9 @@ def score_command(
     if fmt == "table" and out is not None:
         fail("--format table prints to stdout; use jsonl or csv with --out")
     try:
-        det = ProvenanceDetector.load(model, device=device, watermark=not no_watermark)
+        det = ProvenanceDetector.load(
+            model, device=device, watermark=not no_watermark, rigid=not no_rigid, inversion=not no_inversion
+        )
     except (BundleError, ValueError, OSError) as exc:
         fail(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,6 +123,12 @@ def bundle_command(
         None, help="Watermark model (default: the shipped one)."
     ),
     watermark_registry: Path | None = typer.Option(None, help="Watermark payload registry (SQLite)."),
+    inversion_model: str | None = typer.Option(
+        None,
+        help="Diffusion model (diffusers folder or hub id) for the inversion branch, e.g. the benchmark "
+        "zoo's DDPM data/zoo-cache/full/ddpm-unet32-s0-n<steps>. Default: no inversion branch.",
+    ),
+    no_rigid: bool = typer.Option(False, "--no-rigid", help="Fit without the RIGID branch."),
     overrides: list[str] = typer.Option(
         [], "--set", help="Dotted override: --set attribution.score=knn --set fusion.uncertain_band=0.05"
     ),
@@ -131,9 +146,12 @@ def bundle_command(
         ("watermark_key", watermark_key),
         ("watermark_checkpoint", watermark_checkpoint),
         ("watermark_registry", watermark_registry),
+        ("inversion_model", inversion_model),
     ):
         if value is not None:
             extra.append(f"{key}={value}")
+    if no_rigid:
+        extra.append("rigid=false")
     try:
         config = load_config(BundleConfig, None, extra)
         report = build_bundle(config, out, progress=progress_bar, log=console.print)

@@ -21,7 +21,10 @@ Transform = Callable[..., Any]
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """``H x W x 3`` uint8 -> ``3 x H x W`` float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # e.g. np.asarray(PIL image): torch warns on read-only memory
+        array = array.copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
 def resize_transform(size: int):

@@ -31,12 +31,17 @@ def _noise(shape: tuple[int, ...], draw: int, seed: int) -> Tensor:
 
 
 @torch.inference_mode()
-def rigid_similarity(backbone: Backbone, images: Tensor, config: RigidConfig = RigidConfig()) -> Tensor:
-    """Per-image mean cosine similarity (``B``) between clean and perturbed embeddings; 1.0 at lambda 0."""
+def rigid_similarity(
+    backbone: Backbone, images: Tensor, config: RigidConfig = RigidConfig(), clean: Tensor | None = None
+) -> Tensor:
+    """Per-image mean cosine similarity (``B``) between clean and perturbed embeddings; 1.0 at lambda 0.
+
+    ``clean``: the images' embeddings when the caller already has them (a scoring pipeline that ran the
+    backbone for its head), saving one forward."""
     if config.draws < 1:
         raise ValueError("RIGID needs at least one noise draw")
     images = images.to(backbone.device)
-    clean = backbone.encode(images)
+    clean = backbone.encode(images) if clean is None else clean.to(images.device).float()
     std = torch.tensor(backbone.preprocess.std, device=images.device).view(1, 3, 1, 1)
     sims = []
     for draw in range(config.draws):

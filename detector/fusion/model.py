@@ -7,6 +7,12 @@ validation rows where that subset is present, and scores each image with the mod
 branches it has (falling back to the largest fitted subset of them, then to the validation base rate).
 With B branches that is 2^B - 1 models of B+1 numbers each: nothing for B <= 6.
 
+More branches are not always better: a branch that separates the validation photos may not transfer to
+other photos (RIGID's embedding stability depends on content). Given the validation rows' *groups*
+(source photo, generator batch), the fit also scores every subset by grouped cross-validation (log loss
+on held-out groups) and an image is then scored with the best-scoring subset among the branches it has,
+not simply the largest. Without groups the largest subset is used.
+
 Scores that look like probabilities on the validation set (all in [0, 1]) are mapped to logits first,
 where a linear model suits them; every input is then standardised with the validation mean/std. The
 model is stored as safetensors (coefficients) with a JSON header (branch names, transforms, config): no
@@ -79,6 +85,7 @@ class FusionModel:
         self.mean: dict[str, float] = {}
         self.std: dict[str, float] = {}
         self.models: dict[str, tuple[np.ndarray, float]] = {}  # subset key -> (coef, intercept)
+        self.cv_loss: dict[str, float] = {}  # subset key -> grouped-CV log loss (lower is better)
         self.base_rate = 0.5
         self.metadata: dict[str, Any] = {}
 
@@ -109,10 +116,16 @@ class FusionModel:
         return out
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, scores: Mapping[str, Sequence[float | None]], labels: Sequence[int]) -> FusionModel:
-        """Fit on validation scores per branch (None/NaN = missing) and labels (1 = AI-generated, 0 = real)."""
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
+    def fit(
+        self,
+        scores: Mapping[str, Sequence[float | None]],
+        labels: Sequence[int],
+        groups: Sequence[str] | None = None,
+    ) -> FusionModel:
+        """Fit on validation scores per branch (None/NaN = missing) and labels (1 = AI-generated, 0 = real).
+
+        ``groups`` (one per row: the source photo or generator batch) turns on the choice of branch
+        subset by grouped cross-validation (see the module docstring)."""
 
         y = np.asarray(labels, dtype=np.int64)
         if set(np.unique(y)) - {0, 1} or len(np.unique(y)) < 2:
@@ -120,7 +133,7 @@ class FusionModel:
         if not scores:
             raise FusionError("no branch scores to fuse")
         self.branches = sorted(scores)
-        self.transforms, self.mean, self.std, self.models = {}, {}, {}, {}
+        self.transforms, self.mean, self.std, self.models, self.cv_loss = {}, {}, {}, {}, {}
         for name in self.branches:
             raw = np.array([np.nan if v is None else float(v) for v in scores[name]], dtype=np.float64)
             present = raw[np.isfinite(raw)]
@@ -143,27 +156,60 @@ class FusionModel:
                 rows = ~np.isnan(x[:, subset]).any(axis=1)
                 if rows.sum() < self.config.min_rows or len(np.unique(y[rows])) < 2:
                     continue
-                model = LogisticRegression(C=self.config.C, max_iter=1000)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    model.fit(x[rows][:, subset], y[rows])
+                model = self._regression(x[rows][:, subset], y[rows])
                 names = [self.branches[i] for i in subset]
                 self.models[_key(names)] = (model.coef_[0].astype(np.float64), float(model.intercept_[0]))
+                if groups is not None:
+                    loss = self._grouped_cv_loss(x[rows][:, subset], y[rows], np.asarray(groups)[rows])
+                    if loss is not None:
+                        self.cv_loss[_key(names)] = loss
         if not self.models:
             raise FusionError(
                 f"no branch subset had {self.config.min_rows} validation rows with both classes"
             )
         return self
 
+    def _regression(self, x: np.ndarray, y: np.ndarray):
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=self.config.C, max_iter=1000)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return model.fit(x, y)
+
+    def _grouped_cv_loss(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float | None:
+        """Mean log loss on held-out groups (leave-one-group-out up to 10 folds); None if it cannot split."""
+        from sklearn.model_selection import GroupKFold
+
+        n_groups = len(np.unique(groups))
+        if n_groups < 3:
+            return None
+        losses = []
+        for train, held in GroupKFold(n_splits=min(10, n_groups)).split(x, y, groups):
+            if len(np.unique(y[train])) < 2:
+                continue
+            model = self._regression(x[train], y[train])
+            p = np.clip(model.predict_proba(x[held])[:, 1], _EPS, 1 - _EPS)
+            losses.append(-(y[held] * np.log(p) + (1 - y[held]) * np.log1p(-p)))
+        return float(np.concatenate(losses).mean()) if losses else None
+
     # ------------------------------------------------------------------ scoring
     def _model_for(self, present: tuple[str, ...]) -> tuple[list[str], np.ndarray, float] | None:
-        for size in range(len(present), 0, -1):
-            for subset in itertools.combinations(present, size):
-                key = _key(subset)
-                if key in self.models:
-                    coef, intercept = self.models[key]
-                    return list(subset), coef, intercept
-        return None
+        """The model for an image with branches ``present``: the fitted subset of them with the lowest
+        grouped-CV loss when the fit had groups, else the largest fitted subset."""
+        candidates = [
+            subset
+            for size in range(len(present), 0, -1)
+            for subset in itertools.combinations(present, size)
+            if _key(subset) in self.models
+        ]
+        if not candidates:
+            return None
+        scored = [c for c in candidates if _key(c) in self.cv_loss]
+        best = min(scored, key=lambda c: self.cv_loss[_key(c)]) if scored else candidates[0]
+        coef, intercept = self.models[_key(best)]
+        return list(best), coef, intercept
 
     def predict_logit(self, scores: Mapping[str, Sequence[float | None]], n: int | None = None) -> np.ndarray:
         """Fused log-odds per row; rows with no usable branch get the validation base rate."""
@@ -206,6 +252,7 @@ class FusionModel:
             "std": self.std,
             "base_rate": self.base_rate,
             "subsets": sorted(self.models),
+            "cv_loss": self.cv_loss,
             "config": asdict(self.config),
             "metadata": self.metadata,
         }
@@ -229,6 +276,7 @@ class FusionModel:
         model.std = {k: float(v) for k, v in meta["std"].items()}
         model.base_rate = float(meta["base_rate"])
         model.metadata = dict(meta.get("metadata", {}))
+        model.cv_loss = {k: float(v) for k, v in meta.get("cv_loss", {}).items()}
         for key in meta["subsets"]:
             try:
                 model.models[key] = (
@@ -241,10 +289,16 @@ class FusionModel:
 
     def describe(self) -> dict[str, Any]:
         """Human-readable coefficients (per standardised branch score) of every fitted subset."""
+        chosen = self._model_for(tuple(self.branches))
         return {
             key: {"intercept": intercept, **dict(zip(key.split("+"), map(float, coef), strict=True))}
+            | ({"cv_log_loss": self.cv_loss[key]} if key in self.cv_loss else {})
             for key, (coef, intercept) in self.models.items()
-        } | {"base_rate": self.base_rate, "threshold": self.config.threshold}
+        } | {
+            "base_rate": self.base_rate,
+            "threshold": self.config.threshold,
+            "used_with_every_branch": _key(chosen[0]) if chosen else None,
+        }
 
 
 def watermark_log_lr(p_value: float | None, config: FusionConfig) -> float:

@@ -7,7 +7,7 @@ Families (two or more generators each): ``ddpm`` (unconditional diffusion sample
 """
 
 from detector.zoo.base import GeneratorSpec, ModelSpec
-from detector.zoo.ddpm import load_zoo_ddpm
+from detector.zoo.ddpm import load_zoo_ddpm, zoo_ddpm_folder
 from detector.zoo.registry import (
     GENERATORS,
     MODELS,
@@ -33,4 +33,5 @@ __all__ = [
     "list_generators",
     "load_model",
     "load_zoo_ddpm",
+    "zoo_ddpm_folder",
 ]

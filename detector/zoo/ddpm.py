@@ -124,9 +124,16 @@ def load_zoo_ddpm(cache_dir: str | Path, variant: str = DDPM_MODEL, seed: int = 
     """The benchmark zoo's trained DDPM as ``(UNet2DModel, DDPMScheduler)``, loaded from the zoo cache.
 
     ``cache_dir`` is the build's ``--cache`` folder (default ``data/zoo-cache/full`` for the full build,
-    ``.../small`` for ``--small``). Picks the trained folder ``<variant>-s<seed>-n<steps>`` with the most
-    training steps. The UNet takes 32 x 32 images in [-1, 1] and predicts the noise (epsilon).
+    ``.../small`` for ``--small``). The UNet takes 32 x 32 images in [-1, 1] and predicts the noise
+    (epsilon).
     """
+    spec = next(m for m in MODELS if m.name == variant)
+    return load(spec, zoo_ddpm_folder(cache_dir, variant, seed))
+
+
+def zoo_ddpm_folder(cache_dir: str | Path, variant: str = DDPM_MODEL, seed: int = 0) -> Path:
+    """The trained folder ``<variant>-s<seed>-n<steps>`` with the most training steps (``unet/`` +
+    ``scheduler/``, a layout :func:`detector.features.inversion.load_diffusion_model` reads)."""
     cache_dir = Path(cache_dir)
     candidates = sorted(
         (p for p in cache_dir.glob(f"{variant}-s{seed}-n*") if is_done(p)),
@@ -137,8 +144,7 @@ def load_zoo_ddpm(cache_dir: str | Path, variant: str = DDPM_MODEL, seed: int = 
             f"no trained {variant!r} (seed {seed}) in {cache_dir}: run `detector corpus build` first "
             f"(it caches zoo models there)"
         )
-    spec = next(m for m in MODELS if m.name == variant)
-    return load(spec, candidates[-1])
+    return candidates[-1]
 
 
 def ddim_sample(

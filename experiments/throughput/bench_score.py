@@ -1,19 +1,22 @@
-"""Throughput: the raw backbone forward vs. the streaming `score` pipeline on the same images, same run.
+"""Throughput: the raw backbone forward vs. the whole `detector score` pipeline, same images, same run.
 
-Raw: ``backbone.encode`` on already-decoded, already-resized tensors (the ceiling). Pipeline:
-:func:`detector.scoring.score_stream` from the files on disk: decode (optionally on worker threads),
-resize, one shared backbone forward, a passive linear head, the attribution head (four unknown scores),
-fusion into a ProvenanceResult, and a fsynced JSONL write per batch.
+Raw: the bundle's backbone ``encode`` on already-decoded, already-resized tensors (the ceiling: no
+decode, no resize, no heads, no output). Pipeline: :meth:`ProvenanceDetector.score_files` (what
+``detector score`` runs) from the JPEG files on disk: decode, resize, one shared backbone forward, the
+trained head, the attribution head (top-k + unknown score), fusion into a ProvenanceResult and a fsynced
+JSONL write per batch, in four configurations, each loaded from the same bundle:
 
-The heads here are fitted on the benchmark's own features with arbitrary labels: they cost what a
-trained head costs (same shapes) but their *scores mean nothing*; this script measures speed only.
-Branches that are not in this build yet (Effort-tuned detector, watermark decoder, inversion) are not in
-the pipeline measured here; their names are printed so the table cannot be mistaken for the full one.
+* ``core``: head + attribution distance + attribution + fusion (``--no-watermark --no-rigid --no-inversion``)
+* ``+ watermark``: the watermark decoder too (``--no-rigid --no-inversion``): the issue's
+  "pipeline without inversion" when RIGID is left out
+* ``+ watermark + RIGID``: RIGID costs ``draws`` extra backbone forwards by design (``--no-inversion``)
+* ``all``: + diffusion inversion (the default ``detector score``)
 
-    python experiments/throughput/bench_score.py --backbone effnet-lite0 --images 96 --batch-size 16
+    detector demo                       # writes runs/demo/bundle (watermark key + inversion model)
+    python experiments/throughput/bench_score.py --bundle runs/demo/bundle --images 64 --rounds 3 --threads 1
 
-Runs raw and pipeline alternately ``--rounds`` times and reports the median images/s of each and their
-ratio (pipeline / raw). The machine is shared, so the medians of interleaved rounds are what to compare.
+Runs raw and every configuration alternately ``--rounds`` times and reports median images/s and the
+ratio to raw. The machine may be shared, so only the interleaved medians are compared.
 """
 
 from __future__ import annotations
@@ -30,19 +33,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detector.attribution import AttributionHead
-from detector.backbones import create_backbone
-from detector.corpus.dataset import to_tensor
+from detector.bundle import ProvenanceDetector
+from detector.corpus.dataset import resize_transform, to_tensor
 from detector.corpus.photos import load_photos
-from detector.fusion import FusionConfig
 from detector.io import atomic_write_text, load_image
-from detector.scoring import Batch, Pipeline, attribution_branch, backbone_features, score_stream
 
-MISSING_BRANCHES = (
-    "effort detector head (issue 5)",
-    "watermark decoder (issue 6)",
-    "diffusion inversion (issue 4)",
-)
+CONFIGS = {
+    "core (head + attribution + fusion)": dict(watermark=False, rigid=False, inversion=False),
+    "+ watermark": dict(watermark=True, rigid=False, inversion=False),
+    "+ watermark + RIGID": dict(watermark=True, rigid=True, inversion=False),
+    "all (+ inversion)": dict(watermark=True, rigid=True, inversion=True),
+}
 
 
 def make_images(folder: Path, n: int, side: int, seed: int) -> list[Path]:
@@ -60,6 +61,7 @@ def make_images(folder: Path, n: int, side: int, seed: int) -> list[Path]:
     return paths
 
 
+@torch.inference_mode()
 def raw_rate(backbone, tensors: torch.Tensor, batch_size: int) -> float:
     start = time.perf_counter()
     for i in range(0, len(tensors), batch_size):
@@ -69,8 +71,10 @@ def raw_rate(backbone, tensors: torch.Tensor, batch_size: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="effnet-lite0")
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument(
+        "--bundle", type=Path, required=True, help="A bundle (detector demo / detector bundle)."
+    )
+    parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--side", type=int, default=384, help="Side of the JPEG crops on disk.")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="Decode threads for the pipeline.")
@@ -81,71 +85,67 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    backbone = create_backbone(args.backbone)
+    detectors = {name: ProvenanceDetector.load(args.bundle, **flags) for name, flags in CONFIGS.items()}
+    for name, det in detectors.items():  # a bundle without a part makes its configurations moot
+        flags = CONFIGS[name]
+        missing = [
+            part
+            for part, present in (
+                ("watermark", det.watermarker is not None),
+                ("rigid", det.rigid is not None),
+                ("inversion", det.inversion is not None),
+            )
+            if flags[part] and not present
+        ]
+        if missing:
+            parser.error(
+                f"{args.bundle} has no {', '.join(missing)} branch: configuration {name!r} cannot run"
+            )
+    base = detectors["core (head + attribution + fusion)"]
+    backbone = base.model.backbone
+    rates: dict[str, list[float]] = {"raw backbone": []} | {name: [] for name in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
         paths = make_images(folder, args.images, args.side, seed=0)
-        transform = backbone.transform()
-        tensors = torch.stack(
-            [to_tensor(transform(image=np.asarray(load_image(p)))["image"]) for p in paths]
-        )  # decoded and resized up front: the raw forward sees none of that cost
-
-        features = backbone_features(backbone)
-        feats = backbone.encode(tensors).numpy()
-        rng = np.random.default_rng(0)
-        labels = [f"gen_{k}" for k in rng.integers(0, 4, len(feats))]  # arbitrary: timing only
-        head = AttributionHead().fit(feats, labels)
-        head.fit_thresholds(feats, labels)
-        weights = rng.normal(0, 1 / np.sqrt(feats.shape[1]), feats.shape[1])
-
-        def passive(batch: Batch):
-            logits = features(batch) @ weights
-            return list(1 / (1 + np.exp(-logits)))
-
-        pipeline = Pipeline(
-            passive={"linear_head": passive},
-            attribution=attribution_branch(head, features),
-            config=FusionConfig(),
-            versions={"backbone": backbone.weights_id},
-        )
+        transform = resize_transform(base.image_size)  # the bundle's own preprocessing, done up front
+        tensors = torch.stack([to_tensor(transform(image=np.asarray(load_image(p)))["image"]) for p in paths])
         raw_rate(backbone, tensors[: args.batch_size], args.batch_size)  # warm-up
-        raws, pipes = [], []
         for r in range(args.rounds):
-            raws.append(raw_rate(backbone, tensors, args.batch_size))
-            out = Path(tmp) / f"scores{r}.jsonl"
-            start = time.perf_counter()
-            summary = score_stream([folder], pipeline, out, batch_size=args.batch_size, workers=args.workers)
-            pipes.append(summary.scored / (time.perf_counter() - start))
-            assert summary.errors == 0 and summary.scored == args.images
-    raw, pipe = statistics.median(raws), statistics.median(pipes)
+            rates["raw backbone"].append(raw_rate(backbone, tensors, args.batch_size))
+            for name, det in detectors.items():
+                out = Path(tmp) / f"scores-{r}-{len(rates[name])}.jsonl"
+                start = time.perf_counter()
+                summary = det.score_files([folder], out, batch_size=args.batch_size, workers=args.workers)
+                rates[name].append(summary.scored / (time.perf_counter() - start))
+                assert summary.errors == 0 and summary.scored == args.images, summary.to_dict()
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    raw = medians["raw backbone"]
     result = {
-        "backbone": args.backbone,
+        "bundle": str(args.bundle),
+        "backbone": base.card.get("backbone"),
+        "image_size": base.image_size,
+        "rigid_draws": detectors["all (+ inversion)"].rigid.draws,
         "images": args.images,
         "side": args.side,
         "batch_size": args.batch_size,
         "workers": args.workers,
         "torch_threads": torch.get_num_threads(),
-        "raw_images_per_s": round(raw, 2),
-        "pipeline_images_per_s": round(pipe, 2),
-        "ratio": round(pipe / raw, 3),
-        "rounds_raw": [round(x, 2) for x in raws],
-        "rounds_pipeline": [round(x, 2) for x in pipes],
+        "images_per_s": {k: round(v, 2) for k, v in medians.items()},
+        "ratio_to_raw": {k: round(v / raw, 3) for k, v in medians.items()},
+        "rounds": {k: [round(x, 2) for x in v] for k, v in rates.items()},
     }
     print(
-        f"backbone {args.backbone}, {args.images} JPEGs of {args.side}px, batch {args.batch_size}, "
-        f"{args.workers} decode thread(s), {torch.get_num_threads()} torch threads, median of {args.rounds} rounds"
+        f"bundle {args.bundle}: {result['backbone']} at {base.image_size}px; {args.images} JPEGs of "
+        f"{args.side}px, batch {args.batch_size}, {args.workers} decode thread(s), "
+        f"{torch.get_num_threads()} torch thread(s), median of {args.rounds} interleaved rounds"
     )
-    print("| measured | images/s |")
-    print("| --- | ---: |")
-    print(f"| raw backbone forward (pre-decoded tensors) | {raw:.1f} |")
-    print(f"| score pipeline (decode + forward + linear head + attribution + fusion + JSONL) | {pipe:.1f} |")
-    print(f"| ratio pipeline / raw | {pipe / raw:.2f} |")
-    print(f"rounds raw {result['rounds_raw']}, pipeline {result['rounds_pipeline']}")
-    print(f"not in this pipeline yet: {', '.join(MISSING_BRANCHES)}")
+    print("| measured | images/s | ratio to raw |")
+    print("| --- | ---: | ---: |")
+    for name, value in medians.items():
+        print(f"| {name} | {value:.1f} | {value / raw:.2f} |")
+    print(f"rounds: {result['rounds']}")
     if args.out:
-        result["missing_branches"] = list(MISSING_BRANCHES)
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     return result
 
