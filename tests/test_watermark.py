@@ -202,6 +202,52 @@ def test_shipped_model_round_trip_clean_and_other_key(shipped, keys, photo):
     assert not result.watermarked and result.payload is None
 
 
+@pytest.mark.parametrize("degrees", [5.0, -3.5])
+def test_rotated_watermark_is_detected_and_a_rotated_clean_image_is_not(shipped, keys, photo, degrees):
+    from detector.watermark.distortions import Quantize, Rotate, from_uint8, to_uint8
+
+    wm = Watermarker(keys[0], model=shipped)
+    rotate = Rotate((abs(degrees), abs(degrees)), random_sign=False)
+
+    def turn(image):
+        image = image if degrees > 0 else np.ascontiguousarray(image[:, ::-1])
+        out = to_uint8(Quantize()(rotate(from_uint8(image).unsqueeze(0)))[0])
+        return out if degrees > 0 else np.ascontiguousarray(out[:, ::-1])  # mirrored: the other sign
+
+    found = wm.detect_array(turn(wm.embed_array(photo, 4242)))
+    assert found.watermarked and found.payload == 4242
+    assert not wm.detect_array(turn(photo)).watermarked
+
+
+def test_rotation_search_is_key_independent_and_early_stop_keeps_the_answer(shipped, keys, photo):
+    """The search picks its hypothesis from the image alone (so the keyed test needs no correction for
+    it), and stopping at a decisive candidate gives the bits the full search gives on a marked image."""
+    a, b = Watermarker(keys[0], model=shipped), Watermarker(keys[1], model=shipped)
+    marked = a.embed_array(photo, 99)
+    assert np.array_equal(a.decode_logits(marked), b.decode_logits(marked))
+    assert np.array_equal(a.decode_logits(photo), b.decode_logits(photo))
+    x = torch.from_numpy(marked).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    dec = shipped.decoder
+    with torch.no_grad():
+        full = dec(x, shipped.search_factors, angles=shipped.search_angles)
+        early = dec(x, shipped.search_factors, angles=shipped.search_angles, stop_confidence=4.0)
+        plain = dec(x, shipped.search_factors)
+    assert torch.equal(full > 0, early > 0) and torch.equal(full > 0, plain > 0)
+    assert 0.0 in shipped.search_angles and max(shipped.search_angles) >= 5.0
+
+
+def test_rotate_map_is_a_rotation():
+    from detector.watermark.model import rotate_map
+
+    feats = torch.zeros(1, 1, 33, 49)
+    feats[0, 0, 16, 34] = 1.0  # 10 cells right of the centre
+    turned = rotate_map(feats, [90.0, 0.0])
+    assert turned.shape == (2, 1, 33, 49)
+    assert torch.allclose(turned[1], feats[0], atol=1e-5)
+    y, x = divmod(int(turned[0, 0].argmax()), 49)
+    assert abs(x - 24) <= 1 and abs(abs(y - 16) - 10) <= 1  # moved onto the vertical through the centre
+
+
 def test_corrupt_image_and_overwrite(shipped, keys, tmp_path, photo):
     wm = Watermarker(keys[0], model=shipped)
     bad = tmp_path / "bad.png"

@@ -137,7 +137,14 @@ class Watermarker:
         if max(h, w) > DECODE_WINDOW:  # the decoder reads a centre window anyway: skip converting the rest
             top, left = max(0, (h - DECODE_WINDOW) // 2), max(0, (w - DECODE_WINDOW) // 2)
             image = image[top : top + DECODE_WINDOW, left : left + DECODE_WINDOW]
-        return self.model.decoder(_to_tensor(image), self.model.search_factors)[0].numpy()
+        model = self.model
+        logits = model.decoder(
+            _to_tensor(image),
+            model.search_factors,
+            angles=model.search_angles,
+            stop_confidence=model.cfg.stop_confidence,
+        )
+        return logits[0].numpy()
 
     def detect_array(self, image: np.ndarray, path: str | None = None) -> WatermarkResult:
         logits = self.decode_logits(image)

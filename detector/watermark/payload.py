@@ -13,7 +13,15 @@ so after unmasking they are uniform and, for any one payload, ``k ~ Binomial(n, 
 pick any of the ``2**payload_bits`` payloads, so the p-value is Bonferroni-corrected over all of them:
 ``p = min(1, 2**payload_bits * P(Binomial(n, 1/2) >= k))``. "Watermarked" is declared at ``p <= fpr``
 (default 1e-6; with 64 bits and 16-bit payloads that needs k >= 58). This bound holds however the
-candidate was chosen, so trying several decodings does not inflate the false-positive rate.
+payload candidate was chosen (RS decoding, erasure retries), since it covers every payload at once.
+
+**Why the decoder's search needs no further correction.** The decoder tries many readings of the image
+(scale, sub-cell phase, rotation, cyclic shift) but keeps the one it is most *confident* in (mean
+|logit|), a choice made from the image alone, never from the key. So the bits handed to this test are a
+fixed function of the image, and the argument above applies to them unchanged. (Choosing the reading
+that best matches the key's codewords would need a Bonferroni factor for every reading tried; we do not
+do that.) ``experiments/watermark_fpr/`` checks the assumption empirically: the unmasked bits of clean
+images against a Binomial(n, 1/2).
 """
 
 from __future__ import annotations
