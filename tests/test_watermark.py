@@ -370,3 +370,17 @@ def test_cli_train_tiny_run_resumes_and_exports(tmp_path):
     assert (run / "log.jsonl").read_text().count("\n") == 1
     res = runner.invoke(app, args[:-2])  # resumes from state.pt: already at its last step
     assert res.exit_code == 0 and "resumed at step 2" in res.output
+
+
+def test_fast_search_reads_a_plain_mark_and_refuses_unknown_profiles(keys, photo, shipped):
+    """The fast profile (native grid, no rotation) still finds an unattacked mark and keeps a clean image
+    clean; an unknown profile is a clear error."""
+    from detector.watermark.api import WatermarkError
+
+    fast = Watermarker(keys[0], model=shipped, search="fast")
+    marked = fast.embed_array(photo, 1234)
+    found = fast.detect_array(marked)
+    assert found.watermarked and found.payload == 1234
+    assert not fast.detect_array(photo).watermarked
+    with pytest.raises(WatermarkError, match="search"):
+        Watermarker(keys[0], model=shipped, search="quick")

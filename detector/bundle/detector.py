@@ -88,6 +88,7 @@ def load_watermarker(reference: dict[str, Any], base: Path | None = None):
         checkpoint=resolve(reference.get("checkpoint")),
         registry=resolve(reference.get("registry")),
         fpr=float(reference.get("fpr", 1e-6)),
+        search=str(reference.get("search", "full")),
     )
 
 
@@ -139,8 +140,10 @@ class ProvenanceDetector:
         watermark: bool = True,
         rigid: bool = True,
         inversion: bool = True,
+        watermark_search: str | None = None,
     ) -> ProvenanceDetector:
-        """Load a bundle folder (see the module docstring). ``watermark=False`` skips the decoder;
+        """Load a bundle folder (see the module docstring). ``watermark=False`` skips the decoder,
+        ``watermark_search`` ("full" / "fast") overrides the bundle's decoder search;
         ``rigid=False`` / ``inversion=False`` switch those branches off (faster; the fusion falls back to
         its model fitted without them)."""
         from detector.training.checkpoint import CheckpointError, load_checkpoint
@@ -165,7 +168,10 @@ class ProvenanceDetector:
         fusion = FusionModel.load(folder / meta["fusion"]) if meta.get("fusion") else None
         watermarker = None
         if watermark and meta.get("watermark"):
-            watermarker = load_watermarker(meta["watermark"], folder)
+            reference = dict(meta["watermark"])
+            if watermark_search is not None:
+                reference["search"] = watermark_search
+            watermarker = load_watermarker(reference, folder)
         rigid_config = RigidConfig(**meta["rigid"]) if rigid and meta.get("rigid") else None
         inversion_branch = None
         if inversion and meta.get("inversion"):

@@ -67,6 +67,7 @@ class BundleConfig:
     watermark_key: str | None = None
     watermark_checkpoint: str | None = None
     watermark_registry: str | None = None
+    watermark_search: str = "full"  # the decoder search scoring uses: full | fast (see detector.watermark)
     #: RIGID branch: training-free, ``rigid_config.draws`` extra backbone forwards per batch.
     rigid: bool = True
     rigid_config: RigidConfig = field(default_factory=lambda: RigidConfig(draws=2))
@@ -304,6 +305,7 @@ def build_bundle(
             else None,
             "registry": str(Path(config.watermark_registry).resolve()) if config.watermark_registry else None,
             "fpr": config.fusion.watermark_fpr,
+            "search": config.watermark_search,
         }
         from detector.bundle.detector import load_watermarker
 
