@@ -7,8 +7,9 @@ trained head, the attribution head (top-k + unknown score), fusion into a Proven
 JSONL write per batch, in four configurations, each loaded from the same bundle:
 
 * ``core``: head + attribution distance + attribution + fusion (``--no-watermark --no-rigid --no-inversion``)
-* ``+ watermark``: the watermark decoder too (``--no-rigid --no-inversion``): the issue's
-  "pipeline without inversion" when RIGID is left out
+* ``+ watermark``: the watermark decoder too (``--no-rigid --no-inversion``), with its fast search
+  (``--watermark-search fast``: native grid only) and its full one (undoes a 0.5x resize and rotations
+  up to 6 degrees; the default)
 * ``+ watermark + RIGID``: RIGID costs ``draws`` extra backbone forwards by design (``--no-inversion``)
 * ``all``: + diffusion inversion (the default ``detector score``)
 
@@ -40,9 +41,10 @@ from detector.io import atomic_write_text, load_image
 
 CONFIGS = {
     "core (head + attribution + fusion)": dict(watermark=False, rigid=False, inversion=False),
-    "+ watermark": dict(watermark=True, rigid=False, inversion=False),
-    "+ watermark + RIGID": dict(watermark=True, rigid=True, inversion=False),
-    "all (+ inversion)": dict(watermark=True, rigid=True, inversion=True),
+    "+ watermark, fast search": dict(watermark=True, watermark_search="fast", rigid=False, inversion=False),
+    "+ watermark, full search": dict(watermark=True, watermark_search="full", rigid=False, inversion=False),
+    "+ watermark (full) + RIGID": dict(watermark=True, watermark_search="full", rigid=True, inversion=False),
+    "all (+ inversion)": dict(watermark=True, watermark_search="full", rigid=True, inversion=True),
 }
 
 
