@@ -68,8 +68,10 @@ class BundleConfig:
     watermark_checkpoint: str | None = None
     watermark_registry: str | None = None
     watermark_search: str = "full"  # the decoder search scoring uses: full | fast (see detector.watermark)
-    #: RIGID branch: training-free, ``rigid_config.draws`` extra backbone forwards per batch.
-    rigid: bool = True
+    #: RIGID branch: training-free, ``rigid_config.draws`` extra backbone forwards per batch. Off by
+    #: default: on the offline benchmark its direction flips between source photos (see
+    #: experiments/fusion/RESULTS.md), so it is a branch to try, not to trust blindly.
+    rigid: bool = False
     rigid_config: RigidConfig = field(default_factory=lambda: RigidConfig(draws=2))
     #: Inversion branch: a diffusers model folder or hub id (None: no inversion branch).
     inversion_model: str | None = None

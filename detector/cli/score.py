@@ -141,7 +141,9 @@ def bundle_command(
         help="Diffusion model (diffusers folder or hub id) for the inversion branch, e.g. the benchmark "
         "zoo's DDPM data/zoo-cache/full/ddpm-unet32-s0-n<steps>. Default: no inversion branch.",
     ),
-    no_rigid: bool = typer.Option(False, "--no-rigid", help="Fit without the RIGID branch."),
+    rigid: bool = typer.Option(
+        False, "--rigid", help="Also fit the RIGID branch (training-free; 2 extra backbone forwards a batch)."
+    ),
     overrides: list[str] = typer.Option(
         [], "--set", help="Dotted override: --set attribution.score=knn --set fusion.uncertain_band=0.05"
     ),
@@ -163,8 +165,8 @@ def bundle_command(
     ):
         if value is not None:
             extra.append(f"{key}={value}")
-    if no_rigid:
-        extra.append("rigid=false")
+    if rigid:
+        extra.append("rigid=true")
     try:
         config = load_config(BundleConfig, None, extra)
         report = build_bundle(config, out, progress=progress_bar, log=console.print)

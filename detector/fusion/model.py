@@ -179,11 +179,13 @@ class FusionModel:
             return model.fit(x, y)
 
     def _grouped_cv_loss(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float | None:
-        """Mean log loss on held-out groups (leave-one-group-out up to 10 folds); None if it cannot split."""
+        """Mean log loss on held-out groups (leave-one-group-out up to 10 folds). None when the rows cannot
+        say whether a subset transfers: fewer than two groups of either class (with one real photo, the
+        folds that hold it out have no real to train on, and the rest never test a new photo)."""
         from sklearn.model_selection import GroupKFold
 
         n_groups = len(np.unique(groups))
-        if n_groups < 3:
+        if min(len(np.unique(groups[y == 0])), len(np.unique(groups[y == 1]))) < 2:
             return None
         losses = []
         for train, held in GroupKFold(n_splits=min(10, n_groups)).split(x, y, groups):

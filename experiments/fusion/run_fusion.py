@@ -39,7 +39,8 @@ def score_arrays(
     """Every passive branch's scores and the fused passive p for decoded images; with ``full`` also the
     watermark evidence (``-log10 p``) and the final p_ai, by the same verdict rule the pipeline applies."""
     branches = det.passive_branches()
-    out: dict[str, list[float]] = {name: [] for name in branches} | {"fused": [], "watermark": [], "p_ai": []}
+    extra = {"fused": [], "fused_without_rigid": [], "watermark": [], "p_ai": []}
+    out: dict[str, list[float]] = {name: [] for name in branches} | extra
     for start in range(0, len(arrays), batch_size):
         chunk = arrays[start : start + batch_size]
         batch = Batch([f"img{start + i}" for i in range(len(chunk))], [Image.fromarray(a) for a in chunk])
@@ -48,6 +49,9 @@ def score_arrays(
             out[name].extend(values)
         fused = det.fusion.predict_proba({k: v for k, v in scores.items() if k in det.fusion.branches})
         out["fused"].extend(fused)
+        if "rigid" in scores:  # the same fusion model, scored as `detector score --no-rigid` would
+            rest = {k: v for k, v in scores.items() if k in det.fusion.branches and k != "rigid"}
+            out["fused_without_rigid"].extend(det.fusion.predict_proba(rest))
         if full:
             for p, evidence in zip(fused, watermark_branch(det.watermarker)(batch), strict=True):
                 p_ai, _ = decide(float(p), evidence, det.fusion_config)
@@ -123,8 +127,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     def tables(scores: dict, rows: np.ndarray | None = None) -> dict:
         rows = np.ones(len(targets), bool) if rows is None else rows
-        branches = {k: v[rows] for k, v in scores.items() if k not in ("fused", "p_ai")}
+        derived = ("fused", "fused_without_rigid", "p_ai")
+        branches = {k: v[rows] for k, v in scores.items() if k not in derived}
         table = branch_table(branches, targets[rows], scores["fused"][rows], signs, args.bootstrap)
+        if "fused_without_rigid" in scores:
+            table["fused without rigid"] = branch_table(
+                {}, targets[rows], scores["fused_without_rigid"][rows], bootstrap=args.bootstrap
+            )["fused"]
         if "p_ai" in scores:
             p_ai = branch_table({}, targets[rows], scores["p_ai"][rows], bootstrap=args.bootstrap)["fused"]
             table["p_ai (fused + watermark)"] = p_ai
