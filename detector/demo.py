@@ -57,6 +57,8 @@ class DemoConfig:
     n_watermarked: int = 4
     #: Fit the inversion branch with the benchmark zoo's DDPM (when the corpus's build cache has it).
     inversion: bool = True
+    #: Also fit the (opt-in) RIGID branch.
+    rigid: bool = False
     seed: int = 0
     examples: int = 6
     #: The corpus is 128 px: train at its size rather than upsampling to the backbone's 224.
@@ -212,6 +214,8 @@ def run_demo(
     inversion_model = _inversion_model(manifest, log) if config.inversion else None
     if inversion_model:
         overrides.append(f"inversion_model={inversion_model}")
+    if config.rigid:
+        overrides.append("rigid=true")
     bundle_report = build_bundle(load_config(BundleConfig, None, overrides), bundle_dir, progress, log)
     timings["bundle"] = time.perf_counter() - start
 

@@ -24,6 +24,7 @@ def demo_command(
     no_inversion: bool = typer.Option(
         False, "--no-inversion", help="Fit the bundle without the diffusion-inversion branch."
     ),
+    rigid: bool = typer.Option(False, "--rigid", help="Also fit the (opt-in) RIGID branch."),
 ) -> None:
     """The whole product on the offline benchmark: build or reuse it, train the detector (Effort on
     EfficientNet-Lite0), fit attribution, RIGID, inversion (the zoo's DDPM) and the fusion into a bundle, watermark a few held-out images, score
@@ -46,6 +47,7 @@ def demo_command(
     if epochs is not None:
         config.epochs = epochs
     config.inversion = not no_inversion
+    config.rigid = rigid
     try:
         report = run_demo(config, console, progress_bar, log=console.print)
     except (BundleError, CorpusError, ValueError) as exc:
