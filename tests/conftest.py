@@ -9,6 +9,17 @@ import pytest
 from PIL import Image
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run far faster single-threaded on a shared 2-core machine (CI has 2 cores)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def write_rgb(path: Path, size=(32, 24), seed=0, fmt=None) -> Path:
     rng = np.random.default_rng(seed)
     array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)

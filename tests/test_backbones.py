@@ -19,15 +19,6 @@ from detector.backbones.effnet_lite import available_variants
 EFFNETS = [f"effnet-lite{v}" for v in available_variants()]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run far faster single-threaded on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_list_backbones_names_every_family():
     names = list_backbones()
     for expected in ("clip:", "timm:", "effnet-lite0", *TINY_BACKBONES):

@@ -23,14 +23,6 @@ from tests.conftest import write_rgb, write_tiny_ddpm
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """A corpus of 3 generators, a 1-epoch linear probe on timm:test_efficientnet, and its bundle."""

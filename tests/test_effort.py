@@ -20,15 +20,6 @@ from detector.effort import (
 TINY_CLIP = dict(image_size=32, layers=2, width=64, patch_size=8, head_width=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded; on a shared 2-core box, 2 threads are 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_clip(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return _build_vision_tower(48, TINY_CLIP).eval()

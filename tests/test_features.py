@@ -18,14 +18,6 @@ from detector.features.rigid import RigidConfig, RigidExtractor, rigid_similarit
 from tests.conftest import write_tiny_ddpm
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def backbone():
     return create_backbone("clip:tiny-vit")

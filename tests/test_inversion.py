@@ -22,15 +22,6 @@ from detector.features.inversion import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run far faster single-threaded on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def scheduler_config() -> dict:
     from diffusers import DDPMScheduler
 

@@ -21,15 +21,6 @@ from detector.training.model import Detector, create_backbone, prepare_method
 BACKBONE = "timm:test_efficientnet"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded; on a shared 2-core box, 2 threads are 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def split_corpus(folder_corpus: Path) -> Path:
     records = records_from_folder(folder_corpus, group_regex=r"^(.+?)_crop")
