@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from detector.features.inversion import InversionConfig, InversionExtractor, load_diffusion_model
-from detector.features.rigid import RigidConfig, rigid_similarity
 from detector.io.tensors import load_arrays, save_arrays
 
 RIGID_BRANCH = "rigid"
@@ -37,12 +36,6 @@ COPY_LIMIT_BYTES = 64 * 2**20
 
 class BranchFitError(ValueError):
     """A bundle branch cannot be fitted or loaded as asked."""
-
-
-def rigid_scores(backbone, images: torch.Tensor, clean: torch.Tensor, config: RigidConfig) -> list[float]:
-    """``1 - similarity`` per image (higher = more likely generated), reusing the clean embeddings."""
-    sims = rigid_similarity(backbone, images, config, clean=clean)
-    return [float(1.0 - s) for s in sims.cpu().numpy()]
 
 
 class InversionBranch:
@@ -73,12 +66,9 @@ class InversionBranch:
     @torch.inference_mode()
     def features(self, images: list) -> np.ndarray:
         """``N x F`` inversion statistics of decoded RGB images (PIL or uint8 arrays)."""
-        from detector.corpus.dataset import to_tensor
+        from detector.corpus.dataset import stack_images
 
-        transform = self.extractor.transform()
-        batch = torch.stack(
-            [to_tensor(transform(image=np.asarray(im, dtype=np.uint8))["image"]) for im in images]
-        )
+        batch = stack_images(images, self.extractor.transform())
         return self.extractor.encode(batch).cpu().numpy().astype(np.float64)
 
     def fit(self, features: np.ndarray, targets: np.ndarray, C: float = 1.0) -> InversionBranch:

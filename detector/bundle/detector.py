@@ -36,8 +36,8 @@ import torch
 from PIL import Image
 
 from detector.attribution import AttributionHead
-from detector.bundle.branches import INVERSION_BRANCH, RIGID_BRANCH, InversionBranch, rigid_scores
-from detector.features.rigid import RigidConfig
+from detector.bundle.branches import INVERSION_BRANCH, RIGID_BRANCH, InversionBranch
+from detector.features.rigid import RigidConfig, rigid_score
 from detector.fusion import FusionConfig, FusionModel
 from detector.io import ImageLoadError, file_sha256, load_image
 from detector.result import AttributionEvidence, ProvenanceResult
@@ -195,10 +195,9 @@ class ProvenanceDetector:
         return next(self.model.parameters()).device
 
     def _compute_inputs(self, batch: Batch) -> torch.Tensor:
-        from detector.corpus.dataset import to_tensor
+        from detector.corpus.dataset import stack_images
 
-        arrays = [self._transform(image=np.asarray(img, dtype=np.uint8))["image"] for img in batch.images]
-        return torch.stack([to_tensor(a) for a in arrays]).to(self.device)
+        return stack_images(batch.images, self._transform).to(self.device)
 
     def inputs(self, batch: Batch) -> torch.Tensor:
         """The batch resized for the backbone (``N x 3 x S x S`` in [0, 1]), once per batch."""
@@ -228,7 +227,8 @@ class ProvenanceDetector:
         """RIGID's ``1 - similarity`` under the bundle's noise (higher = more likely generated)."""
         config = config or self.rigid or RigidConfig()
         clean = torch.from_numpy(self.features(batch))
-        return rigid_scores(self.model.backbone, self.inputs(batch), clean, config)
+        scores = rigid_score(self.model.backbone, self.inputs(batch), config, clean=clean)
+        return [float(s) for s in scores.cpu().numpy()]
 
     def inversion_scores(self, batch: Batch) -> list[float]:
         """The inversion branch's log-odds of "generated"."""

@@ -27,6 +27,12 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
+def stack_images(images, transform) -> torch.Tensor:
+    """Decoded images (PIL or ``H x W x 3`` uint8) through an albumentations ``transform``, stacked as
+    ``N x 3 x H x W`` float in [0, 1]: the batch a backbone or diffusion model takes."""
+    return torch.stack([to_tensor(transform(image=np.asarray(im, dtype=np.uint8))["image"]) for im in images])
+
+
 def resize_transform(size: int):
     """The albumentations pipeline that brings every image to ``size x size`` without distortion:
     shorter side to ``size``, then centre crop."""

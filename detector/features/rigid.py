@@ -51,9 +51,11 @@ def rigid_similarity(
     return torch.stack(sims).mean(0)
 
 
-def rigid_score(backbone: Backbone, images: Tensor, config: RigidConfig = RigidConfig()) -> Tensor:
+def rigid_score(
+    backbone: Backbone, images: Tensor, config: RigidConfig = RigidConfig(), clean: Tensor | None = None
+) -> Tensor:
     """Zero-training "AI-generated" score: ``1 - similarity`` (higher = more likely generated)."""
-    return 1.0 - rigid_similarity(backbone, images, config)
+    return 1.0 - rigid_similarity(backbone, images, config, clean=clean)
 
 
 class RigidExtractor:

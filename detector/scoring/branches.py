@@ -15,17 +15,13 @@ def backbone_features(backbone, key: str | None = None) -> Callable[[Batch], np.
     """``batch -> N x feature_dim`` pooled features of a :class:`detector.backbones.Backbone`, memoised
     in the batch under ``key`` (default: the backbone's name and weights id), so every branch asking for
     the same backbone's features shares one forward pass."""
-    import torch
-
-    from detector.corpus.dataset import to_tensor
+    from detector.corpus.dataset import stack_images
 
     transform = backbone.transform()
     key = key or f"features:{backbone.name}:{backbone.weights_id}"
 
     def compute(batch: Batch) -> np.ndarray:
-        arrays = [transform(image=np.asarray(img, dtype=np.uint8))["image"] for img in batch.images]
-        images = torch.stack([to_tensor(a) for a in arrays])
-        return backbone.encode(images).cpu().numpy()
+        return backbone.encode(stack_images(batch.images, transform)).cpu().numpy()
 
     return lambda batch: batch.memo(key, compute)
 

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from detector.bundle import ProvenanceDetector
-from detector.corpus.dataset import resize_transform, to_tensor
+from detector.corpus.dataset import resize_transform, stack_images
 from detector.corpus.photos import load_photos
 from detector.io import atomic_write_text, load_image
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         folder.mkdir()
         paths = make_images(folder, args.images, args.side, seed=0)
         transform = resize_transform(base.image_size)  # the bundle's own preprocessing, done up front
-        tensors = torch.stack([to_tensor(transform(image=np.asarray(load_image(p)))["image"]) for p in paths])
+        tensors = stack_images([load_image(p) for p in paths], transform)
         raw_rate(backbone, tensors[: args.batch_size], args.batch_size)  # warm-up
         for r in range(args.rounds):
             rates["raw backbone"].append(raw_rate(backbone, tensors, args.batch_size))
