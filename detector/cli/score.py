@@ -1,4 +1,4 @@
-"""``detector score PATHS --model BUNDLE`` and ``detector bundle RUN --corpus C --out BUNDLE``."""
+"""``detector score PATHS [--model BUNDLE]``, ``detector models list`` and ``detector bundle RUN --corpus C --out BUNDLE``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ FORMATS = ("jsonl", "csv", "table")
 
 def score_command(
     paths: list[str] = typer.Argument(..., help="Image files, folders (recursive), globs or manifests."),
-    model: Path = typer.Option(..., "--model", "-m", help="Bundle folder (detector bundle / detector demo)."),
+    model: str = typer.Option(
+        "default",
+        "--model",
+        "-m",
+        help="A bundle folder (detector bundle / detector demo) or a model name (`detector models list`); "
+        "default: the shipped default detector.",
+    ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Results file (one line per image). Default: print to stdout."
     ),
@@ -45,7 +51,7 @@ def score_command(
     each rank scores a shard and rank 0 merges them into OUT. A branch switched off (--no-rigid,
     --no-inversion) is scored with the fusion model the bundle fitted without it.
     """
-    from detector.bundle import BundleError, ProvenanceDetector
+    from detector.bundle import BundleError, ProvenanceDetector, resolve_model
     from detector.scoring import ScoringError, count_inputs
 
     if fmt not in FORMATS:
@@ -58,7 +64,7 @@ def score_command(
         fail(f"--watermark-search must be full or fast, got {watermark_search!r}")
     try:
         det = ProvenanceDetector.load(
-            model,
+            resolve_model(model),
             device=device,
             watermark=not no_watermark,
             rigid=not no_rigid,
@@ -188,3 +194,25 @@ def print_branch_table(rows: dict, title: str) -> None:
 
 
 __all__ = ["bundle_command", "print_branch_table", "score_command"]
+
+
+models_app = typer.Typer(help="Named bundles: the shipped default detector and those in $DETECTOR_MODELS.")
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Every named model available here, where it lives and what it was trained on."""
+    from rich.table import Table
+
+    from detector.bundle import list_models
+
+    cards = list_models()
+    if as_json:
+        stdout.print_json(data=[c.to_dict() for c in cards])
+        return
+    table = Table(title=f"{len(cards)} named model(s)")
+    for column in ("name", "origin", "trained on", "path"):
+        table.add_column(column)
+    for card in cards:
+        table.add_row(card.name, card.origin, card.summary, str(card.path))
+    stdout.print(table)

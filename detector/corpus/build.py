@@ -22,7 +22,7 @@ import torch
 from detector.config import save_config
 from detector.corpus.encoding import EncodingPolicy
 from detector.corpus.manifest import Record, write_manifest
-from detector.corpus.photos import load_photos
+from detector.corpus.photos import DEFAULT_STORE, load_photos
 from detector.corpus.realpool import (
     DEFAULT_SCALES,
     CropSpec,
@@ -59,9 +59,12 @@ class BuildConfig:
     jpeg_quality_min: int = 75
     jpeg_quality_max: int = 95
     holdout: list[str] = field(default_factory=lambda: list(DEFAULT_HOLDOUT))
-    split_train: float = 0.7
-    split_val: float = 0.15
-    split_test: float = 0.15
+    #: Leave-photos-out: the fractions count source photos (groups), so val and test each hold a fifth
+    #: of the photos (>= 10 of each with the full catalogue) and no photo is seen on two sides.
+    split_train: float = 0.6
+    split_val: float = 0.2
+    split_test: float = 0.2
+    split_unit: str = "groups"
 
     def policy(self) -> EncodingPolicy:
         return EncodingPolicy(self.jpeg_share, self.jpeg_quality_min, self.jpeg_quality_max, self.seed)
@@ -99,6 +102,7 @@ def build_corpus(
     cache: str | Path | None = None,
     progress: Callable = _noop_progress,
     log: Callable[[str], None] = lambda message: None,
+    photo_store: str | Path | None = None,
 ) -> BuildResult:
     """Build (or finish building) the corpus in ``out``; returns what was written and how long it took.
 
@@ -130,7 +134,8 @@ def build_corpus(
     cpu_start = time.process_time()
     log(f"real pool: {config.n_real} crops of {config.size} px")
     start = time.perf_counter()
-    photos = load_photos()
+    photos = load_photos(store=Path(photo_store) if photo_store else DEFAULT_STORE, log=log)
+    log(f"real photos: {len(photos)} distinct source photographs")
     crops = plan_crops(photos, config.n_real, config.size, config.scales, config.seed)
     by_name = dict(photos)
     with progress("real pool", len(crops)) as advance:
@@ -244,6 +249,7 @@ def build_corpus(
         train=config.split_train,
         val=config.split_val,
         test=config.split_test,
+        unit=config.split_unit,
         holdout=[f for f in config.holdout if f in families] or None,
     )
     assign_splits(records, split)
@@ -257,6 +263,7 @@ def build_corpus(
             {
                 "preset": config.preset,
                 "images": {"real": len(real_records), "fake": len(fake_records)},
+                "photos": sorted(by_name),
                 "written_this_run": written,
                 "trained_this_run": trained,
                 "timings_s": {k: round(v, 2) for k, v in timings.items()},

@@ -24,6 +24,9 @@ class SplitConfig:
     val: float = 0.15
     test: float = 0.15
     holdout: list[str] | None = None
+    #: What the fractions count: "images", or "groups" (leave-photos-out: a share of the *source photos*,
+    #: so that a few large photos cannot leave the test split with only two of them).
+    unit: str = "images"
 
     def fractions(self) -> tuple[float, float, float]:
         values = (self.train, self.val, self.test)
@@ -52,6 +55,8 @@ def assign_splits(records: Sequence[Record], config: SplitConfig) -> list[Record
     if missing:
         raise CorpusError(f"holdout names not in the corpus: {missing}; generators: {sorted(known)}")
     fractions = np.array(config.fractions())
+    if config.unit not in ("images", "groups"):
+        raise CorpusError(f"split unit must be 'images' or 'groups', got {config.unit!r}")
     by_group: dict[str, list[Record]] = defaultdict(list)
     for record in records:
         by_group[record.group].append(record)
@@ -67,8 +72,9 @@ def assign_splits(records: Sequence[Record], config: SplitConfig) -> list[Record
     for key in sorted(strata):
         groups = strata[key]
         order = rng.permutation(len(groups))
+        weight = {g: (1 if config.unit == "groups" else len(by_group[g])) for g in groups}
         filled = np.zeros(3)
-        total = sum(len(by_group[g]) for g in groups)
+        total = sum(weight.values())
         for index in order:
             group = groups[index]
             # Put the group where the split is furthest below its target share.
@@ -76,7 +82,7 @@ def assign_splits(records: Sequence[Record], config: SplitConfig) -> list[Record
             deficit[fractions == 0] = -np.inf
             choice = int(np.argmax(deficit))
             split_of_group[group] = SPLITS[choice]
-            filled[choice] += len(by_group[group])
+            filled[choice] += weight[group]
 
     for group, members in by_group.items():
         split = split_of_group[group]

@@ -21,6 +21,7 @@ pickle.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import warnings
@@ -51,6 +52,9 @@ class FusionConfig:
     uncertain_band: float = 0.1  # p_ai within threshold +- band is "uncertain"
     watermark_fpr: float = 1e-6  # a watermark counts as found when its p-value is at most this
     max_watermark_log_lr: float = 30.0  # cap on the log-likelihood ratio a found watermark adds
+    #: When set, ``fit`` moves ``threshold`` so that this share of the validation reals scores above it
+    #: (chosen on validation photos, never on test; the uncertain band stays around it).
+    target_fpr: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -59,6 +63,8 @@ class FusionConfig:
             raise FusionError(f"uncertain_band must be in [0, {min(self.threshold, 1 - self.threshold)})")
         if not 0.0 < self.watermark_fpr < 1.0:
             raise FusionError(f"watermark_fpr must be in (0, 1), got {self.watermark_fpr}")
+        if self.target_fpr is not None and not 0.0 < self.target_fpr < 1.0:
+            raise FusionError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
 
 
 def _key(subset: Sequence[str]) -> str:
@@ -167,7 +173,17 @@ class FusionModel:
             raise FusionError(
                 f"no branch subset had {self.config.min_rows} validation rows with both classes"
             )
+        if self.config.target_fpr is not None:
+            self._fit_threshold(self.predict_proba(scores)[y == 0])
         return self
+
+    def _fit_threshold(self, real_p: np.ndarray) -> None:
+        """The decision threshold at ``target_fpr`` on the validation reals, kept inside the band's room."""
+        band = self.config.uncertain_band
+        t = float(np.quantile(real_p, 1.0 - self.config.target_fpr)) if len(real_p) else 0.5
+        self.config = dataclasses.replace(
+            self.config, threshold=float(np.clip(t, band + 1e-3, 1 - band - 1e-3))
+        )
 
     def _regression(self, x: np.ndarray, y: np.ndarray):
         from sklearn.exceptions import ConvergenceWarning

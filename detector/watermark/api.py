@@ -52,11 +52,13 @@ class WatermarkError(RuntimeError):
 
 
 def default_checkpoint() -> Path:
-    """The shipped model: ``$DETECTOR_WATERMARK_CHECKPOINT``, else ``checkpoints/watermark/`` of the checkout."""
+    """The shipped model: ``$DETECTOR_WATERMARK_CHECKPOINT``, else the package's ``checkpoints/watermark/``."""
+    from importlib import resources
+
     env = os.environ.get(CHECKPOINT_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "checkpoints" / "watermark" / "model.safetensors"
+    return Path(str(resources.files("detector").joinpath("checkpoints", "watermark", "model.safetensors")))
 
 
 def load_model(checkpoint: str | os.PathLike | None = None) -> WatermarkModel:
