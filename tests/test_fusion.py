@@ -175,3 +175,18 @@ def test_grouped_cross_validation_drops_a_branch_that_does_not_transfer_across_p
     # the choice survives a save/load round trip
     loaded = FusionModel.load(grouped.save(tmp_path / "f.safetensors"))
     np.testing.assert_array_equal(loaded.predict_proba(test), grouped.predict_proba(test))
+
+
+def test_target_fpr_moves_the_threshold_to_that_share_of_validation_reals(tmp_path):
+    """The decision threshold is chosen on validation reals at the asked FPR, and survives save/load."""
+    val, yv = synthetic(3000, seed=4)
+    test, yt = synthetic(6000, seed=5)
+    model = FusionModel(FusionConfig(target_fpr=0.02)).fit(val, yv)
+    t = model.config.threshold
+    assert t != 0.5
+    assert abs((model.predict_proba(val)[yv == 0] > t).mean() - 0.02) < 0.005
+    assert abs((model.predict_proba(test)[yt == 0] > t).mean() - 0.02) < 0.015  # same distribution
+    model.save(tmp_path / "f.safetensors")
+    assert FusionModel.load(tmp_path / "f.safetensors").config.threshold == t
+    with pytest.raises(FusionError):
+        FusionConfig(target_fpr=1.5)
