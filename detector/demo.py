@@ -29,11 +29,11 @@ import numpy as np
 from detector.io import atomic_write_text
 
 HONEST_NOTE = (
-    "What this benchmark is: real crops of ~14 photos that ship inside Python/Debian packages and fakes from "
+    "What this benchmark is: real crops of photos that ship inside Python, Debian and npm packages and fakes from "
     "twelve small generators trained here on CPU (DDPM, SDEdit img2img, autoencoders, GANs, super-resolution, "
     "a patch autoregressive model), all 128 px, both classes through the same JPEG/PNG mix. "
-    "What it is not: Stable Diffusion, Midjourney or any real-world generator; with so few source photos the "
-    "real test split is a handful of photos, so numbers are noisy and say how methods compare here, "
+    "What it is not: Stable Diffusion, Midjourney or any real-world generator; with tens of source photos "
+    "the real test split is a few photos, so numbers are noisy and say how methods compare here, "
     "not how they do on GenImage or in the wild."
 )
 
