@@ -44,3 +44,23 @@ def test_shipped_checkpoints_are_package_data():
     from detector.watermark.api import default_checkpoint
 
     assert default_checkpoint().resolve() == (root / "watermark" / "model.safetensors").resolve()
+
+
+@pytest.mark.skipif(
+    not (shipped_root() / "default" / "bundle.json").is_file(), reason="no shipped default bundle in this checkout"
+)
+def test_the_shipped_default_detector_scores_a_packaged_photo():
+    """`load_detector()` with no argument is the shipped bundle; it scores a real photo from a wheel."""
+    from detector import load_detector
+    from detector.corpus.photos import catalogue
+
+    card = json.loads((shipped_root() / "default" / "model_card.json").read_text())
+    assert card["trained_on"]["photos_by_split"]["test"] >= 10
+    size = sum(f.stat().st_size for f in (shipped_root() / "default").rglob("*") if f.is_file())
+    assert size <= 30e6
+    det = load_detector(watermark=False)
+    photo = next(p for p in catalogue() if p.name == "skimage-coffee").locate()
+    result = det.score(photo)
+    assert result.ok and 0.0 <= result.p_ai <= 1.0
+    assert result.verdict in ("real", "uncertain", "ai-generated")
+    assert set(result.branches) >= {"detector"} and result.versions

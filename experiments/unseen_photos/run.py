@@ -423,6 +423,53 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def model_card_markdown(report: dict, name: str) -> str:
+    """The human model card of the shipped bundle: what it is, what it was trained on, where it fails."""
+    r = report["recipes"][report["selected"]]
+    t = r["test"]
+    worst = sorted(t["per_photo"], key=lambda row: -row["fpr"])[:3]
+    families = ", ".join(f"{fam} {v:.3f}" for fam, v in t["auc_by_family"].items())
+    return f"""# Model card: `{name}` (the shipped default detector)
+
+`detector score PATH` and `load_detector()` use this bundle when no model is named.
+
+**What it is.** A scoring bundle: EfficientNet-Lite0 (ImageNet weights) tuned with `{report['selected']}`
+on 128 px images, its calibrated real/fake head, an open-set attribution head over the 8 training
+generators, a diffusion-inversion branch (the benchmark's own small DDPM), and a logistic fusion whose
+decision threshold ({r['threshold']:.3f}) was set at {report['target_fpr']:.0%} real false positives on
+the validation photos. No watermark decoder is referenced: a watermark key is a secret and belongs to
+whoever embeds.
+
+**Trained on.** The offline benchmark (`detector corpus build`, manifest sha256
+`{report['corpus_sha256']}`): crops of {report['corpus_photos']} real photographs from public packages
+(`docs/photos.md`) and fakes of 12 small generators trained on CPU (`data/README.md`). Split by source
+photo: {report['photos_by_split']['train']} train, {report['photos_by_split']['val']} validation,
+{report['photos_by_split']['test']} test photos; families `{'`, `'.join(report['holdout'])}` held out of
+training. Commit `{report['commit']}`. Reproduce: `{report['command']}`.
+
+**Measured on unseen photos and families** (test split, {t['n_real']} real crops of
+{t['n_real_photos']} photos, {t['n_fake']} fakes; `experiments/unseen_photos/RESULTS.md`):
+
+| metric | value |
+| --- | --- |
+| real crops above the threshold | {t['real_fpr']:.3f} (95% photo-bootstrap interval {fmt(t['real_fpr_ci_photo_bootstrap'])}) |
+| real crops called `ai-generated` / `uncertain` | {t['real_ai_generated']:.3f} / {t['real_uncertain']:.3f} |
+| AUC, all test images / unseen families only | {t['auc']:.3f} / {t.get('auc_unseen_families', float('nan')):.3f} |
+| TPR at 1% FPR / ECE | {t['tpr_fpr1']:.3f} / {t['ece']:.3f} |
+| AUC per family | {families} |
+| attribution: unseen-family fakes called `unknown` | {fmt(t.get('attribution_unseen_called_unknown'))} (unknown AUROC {fmt(t.get('attribution_unknown_auroc'))}) |
+
+Worst test photos (share of crops above the threshold): {', '.join(f"{w['photo']} {w['fpr']:.2f}" for w in worst)}.
+
+**Limits.** These are figures on small generators trained here, not on Stable Diffusion, Midjourney or
+any production model, whose images this detector has never seen: on those, treat a verdict as a weak
+hint. Real photos unlike the 79 training photos (heavy editing, screenshots, scans, night scenes) can be
+flagged; a `real` verdict never proves authenticity, and an `ai-generated` one needs corroboration
+(a found watermark, Content Credentials, the source). Images are read at 128 px after resizing, so
+what a generator leaves only at full resolution is not seen.
+"""
+
+
 def ship(bundle: Path, dest: Path, report: dict) -> None:
     """Copy the selected bundle to ``dest`` with a model card (its leave-photos-out figures)."""
     if dest.exists():
@@ -444,6 +491,7 @@ def ship(bundle: Path, dest: Path, report: dict) -> None:
         "command": report["command"],
     }
     (dest / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (dest / "README.md").write_text(model_card_markdown(report, dest.name))
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
     print(f"shipped {bundle} -> {dest} ({size / 1e6:.1f} MB)")
 
