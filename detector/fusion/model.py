@@ -51,6 +51,7 @@ class FusionConfig:
     uncertain_band: float = 0.1  # p_ai within threshold +- band is "uncertain"
     watermark_fpr: float = 1e-6  # a watermark counts as found when its p-value is at most this
     max_watermark_log_lr: float = 30.0  # cap on the log-likelihood ratio a found watermark adds
+    c2pa_log_lr: float = 13.8  # log-LR a trusted, valid C2PA manifest declaring AI adds (ln 1e6)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
