@@ -135,8 +135,10 @@ class CredentialsReader:
             with c2pa.Reader(mime, io.BytesIO(data), context=context) as reader:
                 store = json.loads(reader.json())
         except c2pa.C2paError as exc:
-            if type(exc).__name__.endswith("ManifestNotFound"):
+            if type(exc).__name__.endswith("NotFound"):
                 return C2PAEvidence(present=False)
+            if "could not be parsed" in str(exc):  # the container itself: no manifest can be located
+                return C2PAEvidence(present=False, error=f"cannot look for a manifest: {exc}")
             # A manifest we cannot even parse is not trustworthy: report it, never believe it.
             return C2PAEvidence(present=True, state=C2PA_INVALID, error=f"{type(exc).__name__}: {exc}")
         return evidence_from_store(store)

@@ -82,6 +82,7 @@ function render(r, branchP) {
   $("file-name").textContent = r.path;
   const verdict = $("verdict");
   verdict.className = r.verdict ? `verdict-${r.verdict}` : "";
+  $("evidence").hidden = Boolean(r.error);
   if (r.error) {
     verdict.textContent = "Could not score this image";
     $("verdict-text").textContent = r.error;
