@@ -51,9 +51,8 @@ def bundle_with_watermark(bundle: Path, out: Path) -> tuple[Path, Path, Path]:
 
 
 def signed_image(tmp_path: Path, key: Path, registry: Path, certs: dict) -> Path:
-    from detector.credentials import CredentialsSigner
-
     from detector.corpus.photos import bundled_photos, load_photos
+    from detector.credentials import CredentialsSigner
 
     [(_, photo)] = load_photos([p for p in bundled_photos() if p.name == "skimage-astronaut"])
     src = tmp_path / "src.png"
@@ -98,7 +97,9 @@ def test_page_scores_an_uploaded_image_and_shows_its_evidence(tiny_bundle, tmp_p
                 page.set_viewport_size({"width": 760, "height": 1000})
                 shot = tmp_path / "page.png"
                 page.screenshot(path=str(shot), full_page=True)
-                Image.open(shot).convert("RGB").quantize(64).save(os.environ["DETECTOR_PAGE_SCREENSHOT"], optimize=True)
+                Image.open(shot).convert("RGB").quantize(64).save(
+                    os.environ["DETECTOR_PAGE_SCREENSHOT"], optimize=True
+                )
             # a second image, chosen with the keyboard-reachable input: the page updates
             page.focus("#file")
             page.set_input_files("#file", str(plain))
