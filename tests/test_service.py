@@ -177,3 +177,20 @@ def test_concurrent_requests_are_micro_batched_and_each_gets_its_own_answer(dete
         many = post(client, *list(images.items())[:3])
         assert [r["path"] for r in many.json()["results"]] == ["img0.png", "img1.png", "img2.png"]
     assert not Path(service.temp_dir).exists()
+
+
+def test_serve_cli_refuses_bad_settings_and_serve_key_prints_a_key_once(tiny_bundle, tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["serve", "--model", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "not a detector bundle" in " ".join(missing.output.split())
+    bad_page = runner.invoke(cli, ["serve", "--model", str(tiny_bundle), "--page", "public"])
+    assert bad_page.exit_code == 2 and "page must be one of" in " ".join(bad_page.output.split())
+    made = runner.invoke(cli, ["serve-key", str(tmp_path / "keys.txt"), "--name", "ci"])
+    assert made.exit_code == 0
+    key = made.stdout.strip()
+    assert key.startswith("dk_") and KeyStore.load(tmp_path / "keys.txt", env="").identify(key) == "ci"
+    again = runner.invoke(cli, ["serve-key", str(tmp_path / "keys.txt"), "--name", "ci"])
+    assert again.exit_code == 2 and "already exists" in again.output
+    (tmp_path / "bad.txt").write_text("ci:not-a-hash\n")
+    broken = runner.invoke(cli, ["serve", "--model", str(tiny_bundle), "--keys", str(tmp_path / "bad.txt")])
+    assert broken.exit_code == 2 and "expected 'name:sha256hex'" in broken.output

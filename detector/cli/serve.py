@@ -125,7 +125,16 @@ def serve_command(
     console.print(
         f"serving {detector.path or 'the default bundle'} on http://{host}:{port}/ (access {access})"
     )
-    uvicorn.run(create_app(detector, config, key_store), host=host, port=port, log_level="info")
+    # Beyond this many open connections uvicorn answers 503 itself: bounds the memory bodies can take.
+    concurrency = max(100, 4 * max_queue)
+    uvicorn.run(
+        create_app(detector, config, key_store),
+        host=host,
+        port=port,
+        log_level="info",
+        limit_concurrency=concurrency,
+        timeout_keep_alive=30,
+    )
 
 
 def serve_key_command(

@@ -138,7 +138,12 @@ class Service:
     async def score(self, request) -> dict[str, Any]:
         self.authorize(request)
         config = self.config
-        body = await read_body(request, config.max_request_bytes)
+        try:  # a client that trickles its body does not hold a connection forever
+            body = await asyncio.wait_for(read_body(request, config.max_request_bytes), config.timeout_s)
+        except asyncio.TimeoutError:
+            raise ServiceError(
+                408, "request_timeout", f"request body not received within {config.timeout_s:g} s"
+            ) from None
         files = await parse_files(request, body, config.max_files)
         del body
         for name, data in files:  # cheap, before any decoding
