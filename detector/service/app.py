@@ -10,6 +10,7 @@ piling up. Every error is JSON: ``{"error": code, "detail": message}``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ from detector.service.batching import MicroBatcher
 from detector.service.config import ServiceConfig
 from detector.service.uploads import ServiceError, Upload, check_type, decode_upload, parse_files, read_body
 
+LOG = logging.getLogger("detector.service")
 STATIC = Path(__file__).resolve().parent / "static"
 #: The page loads nothing from anywhere else; thumbnails are local blob: URLs.
 PAGE_HEADERS = {
@@ -274,7 +276,11 @@ def create_app(detector, config: ServiceConfig | None = None, keys: KeyStore | N
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, exc: Exception):
-        return JSONResponse({"error": "internal", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        # The traceback goes to the server log; the client learns nothing about our internals.
+        LOG.error("internal error", exc_info=exc)
+        return JSONResponse(
+            {"error": "internal", "detail": "internal error (see the server log)"}, status_code=500
+        )
 
     @app.post("/v1/score", openapi_extra=_SCORE_BODY, tags=["scoring"])
     async def score(request: Request) -> dict:
