@@ -14,7 +14,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from detector.io.sniff import sniff_mime
 from detector.result import C2PA_INVALID, C2PA_UNTRUSTED, C2PA_VALID, C2PAEvidence
@@ -124,15 +124,17 @@ class CredentialsReader:
         self.trusted = bool(trust_anchors)
         self.supported = set(c2pa.Reader.get_supported_mime_types())
 
-    def read_bytes(self, data: bytes) -> C2PAEvidence | None:
-        """Evidence for an image given as bytes; ``None`` when its format cannot carry a manifest."""
-        mime = sniff_mime(data[:32])
+    def read_stream(self, stream: BinaryIO) -> C2PAEvidence | None:
+        """Evidence for an image in a seekable binary stream; ``None`` when its format cannot carry a
+        manifest. The library seeks to what it needs: a large file is not read into memory."""
+        mime = sniff_mime(stream.read(32))
+        stream.seek(0)
         if mime is None or mime not in self.supported:
             return None
         c2pa = self._c2pa
         context = c2pa.Context(c2pa.Settings.from_dict(self._settings))
         try:
-            with c2pa.Reader(mime, io.BytesIO(data), context=context) as reader:
+            with c2pa.Reader(mime, stream, context=context) as reader:
                 store = json.loads(reader.json())
         except c2pa.C2paError as exc:
             if type(exc).__name__.endswith("NotFound"):
@@ -143,8 +145,12 @@ class CredentialsReader:
             return C2PAEvidence(present=True, state=C2PA_INVALID, error=f"{type(exc).__name__}: {exc}")
         return evidence_from_store(store)
 
+    def read_bytes(self, data: bytes) -> C2PAEvidence | None:
+        return self.read_stream(io.BytesIO(data))
+
     def read_file(self, path: str | os.PathLike) -> C2PAEvidence | None:
-        return self.read_bytes(Path(path).read_bytes())
+        with open(path, "rb") as handle:
+            return self.read_stream(handle)
 
     def __call__(self, batch) -> list[C2PAEvidence | None]:
         """The pipeline branch: each image's file, where it is one (an in-memory image has none)."""
