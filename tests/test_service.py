@@ -146,7 +146,7 @@ def test_saturation_gives_503_and_slow_scoring_504(detector):
         release.wait(10)
         return real(batch)
 
-    with client_for(detector, max_queue=1, timeout_s=0.5) as client:
+    with client_for(detector, max_queue=1, timeout_s=1.5) as client:
         client.app.state.service.batcher.score_batch = blocked
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(post, client, ("a.png", png_bytes(1)))
@@ -156,6 +156,7 @@ def test_saturation_gives_503_and_slow_scoring_504(detector):
         assert codes == [503, 504]  # one admitted then timed out; the other refused while it was in flight
         client.app.state.service.batcher.score_batch = real
         assert post(client, ("c.png", png_bytes(3))).status_code == 200  # recovers
+        assert os.listdir(client.app.state.service.temp_dir) == []  # the timed-out upload was removed too
 
 
 def test_concurrent_requests_are_micro_batched_and_each_gets_its_own_answer(detector):

@@ -71,6 +71,12 @@ def branch_probabilities(detector, result) -> dict[str, float]:
     return out
 
 
+def _discard_upload(future) -> None:
+    """Done-callback for a decode whose request is gone: its temporary file must not linger."""
+    if not future.cancelled() and future.exception() is None:
+        future.result().remove()
+
+
 class Service:
     """The state one app holds: detector, batcher, decode pool, keys, rate limiter, temp folder."""
 
@@ -169,14 +175,16 @@ class Service:
                 upload.remove()
 
     async def _score_files(self, files: list[tuple[str, bytes]], uploads: list[Upload]) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        jobs = [
-            loop.run_in_executor(
-                self.decode_pool, decode_upload, name, data, self.config.max_pixels, self.temp_dir
-            )
+        futures = [
+            self.decode_pool.submit(decode_upload, name, data, self.config.max_pixels, self.temp_dir)
             for name, data in files
         ]
-        decoded = await asyncio.gather(*jobs, return_exceptions=True)
+        try:
+            decoded = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
+        except asyncio.CancelledError:  # timed out while decoding: remove what still gets decoded
+            for future in futures:
+                future.add_done_callback(_discard_upload)
+            raise
         errors = []
         for item in decoded:
             if isinstance(item, Upload):
