@@ -86,6 +86,7 @@ def test_health_version_docs_and_page(detector, tiny_bundle):
         assert 'for="file"' in page.text and 'aria-live="polite"' in page.text  # labelled, announced
         script = client.get("/static/app.js")
         assert script.status_code == 200 and "/v1/score" in script.text
+        assert "innerHTML" not in script.text  # untrusted text (names, manifest fields) never parsed as HTML
         assert "http" not in client.get("/static/style.css").text  # nothing loaded from elsewhere
         missing = client.get("/nope")
         assert missing.status_code == 404 and missing.json()["error"] == "not_found"
