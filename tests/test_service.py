@@ -179,6 +179,11 @@ def test_concurrent_requests_are_micro_batched_and_each_gets_its_own_answer(dete
         many = post(client, *list(images.items())[:3])
         assert [r["path"] for r in many.json()["results"]] == ["img0.png", "img1.png", "img2.png"]
     assert not Path(service.temp_dir).exists()
+    with client_for(detector, score_workers=2, batch_size=2) as client:  # two model threads at once
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda item: post(client, item), images.items()))
+        for (name, _), response in zip(images.items(), responses, strict=True):
+            assert response.json()["results"][0]["p_ai"] == pytest.approx(expected[name].p_ai, abs=1e-5)
 
 
 def test_serve_cli_refuses_bad_settings_and_serve_key_prints_a_key_once(tiny_bundle, tmp_path):

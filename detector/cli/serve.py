@@ -81,6 +81,9 @@ def serve_command(
     batch_wait_ms: float = typer.Option(5, "--batch-wait-ms", help="How long a batch waits for more images."),
     max_queue: int = typer.Option(64, "--max-queue", help="Images in flight before requests get 503."),
     decode_workers: int = typer.Option(2, "--decode-workers", help="Threads decoding uploads."),
+    score_workers: int = typer.Option(
+        1, "--score-workers", help="Threads running the model, each on its own micro-batch (several cores)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
     no_watermark: bool = typer.Option(False, "--no-watermark", help="Skip the bundle's watermark decoder."),
     watermark_search: str | None = typer.Option(
@@ -114,6 +117,7 @@ def serve_command(
             batch_wait_ms=batch_wait_ms,
             max_queue=max_queue,
             decode_workers=decode_workers,
+            score_workers=score_workers,
         )
         key_store = KeyStore.load(config.keys_file)
     except (ValueError, KeyFileError) as exc:
