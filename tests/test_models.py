@@ -31,7 +31,7 @@ def test_names_resolve_to_user_models_and_paths_pass_through(tmp_path, monkeypat
     cards = {c.name: c for c in list_models()}
     assert cards["mine"].origin == "user" and cards["mine"].summary == "trained on my corpus"
     assert "not-a-bundle" not in cards
-    with pytest.raises(BundleError, match="available models: .*mine"):
+    with pytest.raises(BundleError, match="not a detector bundle folder.*available models: .*mine"):
         resolve_model("nope")
     result = runner.invoke(app, ["models", "list", "--json"])
     assert result.exit_code == 0 and '"mine"' in result.output
@@ -47,7 +47,8 @@ def test_shipped_checkpoints_are_package_data():
 
 
 @pytest.mark.skipif(
-    not (shipped_root() / "default" / "bundle.json").is_file(), reason="no shipped default bundle in this checkout"
+    not (shipped_root() / "default" / "bundle.json").is_file(),
+    reason="no shipped default bundle in this checkout",
 )
 def test_the_shipped_default_detector_scores_a_packaged_photo():
     """`load_detector()` with no argument is the shipped bundle; it scores a real photo from a wheel."""

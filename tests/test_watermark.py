@@ -41,9 +41,9 @@ def keys(tmp_path):
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
     """A 256x256 crop of a held-out natural photo (the model was never trained on it)."""
-    from detector.corpus.photos import catalogue, load_photos
+    from detector.corpus.photos import bundled_photos, load_photos
 
-    [(_, image)] = load_photos([p for p in catalogue() if p.name == "skimage-astronaut"])
+    [(_, image)] = load_photos([p for p in bundled_photos() if p.name == "skimage-astronaut"])
     return np.ascontiguousarray(image[100:356, 150:406])
 
 

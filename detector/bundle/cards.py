@@ -76,4 +76,7 @@ def resolve_model(model: str | os.PathLike | None = None) -> Path:
         if card.name == str(model):
             return card.path
     names = ", ".join(c.name for c in list_models()) or "none"
-    raise BundleError(f"no bundle folder or model named {str(model)!r} (available models: {names})")
+    raise BundleError(
+        f"{str(model)!r} is not a detector bundle folder nor a model name (available models: {names}; "
+        "`detector models list`)"
+    )

@@ -92,6 +92,19 @@ def load_watermarker(reference: dict[str, Any], base: Path | None = None):
     )
 
 
+def _credentials_reader(trust: str | os.PathLike | None):
+    """The Content Credentials reader, or None when c2pa-python is not installed."""
+    from detector.credentials import CredentialsReader, c2pa_available, default_trust_anchors
+
+    if not c2pa_available():
+        return None
+    try:
+        anchors = Path(trust).read_text() if trust is not None else default_trust_anchors()
+    except OSError as exc:
+        raise BundleError(f"cannot read the C2PA trust anchors ({exc})") from None
+    return CredentialsReader(anchors)
+
+
 class ProvenanceDetector:
     """The trained passive detector + attribution head + fusion (+ a watermark decoder), as one scorer.
 
@@ -111,6 +124,7 @@ class ProvenanceDetector:
         top_k: int = 3,
         rigid: RigidConfig | None = None,
         inversion: InversionBranch | None = None,
+        credentials=None,
     ):
         from detector.corpus.dataset import resize_transform
 
@@ -127,6 +141,7 @@ class ProvenanceDetector:
         self.top_k = top_k
         self.rigid = rigid
         self.inversion = inversion
+        self.credentials = credentials  # a detector.credentials.CredentialsReader, or None
         self._transform = resize_transform(self.image_size)
         self._memo_key = f"bundle-features:{id(self)}:{self.image_size}"
         self._pipeline: Pipeline | None = None
@@ -141,11 +156,15 @@ class ProvenanceDetector:
         rigid: bool = True,
         inversion: bool = True,
         watermark_search: str | None = None,
+        c2pa: bool = True,
+        c2pa_trust: str | os.PathLike | None = None,
     ) -> ProvenanceDetector:
         """Load a bundle folder (see the module docstring). ``watermark=False`` skips the decoder,
         ``watermark_search`` ("full" / "fast") overrides the bundle's decoder search;
         ``rigid=False`` / ``inversion=False`` switch those branches off (faster; the fusion falls back to
-        its model fitted without them)."""
+        its model fitted without them). Content Credentials are read when ``c2pa-python`` is installed
+        (``c2pa=False`` skips them); ``c2pa_trust`` is a PEM file of trusted signer roots (default:
+        ``$DETECTOR_C2PA_TRUST``)."""
         from detector.training.checkpoint import CheckpointError, load_checkpoint
 
         folder = Path(path)
@@ -187,6 +206,7 @@ class ProvenanceDetector:
             path=folder,
             rigid=rigid_config,
             inversion=inversion_branch,
+            credentials=_credentials_reader(c2pa_trust) if c2pa else None,
         )
 
     # ------------------------------------------------------------------ branches
@@ -263,6 +283,7 @@ class ProvenanceDetector:
                 fusion=self.fusion,
                 config=self.fusion_config,
                 versions=self.versions,
+                c2pa=self.credentials,
             )
         return self._pipeline
 
@@ -325,6 +346,8 @@ class ProvenanceDetector:
             "branches": self.pipeline.branch_names,
             "attribution_classes": list(self.attribution.classes) if self.attribution else [],
             "watermark": self.watermarker is not None,
+            "c2pa": self.credentials is not None,
+            "c2pa_trust_configured": bool(self.credentials is not None and self.credentials.trusted),
             "versions": self.versions,
         }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from detector import __version__
-from detector.cli import attribute, corpus, demo, evaluate, features, score, train, watermark
+from detector.cli import attribute, c2pa, corpus, demo, evaluate, features, score, serve, train, watermark
 
 app = typer.Typer(
     name="detector",
@@ -29,6 +29,10 @@ app.command("score")(score.score_command)
 app.command("demo")(demo.demo_command)
 app.add_typer(score.models_app, name="models")
 app.add_typer(watermark.app, name="watermark")
+app.add_typer(c2pa.app, name="c2pa")
+# The verification service: `detector serve`, and `detector serve-key KEYS --name N` to make an API key.
+app.command("serve")(serve.serve_command)
+app.command("serve-key")(serve.serve_key_command)
 
 
 def _version(value: bool) -> None:

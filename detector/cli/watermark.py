@@ -103,12 +103,24 @@ def embed(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     checkpoint: Path | None = CKPT_OPT,
+    c2pa_cert: Path | None = typer.Option(
+        None,
+        "--c2pa-cert",
+        help="Also sign each output with Content Credentials declaring it AI-generated (c2pa.created, "
+        "trainedAlgorithmicMedia) bound to the watermark: the certificate chain, PEM, signing cert first "
+        "(a local test chain: `detector c2pa make-test-certs DIR`).",
+    ),
+    c2pa_key: Path | None = typer.Option(
+        None, "--c2pa-key", help="The signing certificate's private key (PEM)."
+    ),
 ) -> None:
     """Embed a payload into an image or every image of a folder, keeping each file's format."""
+    from detector.credentials import CredentialsError
     from detector.io import ImageLoadError, file_sha256
     from detector.watermark.api import WatermarkError
     from detector.watermark.registry import RegistryError
 
+    signer = _c2pa_signer(c2pa_cert, c2pa_key)
     if (payload is None) == (generator is None):
         fail("give exactly one of --payload ID or --generator NAME (with --registry)")
     if generator is not None and not registry:
@@ -135,15 +147,34 @@ def embed(
         for f, t in zip(files, targets, strict=True):
             try:
                 wm.embed_file(f, t, payload, overwrite=overwrite, target_psnr=strength)
-            except (ImageLoadError, WatermarkError) as exc:
+                if signer is not None:
+                    signer.sign_file(t, soft_binding=(wm.key.key_id, payload))
+            except (ImageLoadError, WatermarkError, CredentialsError) as exc:
                 failed += 1
                 console.print(f"[yellow]skipped[/] {exc}")
             advance()
     if generator is not None and len(files) == 1 and not failed:
         console.print(f"output sha256 {file_sha256(targets[0])}")
-    console.print(f"embedded payload {payload} into {len(files) - failed} image(s); {failed} failed")
+    signed = " with Content Credentials" if signer is not None else ""
+    console.print(f"embedded payload {payload} into {len(files) - failed} image(s){signed}; {failed} failed")
     if failed:
         raise typer.Exit(1)
+
+
+def _c2pa_signer(cert: Path | None, key: Path | None):
+    """The Content Credentials signer for --c2pa-cert/--c2pa-key, or None when neither is given."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        fail("--c2pa-cert and --c2pa-key go together")
+    from detector.credentials import CredentialsError, CredentialsSigner
+
+    try:
+        return CredentialsSigner(cert, key)
+    except ImportError:
+        fail("Content Credentials need c2pa-python and cryptography (pip install c2pa-python cryptography)")
+    except CredentialsError as exc:
+        fail(str(exc))
 
 
 @app.command()

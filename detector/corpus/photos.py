@@ -114,6 +114,11 @@ def catalogue() -> list[Photo]:
     return photos
 
 
+def bundled_photos() -> list[Photo]:
+    """The catalogued photos inside the installed Python wheels: always here, nothing to fetch."""
+    return [p for p in catalogue() if p.source == "python"]
+
+
 def available_photos(store: Path = DEFAULT_STORE) -> list[Photo]:
     """The catalogued photos present and verified on this machine (python ones need no fetch)."""
     return [p for p in catalogue() if p.locate(store) is not None]

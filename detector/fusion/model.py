@@ -55,6 +55,7 @@ class FusionConfig:
     #: When set, ``fit`` moves ``threshold`` so that this share of the validation reals scores above it
     #: (chosen on validation photos, never on test; the uncertain band stays around it).
     target_fpr: float | None = None
+    c2pa_log_lr: float = 13.8  # log-LR a trusted, valid C2PA manifest declaring AI adds (ln 1e6)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:

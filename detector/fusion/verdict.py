@@ -8,6 +8,13 @@ The rules, and why:
 * A **missing** watermark is weak evidence: purification, regeneration or simply a generator that does
   not watermark all remove it. It leaves p_ai exactly where the passive branches put it; it never pushes
   an image towards ``real`` on its own.
+* **Content Credentials** (C2PA) that are *valid* (hashes and signature verify, the signer chains to a
+  configured trust anchor) and declare the image algorithmically generated are strong evidence: p_ai
+  moves up by ``c2pa_log_lr`` and the verdict is ``ai-generated`` (``watermarked`` still wins: it also
+  names the generator). A manifest whose signer is not trusted here, or that declares a camera capture,
+  changes nothing: anyone can sign with a certificate of their own. An *invalid* manifest (the file was
+  altered after signing) is reported as tampered and never trusted. A missing manifest proves nothing:
+  re-saving a file drops it.
 * Otherwise the calibrated p_ai decides: ``ai-generated`` above ``threshold + band``, ``real`` below
   ``threshold - band``, ``uncertain`` in between (and when no branch could score the image).
 """
@@ -20,10 +27,12 @@ from collections.abc import Mapping
 from detector.fusion.model import FusionConfig, FusionModel, logit, sigmoid, watermark_log_lr
 from detector.result import (
     AI_GENERATED,
+    C2PA_VALID,
     REAL,
     UNCERTAIN,
     WATERMARKED,
     AttributionEvidence,
+    C2PAEvidence,
     ProvenanceResult,
     WatermarkEvidence,
 )
@@ -38,14 +47,28 @@ def watermark_found(watermark: WatermarkEvidence | None, config: FusionConfig) -
     return bool(watermark.detected)
 
 
+def c2pa_declares_ai(c2pa: C2PAEvidence | None) -> bool:
+    """Credentials count as evidence only when valid (trusted signer, intact content) and declaring AI."""
+    return c2pa is not None and c2pa.present and c2pa.state == C2PA_VALID and c2pa.ai_declared
+
+
 def decide(
-    p_passive: float | None, watermark: WatermarkEvidence | None, config: FusionConfig
+    p_passive: float | None,
+    watermark: WatermarkEvidence | None,
+    config: FusionConfig,
+    c2pa: C2PAEvidence | None = None,
 ) -> tuple[float | None, str]:
-    """(p_ai, verdict) from the passive fused probability and the watermark evidence."""
+    """(p_ai, verdict) from the passive fused probability, the watermark and the Content Credentials."""
+    credentials = c2pa_declares_ai(c2pa)
+    if credentials:
+        prior = 0.5 if p_passive is None else p_passive
+        p_passive = float(sigmoid(logit(prior) + config.c2pa_log_lr))
     if watermark_found(watermark, config):
         prior = 0.5 if p_passive is None else p_passive
         p_ai = float(sigmoid(logit(prior) + watermark_log_lr(watermark.p_value, config)))
         return p_ai, WATERMARKED
+    if credentials:
+        return p_passive, AI_GENERATED
     if p_passive is None:
         return None, UNCERTAIN
     if p_passive > config.threshold + config.uncertain_band:
@@ -63,6 +86,7 @@ def fuse(
     watermark: WatermarkEvidence | None = None,
     attribution: AttributionEvidence | None = None,
     versions: Mapping[str, str] | None = None,
+    c2pa: C2PAEvidence | None = None,
 ) -> ProvenanceResult:
     """One :class:`ProvenanceResult` from the evidence gathered for one image.
 
@@ -87,7 +111,7 @@ def fuse(
         raise ValueError(f"{len(present)} branch scores ({sorted(present)}) need a fitted fusion model")
     if watermark is not None:  # one rule decides what counts as found: the fusion's
         watermark = dataclasses.replace(watermark, detected=watermark_found(watermark, config))
-    p_ai, verdict = decide(p_passive, watermark, config)
+    p_ai, verdict = decide(p_passive, watermark, config, c2pa)
     return ProvenanceResult(
         path=str(path),
         p_ai=p_ai,
@@ -96,4 +120,5 @@ def fuse(
         attribution=attribution,
         branches=dict(branches),
         versions=dict(versions or {}),
+        c2pa=c2pa,
     )

@@ -5,7 +5,9 @@ A branch is any callable that takes a :class:`Batch` and returns one value per i
 * a **passive** branch returns a score (a probability or any real number the fusion was fitted on), or
   ``None`` where it has no opinion;
 * the **watermark** branch returns a :class:`WatermarkEvidence` (or ``None``);
-* the **attribution** branch returns an :class:`AttributionEvidence` (or ``None``).
+* the **attribution** branch returns an :class:`AttributionEvidence` (or ``None``);
+* the **c2pa** branch returns the image file's Content Credentials as :class:`C2PAEvidence` (or ``None``
+  where there is no file to read, e.g. an in-memory image).
 
 Branches that share work (one backbone forward feeding the detector head and the attribution head) share
 it through :meth:`Batch.memo`: the first branch computes, the next reuses, so the pipeline costs one
@@ -25,7 +27,7 @@ from PIL import Image
 
 from detector.fusion import FusionConfig, FusionModel, fuse
 from detector.io import ImageLoadError, load_image
-from detector.result import AttributionEvidence, ProvenanceResult, WatermarkEvidence
+from detector.result import AttributionEvidence, C2PAEvidence, ProvenanceResult, WatermarkEvidence
 
 
 class Batch:
@@ -54,6 +56,7 @@ class Batch:
 PassiveBranch = Callable[[Batch], Sequence[float | None]]
 WatermarkBranch = Callable[[Batch], Sequence[WatermarkEvidence | None]]
 AttributionBranch = Callable[[Batch], Sequence[AttributionEvidence | None]]
+CredentialsBranch = Callable[[Batch], Sequence[C2PAEvidence | None]]
 
 
 class BranchError(RuntimeError):
@@ -74,6 +77,7 @@ class Pipeline:
     fusion: FusionModel | None = None
     config: FusionConfig | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    c2pa: CredentialsBranch | None = None
 
     def __post_init__(self) -> None:
         if not self.passive and self.watermark is None:
@@ -134,6 +138,7 @@ class Pipeline:
             if self.attribution
             else [None] * len(batch)
         )
+        credentials = self._run("c2pa", self.c2pa, batch, errors) if self.c2pa else [None] * len(batch)
         results = []
         for i, path in enumerate(batch.paths):
             if i in errors:
@@ -143,7 +148,14 @@ class Pipeline:
             try:
                 results.append(
                     fuse(
-                        path, scores, self.fusion, self.config, watermarks[i], attributions[i], self.versions
+                        path,
+                        scores,
+                        self.fusion,
+                        self.config,
+                        watermarks[i],
+                        attributions[i],
+                        self.versions,
+                        c2pa=credentials[i],
                     )
                 )
             except (ValueError, TypeError) as exc:

@@ -96,7 +96,11 @@ class PayloadRegistry:
             self._param = "?"
             self._integrity = sqlite3.IntegrityError
             try:
-                self.conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+                # check_same_thread=False: a registry opened at load time is read by the scoring threads of
+                # `detector serve` (Python's sqlite3 module serialises access to one connection).
+                self.conn = sqlite3.connect(
+                    str(path), timeout=timeout, isolation_level=None, check_same_thread=False
+                )
                 self.conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
                 _enable_wal(self.conn, timeout)
             except sqlite3.DatabaseError as exc:

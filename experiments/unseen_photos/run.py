@@ -433,33 +433,33 @@ def model_card_markdown(report: dict, name: str) -> str:
 
 `detector score PATH` and `load_detector()` use this bundle when no model is named.
 
-**What it is.** A scoring bundle: EfficientNet-Lite0 (ImageNet weights) tuned with `{report['selected']}`
+**What it is.** A scoring bundle: EfficientNet-Lite0 (ImageNet weights) tuned with `{report["selected"]}`
 on 128 px images, its calibrated real/fake head, an open-set attribution head over the 8 training
 generators, a diffusion-inversion branch (the benchmark's own small DDPM), and a logistic fusion whose
-decision threshold ({r['threshold']:.3f}) was set at {report['target_fpr']:.0%} real false positives on
+decision threshold ({r["threshold"]:.3f}) was set at {report["target_fpr"]:.0%} real false positives on
 the validation photos. No watermark decoder is referenced: a watermark key is a secret and belongs to
 whoever embeds.
 
 **Trained on.** The offline benchmark (`detector corpus build`, manifest sha256
-`{report['corpus_sha256']}`): crops of {report['corpus_photos']} real photographs from public packages
+`{report["corpus_sha256"]}`): crops of {report["corpus_photos"]} real photographs from public packages
 (`docs/photos.md`) and fakes of 12 small generators trained on CPU (`data/README.md`). Split by source
-photo: {report['photos_by_split']['train']} train, {report['photos_by_split']['val']} validation,
-{report['photos_by_split']['test']} test photos; families `{'`, `'.join(report['holdout'])}` held out of
-training. Commit `{report['commit']}`. Reproduce: `{report['command']}`.
+photo: {report["photos_by_split"]["train"]} train, {report["photos_by_split"]["val"]} validation,
+{report["photos_by_split"]["test"]} test photos; families `{"`, `".join(report["holdout"])}` held out of
+training. Commit `{report["commit"]}`. Reproduce: `{report["command"]}`.
 
-**Measured on unseen photos and families** (test split, {t['n_real']} real crops of
-{t['n_real_photos']} photos, {t['n_fake']} fakes; `experiments/unseen_photos/RESULTS.md`):
+**Measured on unseen photos and families** (test split, {t["n_real"]} real crops of
+{t["n_real_photos"]} photos, {t["n_fake"]} fakes; `experiments/unseen_photos/RESULTS.md`):
 
 | metric | value |
 | --- | --- |
-| real crops above the threshold | {t['real_fpr']:.3f} (95% photo-bootstrap interval {fmt(t['real_fpr_ci_photo_bootstrap'])}) |
-| real crops called `ai-generated` / `uncertain` | {t['real_ai_generated']:.3f} / {t['real_uncertain']:.3f} |
-| AUC, all test images / unseen families only | {t['auc']:.3f} / {t.get('auc_unseen_families', float('nan')):.3f} |
-| TPR at 1% FPR / ECE | {t['tpr_fpr1']:.3f} / {t['ece']:.3f} |
+| real crops above the threshold | {t["real_fpr"]:.3f} (95% photo-bootstrap interval {fmt(t["real_fpr_ci_photo_bootstrap"])}) |
+| real crops called `ai-generated` / `uncertain` | {t["real_ai_generated"]:.3f} / {t["real_uncertain"]:.3f} |
+| AUC, all test images / unseen families only | {t["auc"]:.3f} / {t.get("auc_unseen_families", float("nan")):.3f} |
+| TPR at 1% FPR / ECE | {t["tpr_fpr1"]:.3f} / {t["ece"]:.3f} |
 | AUC per family | {families} |
-| attribution: unseen-family fakes called `unknown` | {fmt(t.get('attribution_unseen_called_unknown'))} (unknown AUROC {fmt(t.get('attribution_unknown_auroc'))}) |
+| attribution: unseen-family fakes called `unknown` | {fmt(t.get("attribution_unseen_called_unknown"))} (unknown AUROC {fmt(t.get("attribution_unknown_auroc"))}) |
 
-Worst test photos (share of crops above the threshold): {', '.join(f"{w['photo']} {w['fpr']:.2f}" for w in worst)}.
+Worst test photos (share of crops above the threshold): {", ".join(f"{w['photo']} {w['fpr']:.2f}" for w in worst)}.
 
 **Limits.** These are figures on small generators trained here, not on Stable Diffusion, Midjourney or
 any production model, whose images this detector has never seen: on those, treat a verdict as a weak

@@ -1,0 +1,126 @@
+"""API keys and per-caller rate limits.
+
+Keys are random 256-bit tokens; only their SHA-256 is kept (a key file or ``$DETECTOR_API_KEYS``, entries
+``name:sha256hex``), so a leaked key file grants nothing. A fast hash is enough for keys this long (no
+dictionary to guess from); comparison is constant-time. ``detector serve-key FILE --name NAME`` makes one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+
+KEYS_ENV = "DETECTOR_API_KEYS"
+KEY_PREFIX = "dk_"
+
+
+class KeyFileError(ValueError):
+    """A key file or key entry is malformed."""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _parse(entries: list[str], origin: str) -> dict[str, str]:
+    """``{hash: name}`` from ``name:hash`` entries (blank lines and ``#`` comments skipped)."""
+    keys: dict[str, str] = {}
+    for n, raw in enumerate(entries, 1):
+        entry = raw.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        name, sep, digest = entry.rpartition(":")
+        digest = digest.strip().lower()
+        if (
+            not sep
+            or not name.strip()
+            or len(digest) != 64
+            or any(c not in "0123456789abcdef" for c in digest)
+        ):
+            raise KeyFileError(f"{origin}:{n}: expected 'name:sha256hex', got {entry[:40]!r}")
+        keys[digest] = name.strip()
+    return keys
+
+
+class KeyStore:
+    """The hashed API keys the service accepts."""
+
+    def __init__(self, hashes: dict[str, str] | None = None):
+        self.hashes = dict(hashes or {})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, env: str | None = None) -> KeyStore:
+        hashes: dict[str, str] = {}
+        if path is not None:
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise KeyFileError(f"cannot read key file {path} ({exc.strerror or exc})") from None
+            hashes.update(_parse(text.splitlines(), str(path)))
+        env = os.environ.get(KEYS_ENV) if env is None else env
+        if env:
+            hashes.update(_parse(env.replace(",", "\n").split(), f"${KEYS_ENV}"))
+        return cls(hashes)
+
+    def __bool__(self) -> bool:
+        return bool(self.hashes)
+
+    def identify(self, key: str | None) -> str | None:
+        """The key's name, or ``None`` for a missing or unknown key."""
+        if not key:
+            return None
+        digest = hash_key(key)
+        for known, name in self.hashes.items():
+            if hmac.compare_digest(known, digest):
+                return name
+        return None
+
+
+def add_key(path: str | os.PathLike, name: str) -> str:
+    """Make a key, append its hash to ``path`` (created readable by the owner only); returns the key,
+    which is shown once and stored nowhere."""
+    if not name or ":" in name or "#" in name or any(c.isspace() for c in name):
+        raise KeyFileError(f"a key name must be non-empty, without ':', '#' or spaces; got {name!r}")
+    path = Path(path)
+    existing = _parse(path.read_text().splitlines(), str(path)) if path.exists() else {}
+    if name in existing.values():
+        raise KeyFileError(f"{path}: a key named {name!r} already exists")
+    key = new_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as handle:
+        handle.write(f"{name}:{hash_key(key)}\n")
+    return key
+
+
+class RateLimiter:
+    """A token bucket per caller: ``per_minute`` requests a minute, bursts up to the same number."""
+
+    def __init__(self, max_callers: int = 100_000):
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+        self.max_callers = max_callers
+
+    def allow(self, caller: str, per_minute: float) -> float:
+        """0 when the request may go ahead (a token is spent), else the seconds to wait for one."""
+        rate = per_minute / 60.0
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(caller, (per_minute, now))
+            tokens = min(per_minute, tokens + (now - last) * rate)
+            if tokens >= 1.0:
+                self._buckets[caller] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[caller] = (tokens, now)
+            if len(self._buckets) > self.max_callers:  # forget the oldest callers (bounded memory)
+                for old in sorted(self._buckets, key=lambda k: self._buckets[k][1])[: self.max_callers // 10]:
+                    del self._buckets[old]
+            return (1.0 - tokens) / rate
