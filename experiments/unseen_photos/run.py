@@ -87,6 +87,11 @@ def corpus_hash(manifest: Path) -> str:
     return hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
 
 
+def base_recipe(name: str) -> str:
+    """``lora+rigid`` is the ``lora`` detector bundled with the training-free RIGID branch as well."""
+    return name.split("+", 1)[0]
+
+
 def train_recipe(name: str, manifest: Path, run: Path, args) -> None:
     from detector.config import load_config
     from detector.training import TrainConfig, train
@@ -103,14 +108,14 @@ def train_recipe(name: str, manifest: Path, run: Path, args) -> None:
         "optim.patience=0",
         "wandb.mode=disabled",
         f"seed={args.seed}",
-        *RECIPES[name],
+        *RECIPES[base_recipe(name)],
     ]
     if args.max_steps:
         overrides.append(f"optim.max_steps_per_epoch={args.max_steps}")
     train(load_config(TrainConfig, None, overrides))
 
 
-def bundle_recipe(run: Path, manifest: Path, bundle: Path, args) -> None:
+def bundle_recipe(run: Path, manifest: Path, bundle: Path, args, rigid: bool = False) -> None:
     from detector.bundle import BundleConfig, build_bundle
     from detector.config import load_config
     from detector.demo import _inversion_model
@@ -123,6 +128,7 @@ def bundle_recipe(run: Path, manifest: Path, bundle: Path, args) -> None:
         f"batch_size={args.batch_size}",
         f"fusion.target_fpr={args.target_fpr}",
         *args.bundle_set,
+        f"rigid={str(rigid).lower()}",
     ]
     inversion = _inversion_model(manifest, print) if args.inversion else None
     if inversion:
@@ -369,12 +375,12 @@ def main(argv: list[str] | None = None) -> dict:
         "recipes": {},
     }
     for name in [r.strip() for r in args.recipes.split(",") if r.strip()]:
-        if name not in RECIPES:
-            raise SystemExit(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
-        run, bundle = args.runs / name / "detector", args.runs / name / "bundle"
+        if base_recipe(name) not in RECIPES or name.split("+")[1:] not in ([], ["rigid"]):
+            raise SystemExit(f"unknown recipe {name!r}; known: {', '.join(RECIPES)} (each optionally +rigid)")
+        run, bundle = args.runs / base_recipe(name) / "detector", args.runs / name / "bundle"
         start = time.perf_counter()
         train_recipe(name, args.corpus, run, args)
-        bundle_recipe(run, args.corpus, bundle, args)
+        bundle_recipe(run, args.corpus, bundle, args, rigid=name.endswith("+rigid"))
         fusion = json.loads((bundle / "fusion_report.json").read_text())["fusion"]
         threshold = float(fusion.get("threshold", 0.5))
         band = float(fusion.get("uncertain_band", 0.1))
