@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from detector.errors import DetectorError
 from detector.features.inversion import InversionConfig, InversionExtractor, load_diffusion_model
 from detector.io.tensors import load_arrays, save_arrays
 
@@ -34,7 +35,7 @@ INVERSION_FORMAT = "detector.inversion-branch/1"
 COPY_LIMIT_BYTES = 64 * 2**20
 
 
-class BranchFitError(ValueError):
+class BranchFitError(DetectorError, ValueError):
     """A bundle branch cannot be fitted or loaded as asked."""
 
 

@@ -37,6 +37,7 @@ from PIL import Image
 
 from detector.attribution import AttributionHead
 from detector.bundle.branches import INVERSION_BRANCH, RIGID_BRANCH, InversionBranch
+from detector.errors import DetectorError
 from detector.features.rigid import RigidConfig, rigid_score
 from detector.fusion import FusionConfig, FusionModel
 from detector.io import ImageLoadError, file_sha256, load_image
@@ -54,7 +55,7 @@ DETECTOR_BRANCH = "detector"
 DISTANCE_BRANCH = "attribution_distance"
 
 
-class BundleError(ValueError):
+class BundleError(DetectorError, ValueError):
     """A bundle folder is missing a part, has an unknown format, or cannot be built as asked."""
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detector.errors import DetectorError
 from detector.io import atomic_write_text, iter_image_files
 
 LABELS = ("real", "fake")
@@ -33,7 +34,7 @@ REAL_GENERATOR = "real"
 MANIFEST_FIELDS = ("path", "label", "generator", "group", "split", "family", "width", "height", "format")
 
 
-class CorpusError(ValueError):
+class CorpusError(DetectorError, ValueError):
     """A corpus or manifest is malformed; the message says where."""
 
 

@@ -20,6 +20,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from detector.errors import DetectorError
+
 # Truncated files must fail loudly, never decode as half-grey pictures.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -48,7 +50,7 @@ IMAGE_EXTENSIONS = frozenset(
 ImageSource = str | os.PathLike | bytes | BinaryIO
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(DetectorError):
     """An image could not be loaded. ``path`` names the file, ``reason`` says why in plain words."""
 
     def __init__(self, path: str | os.PathLike | None, reason: str):

@@ -30,6 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 from detector.corpus import CorpusError, read_manifest
+from detector.errors import DetectorError
 from detector.io import DEFAULT_MAX_PIXELS, ImageLoadError, atomic_writer, iter_image_files, load_image
 from detector.result import ProvenanceResult, csv_columns
 from detector.scoring.pipeline import Batch, Pipeline
@@ -38,7 +39,7 @@ FORMATS = ("jsonl", "csv")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
 
-class ScoringError(ValueError):
+class ScoringError(DetectorError, ValueError):
     """The scoring run cannot start (bad output, resume mismatch, unknown format)."""
 
 

@@ -23,6 +23,7 @@ from safetensors.torch import save as st_save
 
 from detector.calibration import Calibrator
 from detector.config import load_config, save_config
+from detector.errors import DetectorError
 from detector.io import atomic_write_bytes, atomic_write_text
 from detector.training.config import TrainConfig
 
@@ -31,7 +32,7 @@ CARD = "model_card.json"
 STATE_DIR = "train_state"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DetectorError, ValueError):
     """A checkpoint folder is missing a file or does not fit the model it is loaded into."""
 
 

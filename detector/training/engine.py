@@ -31,6 +31,7 @@ from detector.calibration import Calibrator, fit_calibrator, sigmoid
 from detector.config import save_config, to_dict
 from detector.corpus import Corpus, load_corpus
 from detector.corpus.dataset import CorpusDataset
+from detector.errors import DetectorError
 from detector.metrics import average_precision, detection_metrics
 from detector.training import distributed
 from detector.training.augment import eval_transform, train_transform
@@ -62,7 +63,7 @@ class TrainResult:
     detector: Detector
 
 
-class TrainingError(ValueError):
+class TrainingError(DetectorError, ValueError):
     """The data or config cannot train a detector; the message says why."""
 
 

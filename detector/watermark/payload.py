@@ -38,11 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.errors import DetectorError
+
 KEY_HEADER = "detector-watermark-key-v1"
 MIN_KEY_BYTES = 16
 
 
-class KeyFileError(ValueError):
+class KeyFileError(DetectorError, ValueError):
     """A key file is missing, unreadable or malformed."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from detector.errors import DetectorError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS payloads (
     key_id TEXT NOT NULL,
@@ -29,7 +31,7 @@ CREATE TABLE IF NOT EXISTS payloads (
 """
 
 
-class RegistryError(RuntimeError):
+class RegistryError(DetectorError, RuntimeError):
     """The registry cannot be opened, is full, or a record conflicts."""
 
 
