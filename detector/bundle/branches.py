@@ -127,7 +127,11 @@ class InversionBranch:
         return save_arrays(bundle / INVERSION_FILE, arrays, meta)
 
     @classmethod
-    def load(cls, bundle: Path, device: str | torch.device = "cpu") -> InversionBranch:
+    def load(
+        cls, bundle: Path, device: str | torch.device = "cpu", allow_external: bool = False
+    ) -> InversionBranch:
+        """The fitted branch of ``bundle``. Its diffusion model must be the copy inside the bundle unless
+        ``allow_external`` (a hub id may reach the network, an outside folder is outside the bundle)."""
         path = bundle / INVERSION_FILE
         try:
             arrays, meta = load_arrays(path)
@@ -136,8 +140,19 @@ class InversionBranch:
         if meta.get("format") != INVERSION_FORMAT:
             raise BranchFitError(f"{path}: unsupported format {meta.get('format')!r}")
         reference = meta["model"]
-        local = bundle / reference
-        source = local if local.exists() else reference
+        if not isinstance(reference, str) or not reference:
+            raise BranchFitError(f"{path}: invalid diffusion model reference {reference!r}")
+        from detector.bundle.safety import UnsafeBundle, confined_part
+
+        try:
+            source = confined_part(bundle, reference, "inversion model", kind="folder")
+        except UnsafeBundle as exc:
+            if not allow_external:
+                raise BranchFitError(
+                    f"{path}: its diffusion model {reference!r} is not a folder inside the bundle ({exc}); "
+                    "load with allow_external=True to use an outside folder or a hub id"
+                ) from None
+            source = reference
         try:
             model = load_diffusion_model(source, device=device)
         except (OSError, ValueError) as exc:

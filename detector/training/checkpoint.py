@@ -50,7 +50,13 @@ def write_tensors(
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
-    return st_load(path.read_bytes())
+    from detector.io.tensors import check_safetensors_header
+
+    try:
+        check_safetensors_header(path)
+        return st_load(path.read_bytes())
+    except Exception as exc:  # safetensors raises its own types for corrupt files
+        raise CheckpointError(f"{path}: unreadable weights file ({exc})") from None
 
 
 def save_checkpoint(
