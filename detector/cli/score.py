@@ -37,6 +37,11 @@ def score_command(
         False, "--no-inversion", help="Skip the diffusion-inversion branch (the slowest passive branch)."
     ),
     summary_json: Path | None = typer.Option(None, "--summary", help="Also write the run summary as JSON."),
+    allow_external: bool = typer.Option(
+        False,
+        "--allow-external",
+        help="Let the bundle load a diffusion model it only references (a hub id: may use the network).",
+    ),
 ) -> None:
     """Score images with a bundle: calibrated p_ai, verdict, watermark and attribution evidence per image.
 
@@ -45,8 +50,10 @@ def score_command(
     each rank scores a shard and rank 0 merges them into OUT. A branch switched off (--no-rigid,
     --no-inversion) is scored with the fusion model the bundle fitted without it.
     """
-    from detector.bundle import BundleError, ProvenanceDetector
-    from detector.scoring import ScoringError, count_inputs
+    from detector.bundle import ProvenanceDetector
+    from detector.errors import DetectorError
+    from detector.io import printable
+    from detector.scoring import count_inputs
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -56,6 +63,8 @@ def score_command(
         fail("--format table prints to stdout; use jsonl or csv with --out")
     if watermark_search not in (None, "full", "fast"):
         fail(f"--watermark-search must be full or fast, got {watermark_search!r}")
+    if out is not None and out.is_dir():
+        fail(f"--out {printable(out)} is a folder; name the results file")
     try:
         det = ProvenanceDetector.load(
             model,
@@ -64,8 +73,9 @@ def score_command(
             rigid=not no_rigid,
             inversion=not no_inversion,
             watermark_search=watermark_search,
+            allow_external=allow_external,
         )
-    except (BundleError, ValueError, OSError) as exc:
+    except (DetectorError, ValueError, OSError) as exc:
         fail(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
         target = out or Path(tmp) / ("scores.csv" if fmt == "csv" else "scores.jsonl")
@@ -82,7 +92,7 @@ def score_command(
                     workers=workers,
                     progress=advance,
                 )
-        except (ScoringError, ValueError) as exc:
+        except (DetectorError, ValueError) as exc:
             fail(str(exc))
         if out is None and fmt != "table":
             stdout.file.write(target.read_text())
@@ -92,11 +102,14 @@ def score_command(
     _print_summary(summary.to_dict(), out)
     if summary_json is not None:
         write_json(summary_json, summary.to_dict())
+    if summary.total == 0:
+        fail("no image to score in the inputs (see the files passed by above)", code=1)
 
 
 def _print_results(path: Path) -> None:
     from rich.table import Table
 
+    from detector.io import printable
     from detector.result import ProvenanceResult
 
     table = Table(title="provenance")
@@ -107,7 +120,7 @@ def _print_results(path: Path) -> None:
             r = ProvenanceResult.from_json(line)
             wm = r.watermark.p_value if r.watermark and r.watermark.p_value is not None else None
             table.add_row(
-                r.path,
+                printable(r.path),
                 r.verdict or "-",
                 "-" if r.p_ai is None else f"{r.p_ai:.3f}",
                 r.generator or "-",
@@ -118,6 +131,13 @@ def _print_results(path: Path) -> None:
 
 
 def _print_summary(summary: dict, out: Path | None) -> None:
+    if summary["not_read"]:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(summary["not_read_reasons"].items()))
+        console.print(f"[yellow]passed by {summary['not_read']} file(s) that are not images:[/] {reasons}")
+        for item in summary["not_read_files"][:10]:
+            console.print(f"  {item['path']}: {item['reason']}", markup=False, highlight=False)
+        if summary["not_read"] > 10:
+            console.print(f"  ... {summary['not_read'] - 10} more (all named in --summary)")
     verdicts = ", ".join(f"{k} {v}" for k, v in sorted(summary["verdicts"].items())) or "none"
     console.print(
         f"scored {summary['scored']} (skipped {summary['skipped']} already done, {summary['errors']} errors) "

@@ -49,9 +49,9 @@ def path_hex(path: str | os.PathLike) -> str | None:
     return os.fsencode(text).hex() if has_undecodable(text) else None
 
 
-def json_line(data: Any) -> str:
+def json_line(data: Any, allow_nan: bool = False) -> str:
     """``json.dumps`` on one line, UTF-8 text kept, surrogates written as ``\\udcXX`` escapes."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=allow_nan)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 

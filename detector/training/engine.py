@@ -79,6 +79,7 @@ def load_data(config: TrainConfig) -> TrainData:
     if not config.data.corpus:
         raise TrainingError("no corpus given: set data.corpus (a folder or a manifest with splits)")
     corpus = load_corpus(config.data.corpus)
+    corpus.check_duplicates()  # one file with two labels would teach both answers
     train = corpus.subset(config.data.train_split)
     val = corpus.subset(config.data.val_split)
     if not train.records:
