@@ -10,15 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from detector import load_detector
 from detector.cli import app
 from detector.config import load_config
-from detector.corpus import SplitConfig, assign_splits, records_from_folder, write_manifest
 from detector.result import ProvenanceResult
-from tests.conftest import write_rgb, write_tiny_ddpm
+from tests.conftest import build_tiny_bundle, write_rgb, write_tiny_ddpm
 
 runner = CliRunner()
 
@@ -26,40 +24,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     """A corpus of 3 generators, a 1-epoch linear probe on timm:test_efficientnet, and its bundle."""
-    from detector.bundle import BundleConfig, build_bundle
-    from detector.training import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("bundle")
-    corpus = root / "corpus"
-    for i in range(16):
-        write_rgb(corpus / "real" / f"photo{i // 2}_crop{i % 2}.png", size=(32, 32), seed=i)
-    for g, gen in enumerate(["gen_a", "gen_b", "gen_c"]):
-        for i in range(8):
-            write_rgb(corpus / "fake" / gen / f"{gen}{i}.png", size=(32, 32), seed=100 + 10 * g + i)
-    records = records_from_folder(corpus, group_regex=r"^(.+?)_crop")
-    assign_splits(records, SplitConfig(seed=0, train=0.5, val=0.3, test=0.2))
-    manifest = write_manifest(records, corpus / "manifest.csv", corpus)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    overrides = [
-        f"data.corpus={manifest}",
-        f"out={root / 'run'}",
-        "method.name=linear-probe",
-        "model.backbone=timm:test_efficientnet",
-        "data.image_size=32",
-        "data.batch_size=8",
-        "optim.epochs=1",
-        "wandb.mode=disabled",
-    ]
-    train(load_config(TrainConfig, None, overrides))
-    config = load_config(
-        BundleConfig,
-        None,
-        [f"checkpoint={root / 'run'}", f"corpus={manifest}", "fusion.min_rows=5", "rigid=false"],
-    )
-    build_bundle(config, root / "bundle")
-    torch.set_num_threads(before)
-    return root / "bundle"
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 def mixed_folder(folder: Path, n: int = 6) -> Path:

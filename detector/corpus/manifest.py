@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector.errors import DetectorError
-from detector.io import atomic_write_text, canonical_path, csv_cell, iter_image_files, path_hex
+from detector.io import atomic_write_text, canonical_path, csv_cell, csv_text, iter_image_files, path_hex
 from detector.io.paths import csv_text_value
 
 LABELS = ("real", "fake")
@@ -258,11 +257,7 @@ def write_manifest(records: Iterable[Record], path: str | Path, root: str | Path
             fields.append("path_bytes")  # exact bytes of the names that are not UTF-8
             for row in rows:
                 row["path_bytes"] = path_hex(row["path"]) or ""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
-        text = buffer.getvalue()
+        text = csv_text([fields, *([csv_cell(row.get(f)) for f in fields] for row in rows)])
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         text = "".join(json.dumps(row) + "\n" for row in rows)  # ASCII: non-UTF-8 bytes as \udcXX
     else:

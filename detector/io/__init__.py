@@ -15,7 +15,15 @@ from detector.io.images import (
     load_image_array,
     probe_image,
 )
-from detector.io.paths import canonical_path, csv_cell, json_line, path_from_cells, path_hex, printable
+from detector.io.paths import (
+    canonical_path,
+    csv_cell,
+    csv_text,
+    json_line,
+    path_from_cells,
+    path_hex,
+    printable,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -25,6 +33,7 @@ __all__ = [
     "MIN_SCORE_SIDE",
     "canonical_path",
     "csv_cell",
+    "csv_text",
     "json_line",
     "path_from_cells",
     "path_hex",

@@ -18,9 +18,12 @@ programs show as text, never evaluate. :func:`csv_text_value` undoes it.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -77,6 +80,19 @@ def csv_text_value(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
 
 
+def csv_text(rows: Iterable[Sequence[Any]]) -> str:
+    """CSV text for ``rows`` (already passed through :func:`csv_cell`), one ``\\n`` per record. Python's
+    writer leaves a carriage return inside a cell unquoted when lines end in ``\\n``, which tears the
+    record for every reader; a row holding one is written with every cell quoted instead."""
+    buffer = io.StringIO()
+    minimal = csv.writer(buffer, lineterminator="\n")
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for row in rows:
+        needs = any(isinstance(cell, str) and "\r" in cell for cell in row)
+        (quoted if needs else minimal).writerow(row)
+    return buffer.getvalue()
+
+
 def path_from_cells(path_cell: str, hex_cell: str | None) -> str:
     """The exact path a CSV row names: from ``path_bytes`` when set, else the (un-neutralised) cell."""
     if hex_cell:
@@ -88,6 +104,7 @@ __all__ = [
     "FORMULA_PREFIXES",
     "canonical_path",
     "csv_cell",
+    "csv_text",
     "csv_text_value",
     "has_undecodable",
     "json_line",

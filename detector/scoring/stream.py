@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import os
 import re
@@ -46,6 +45,7 @@ from detector.io import (
     atomic_writer,
     canonical_path,
     csv_cell,
+    csv_text,
     iter_image_files,
     load_image,
     path_from_cells,
@@ -284,10 +284,7 @@ class ResultWriter:
         return done
 
     def _csv_text(self, rows: list[list]) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerows(rows)
-        return buffer.getvalue()
+        return csv_text(rows)
 
     def _write_text(self, text: str) -> None:
         self._handle.write(text)
