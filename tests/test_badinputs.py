@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def _lines(path: Path) -> list[dict]:
 
 
 def _run(
-    entry: str, folder: Path, bundle: Path, tmp_path: Path
+    entry: str, folder: Path, bundle: Path, tmp_path: Path, made: list
 ) -> tuple[dict[str, str | None], set[str], str]:
     """Run one entry point over ``folder``: ({path: error or None}, {paths named as passed by}, output)."""
     rows: dict[str, str | None] = {}
@@ -130,7 +131,7 @@ def _run(
         assert result.exit_code == 1, output  # unreadable files fail the exit code, after every line
         for line in _lines(out):
             add(line["path"], line.get("error"))
-        passed = {item.path for item in BAD if item.expect == "passed" and Path(item.path).name in output}
+        passed = {item.path for item in made if item.expect == "passed" and Path(item.path).name in output}
     elif entry == "attribute-predict":
         out = tmp_path / "attr.jsonl"
         result = runner.invoke(
@@ -152,16 +153,12 @@ def _run(
     return rows, passed, output
 
 
-BAD: list = []
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_every_entry_point_gives_one_line_per_hostile_file_and_goes_on(entry, bad, bundle, tmp_path):
     root, made = bad
-    BAD[:] = made
     folder = root / "real"
-    rows, passed, output = _run(entry, folder, bundle, tmp_path)
+    rows, passed, output = _run(entry, folder, bundle, tmp_path, made)
     assert "Traceback" not in output
     for item in made:
         if item.expect == "passed":
@@ -177,3 +174,82 @@ def test_every_entry_point_gives_one_line_per_hostile_file_and_goes_on(entry, ba
             assert error, f"{entry}: {item.kind} should be refused with a reason"
     expected = {item.path for item in made if item.expect != "passed"}
     assert set(rows) == expected, f"{entry}: unexpected lines {sorted(set(rows) - expected)}"
+
+
+def _edit_meta(**changes):
+    def edit(folder: Path, tmp: Path) -> None:
+        meta = json.loads((folder / "bundle.json").read_text())
+        for key, value in changes.items():
+            meta[key] = value(folder, tmp) if callable(value) else value
+        (folder / "bundle.json").write_text(json.dumps(meta))
+
+    return edit
+
+
+def _outside_head(folder: Path, tmp: Path) -> str:
+    shutil.copy(folder / "attribution.safetensors", tmp / "outside.safetensors")
+    return str(tmp / "outside.safetensors")
+
+
+def _symlink_out(folder: Path, tmp: Path) -> None:
+    shutil.copy(folder / "attribution.safetensors", tmp / "outside.safetensors")
+    (folder / "attribution.safetensors").unlink()
+    (folder / "attribution.safetensors").symlink_to(tmp / "outside.safetensors")
+
+
+def _huge_header(folder: Path, tmp: Path) -> None:
+    import struct
+
+    (folder / "fusion.safetensors").write_bytes(struct.pack("<Q", 500 * 2**20) + b"{" * 64)
+
+
+def _registry_ref(folder: Path, tmp: Path) -> dict:
+    from detector.watermark.payload import generate_key
+
+    generate_key(tmp / "k.key")
+    return {"key": str(tmp / "k.key"), "registry": str(tmp / "typo" / "registry.db")}
+
+
+def _hub_inversion(folder: Path, tmp: Path) -> str:
+    from detector.io.tensors import save_arrays
+
+    meta = {
+        "format": "detector.inversion-branch/1",
+        "model": "some-org/some-model",
+        "config": {},
+        "names": [],
+    }
+    save_arrays(folder / "inversion.safetensors", {"mean": np.zeros(1)}, meta)
+    return "inversion.safetensors"
+
+
+TAMPERINGS = {
+    "absolute-part": (_edit_meta(attribution=_outside_head), "leaves the bundle"),
+    "dotdot-part": (_edit_meta(attribution="../outside.safetensors"), "leaves the bundle"),
+    "symlink-out": (_symlink_out, "outside the bundle"),
+    "hash-mismatch": (lambda f, t: open(f / "fusion.safetensors", "ab").write(b" "), "sha256 does not match"),
+    "empty-calibration": (lambda f, t: (f / "detector" / "calibration.json").write_text("{}"), "calibration"),
+    "huge-safetensors-header": (_huge_header, "exceeds the limit"),
+    "bundle-json-list": (lambda f, t: (f / "bundle.json").write_text("[]"), "JSON object"),
+    "bundle-json-broken": (lambda f, t: (f / "bundle.json").write_text("{"), "not valid JSON"),
+    "unknown-field": (_edit_meta(surprise=1), "unknown field"),
+    "wrong-type": (_edit_meta(versions=[1, 2]), "wrong type"),
+    "unknown-rigid-field": (_edit_meta(rigid={"noise_level": 0.1, "bogus": 1}), "bogus"),
+    "missing-registry": (_edit_meta(watermark=_registry_ref), "no such registry"),
+    "hub-inversion-model": (_edit_meta(inversion=_hub_inversion), "allow_external"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TAMPERINGS))
+def test_untrusted_bundle_is_confined_verified_and_fails_in_one_clear_error(name, bundle, tmp_path):
+    from detector.bundle import BundleError, ProvenanceDetector
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle, folder)
+    tamper, message = TAMPERINGS[name]
+    tamper(folder, tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(BundleError, match=message):
+        ProvenanceDetector.load(folder)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # loading created nothing
