@@ -323,6 +323,14 @@ def _train(config, resume, console, show_progress, info, device):
     val_metrics = detection_metrics(pred.targets, probs, calibrator.threshold).as_dict()
     val_metrics["ap"] = average_precision(pred.targets, probs)
     val_metrics.update(ece_before=calibrator.ece_before, ece_after=calibrator.ece_after)
+    # The card says how many validation images the metrics stand on, and which could not be read.
+    val_metrics["images_scored"] = int(len(pred.targets))
+    val_metrics["images_unreadable"] = len(pred.errors)
+    if pred.errors and info.is_main:
+        console.print(
+            f"[yellow]warning:[/] {len(pred.errors)} validation image(s) unreadable; metrics on "
+            f"{len(pred.targets)} of {len(data.val)}: " + "; ".join(r for _i, r in pred.errors[:5])
+        )
     card = _card(config, detector, state, data, size, progress, val_metrics, calibrator)
     if info.is_main:
         save_checkpoint(out, detector, config, calibrator, card)
