@@ -41,7 +41,7 @@ from detector.bundle.safety import UnsafeBundle, check_fields, confined_part, ve
 from detector.errors import DetectorError
 from detector.features.rigid import RigidConfig, rigid_score
 from detector.fusion import FusionConfig, FusionModel
-from detector.io import DEFAULT_MAX_PIXELS, MIN_SCORE_SIDE, ImageLoadError, canonical_path, file_sha256
+from detector.io import DEFAULT_MAX_PIXELS, MIN_SCORE_SIDE, canonical_path, file_sha256
 from detector.result import AttributionEvidence, ProvenanceResult
 from detector.scoring import Batch, Pipeline, watermark_branch
 from detector.scoring.branches import attribution_evidence
@@ -322,19 +322,10 @@ class ProvenanceDetector:
         unreadable file yields a result with ``error`` set. For millions of images and resumable output
         use :meth:`score_files` (``detector score``)."""
         from detector.scoring import expand_inputs
-        from detector.scoring.stream import _decode
+        from detector.scoring.stream import _decode, _score_decoded
 
         def flush(paths, decoded):
-            good = [i for i, item in enumerate(decoded) if isinstance(item, Image.Image)]
-            results: list[ProvenanceResult | None] = [None] * len(paths)
-            for i, item in enumerate(decoded):
-                if isinstance(item, ImageLoadError):
-                    results[i] = ProvenanceResult.failed(paths[i], item.reason, self.versions)
-            if good:
-                batch = Batch([paths[i] for i in good], [decoded[i] for i in good])
-                for i, result in zip(good, self.pipeline.score_batch(batch), strict=True):
-                    results[i] = result
-            return results
+            return _score_decoded(self.pipeline, paths, decoded)
 
         seen: set[str] = set()  # canonical paths: another spelling of a file already scored is skipped
         paths: list[str] = []

@@ -55,8 +55,9 @@ MAX_ASPECT = 64
 MIN_SCORE_SIDE = 16
 #: Pixels a decoded image keeps in a scoring batch: larger pictures are reduced right after decoding
 #: (JPEG in draft mode, i.e. decoded at 1/2, 1/4 or 1/8 scale), so a batch holds at most
-#: ``batch_size x KEEP_PIXELS`` pixels whatever the files' sizes (16 MP: a 12 MP photo is untouched).
-KEEP_PIXELS = 16_000_000
+#: ``batch_size x KEEP_PIXELS`` pixels whatever the files' sizes (12.5 MP: a 4032 x 3024 phone photo
+#: is untouched; Pillow stores 4 bytes a pixel, so a batch of 16 holds at most 800 MB).
+KEEP_PIXELS = 12_500_000
 #: Fixed background that transparent pixels are composited on (white, as a browser shows them).
 ALPHA_BACKGROUND = (255, 255, 255)
 IMAGE_EXTENSIONS = frozenset(

@@ -349,6 +349,20 @@ def _decode(path: str, max_pixels: int | None, pipeline: Pipeline) -> Image.Imag
         return ImageLoadError(path, f"cannot decode ({type(exc).__name__}: {exc})")
 
 
+def _score_decoded(pipeline: Pipeline, paths: list[str], decoded: list) -> list[ProvenanceResult]:
+    """One result per path: the load error where decoding failed, the pipeline's result elsewhere."""
+    results: list[ProvenanceResult | None] = [None] * len(paths)
+    good = [i for i, item in enumerate(decoded) if isinstance(item, Image.Image)]
+    for i, item in enumerate(decoded):
+        if isinstance(item, ImageLoadError):
+            results[i] = ProvenanceResult.failed(paths[i], item.reason, pipeline.versions)
+    if good:
+        scored = pipeline.score_batch(Batch([paths[i] for i in good], [decoded[i] for i in good]))
+        for i, result in zip(good, scored, strict=True):
+            results[i] = result
+    return results
+
+
 def _batches(paths: Iterator[str], size: int) -> Iterator[list[str]]:
     batch: list[str] = []
     for path in paths:
@@ -412,23 +426,21 @@ def score_stream(
         pending = submit(current) if current else []
         while current:
             upcoming = next(batches, None)
-            queued = submit(upcoming) if upcoming else []  # decode ahead while this batch is scored
+            # Worker threads decode the next batch while this one is scored (at most one batch ahead);
+            # decoding in this thread, the next batch waits until this one is scored and released.
+            queued = submit(upcoming) if upcoming and pool is not None else None
             decoded = [item.result() if isinstance(item, Future) else item for item in pending]
-            results: list[ProvenanceResult | None] = [None] * len(current)
-            good = [i for i, item in enumerate(decoded) if isinstance(item, Image.Image)]
-            for i, item in enumerate(decoded):
-                if isinstance(item, ImageLoadError):
-                    results[i] = ProvenanceResult.failed(current[i], item.reason, pipeline.versions)
-            if good:
-                scored = pipeline.score_batch(Batch([current[i] for i in good], [decoded[i] for i in good]))
-                for i, result in zip(good, scored, strict=True):
-                    results[i] = result
+            pending = None
+            results = _score_decoded(pipeline, current, decoded)
+            del decoded
             writer.write(results)
             for result in results:
                 summary.add(result)
             summary.total += len(results)
             if progress:
                 progress(len(results))
+            if queued is None and upcoming:
+                queued = submit(upcoming)
             current, pending = upcoming, queued
         finished = True
     finally:
