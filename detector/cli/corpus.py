@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from detector.cli.common import console, fail, parse_list, progress_bar, stdout, write_json
+from detector.cli.common import console, fail, parse_list, plain, progress_bar, stdout, write_json
 from detector.config import ConfigError, save_config
 from detector.corpus import (
     CorpusError,
@@ -67,7 +67,7 @@ def print_summary(summary: CorpusSummary) -> None:
         skipped.add_column("path")
         skipped.add_column("reason")
         for path, reason in summary.skipped[:50]:
-            skipped.add_row(printable(path), reason)
+            skipped.add_row(plain(path), plain(reason))
         if len(summary.skipped) > 50:
             skipped.add_row("...", f"{len(summary.skipped) - 50} more in the summary JSON")
         stdout.print(skipped)

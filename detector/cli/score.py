@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from detector.cli.common import console, fail, progress_bar, stdout, write_json
+from detector.cli.common import console, fail, plain, progress_bar, stdout, write_json
 
 FORMATS = ("jsonl", "csv", "table")
 
@@ -109,7 +109,6 @@ def score_command(
 def _print_results(path: Path) -> None:
     from rich.table import Table
 
-    from detector.io import printable
     from detector.result import ProvenanceResult
 
     table = Table(title="provenance")
@@ -120,12 +119,12 @@ def _print_results(path: Path) -> None:
             r = ProvenanceResult.from_json(line)
             wm = r.watermark.p_value if r.watermark and r.watermark.p_value is not None else None
             table.add_row(
-                printable(r.path),
+                plain(r.path),
                 r.verdict or "-",
                 "-" if r.p_ai is None else f"{r.p_ai:.3f}",
                 r.generator or "-",
                 "-" if wm is None else f"{wm:.1e}",
-                r.error or "",
+                plain(r.error or ""),
             )
     stdout.print(table)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from detector.cli.common import console, fail, parse_list, progress_bar, stdout
+from detector.cli.common import console, fail, parse_list, plain, progress_bar, stdout
 
 app = typer.Typer(
     help=(
@@ -149,7 +149,7 @@ def embed(
                 wm.embed_file(f, t, payload, overwrite=overwrite, target_psnr=strength)
             except (ImageLoadError, WatermarkError) as exc:
                 failed += 1
-                console.print(f"[yellow]skipped[/] {exc}")
+                console.print(f"[yellow]skipped[/] {plain(exc)}")
             advance()
     if generator is not None and len(files) == 1 and not failed:
         console.print(f"output sha256 {file_sha256(targets[0])}")
@@ -215,12 +215,12 @@ def detect(
             except DetectorError as exc:
                 failed += 1
                 reason = exc.reason if isinstance(exc, ImageLoadError) else str(exc)
-                console.print(f"[yellow]skipped[/] {printable(f)}: {reason}", highlight=False)
+                console.print(f"[yellow]skipped[/] {plain(f)}: {plain(reason)}", highlight=False)
                 result = {"path": str(f), "error": reason}
             except Exception as exc:  # a decoder failure on one hostile file costs that file only
                 failed += 1
                 reason = f"watermark decoder failed ({type(exc).__name__}: {exc})"
-                console.print(f"[yellow]skipped[/] {printable(f)}: {reason}", highlight=False)
+                console.print(f"[yellow]skipped[/] {plain(f)}: {plain(reason)}", highlight=False)
                 result = {"path": str(f), "error": reason}
             line = json_line(result)
             stdout.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -234,7 +234,7 @@ def detect(
     if partial is not None:
         os.replace(partial, out)
     for name, reason in passed_by:
-        console.print(f"[yellow]passed by[/] {printable(name)}: {reason}", highlight=False)
+        console.print(f"[yellow]passed by[/] {plain(name)}: {plain(reason)}", highlight=False)
     console.print(
         f"{found} of {len(files) - failed} image(s) watermarked at FPR {fpr:g}; {failed} unreadable; "
         f"{len(passed_by)} file(s) passed by"

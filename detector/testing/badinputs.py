@@ -217,6 +217,7 @@ FILE_KINDS: dict[str, tuple[str, str, Callable[[], bytes | None]]] = {
     "name-csv-minus": ("-2+3.png", "ok", _png),
     "name-csv-at": ("@SUM(A1).png", "ok", _png),
     "name-leading-space": (" spaced .png", "ok", _png),
+    "name-rich-markup": ("[bold]markup[red .png", "ok", _png),
 }
 
 
