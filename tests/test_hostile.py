@@ -239,6 +239,14 @@ def test_manifest_round_trips_odd_names_and_confines_paths(tmp_path):
     assert len(read_manifest(root / "evil.csv").records) == 2
     with pytest.raises(CorpusError, match="outside"):
         read_manifest(root / "evil.csv", confine=True)
+    with pytest.raises(ScoringError, match="outside"):  # detector score --confine
+        score_stream(
+            [root / "evil.csv"], Pipeline(passive={"b": brightness}), tmp_path / "s.jsonl", confine=True
+        )
+    assert (
+        score_stream([root / "evil.csv"], Pipeline(passive={"b": brightness}), tmp_path / "s.jsonl").total
+        == 2
+    )
 
 
 def test_one_file_with_two_labels_is_refused(tmp_path):

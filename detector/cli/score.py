@@ -37,6 +37,9 @@ def score_command(
         False, "--no-inversion", help="Skip the diffusion-inversion branch (the slowest passive branch)."
     ),
     summary_json: Path | None = typer.Option(None, "--summary", help="Also write the run summary as JSON."),
+    confine: bool = typer.Option(
+        False, "--confine", help="Refuse a manifest input whose paths lead outside its folder (untrusted)."
+    ),
     allow_external: bool = typer.Option(
         False,
         "--allow-external",
@@ -81,7 +84,7 @@ def score_command(
         target = out or Path(tmp) / ("scores.csv" if fmt == "csv" else "scores.jsonl")
         file_fmt = "csv" if fmt == "csv" else "jsonl"
         try:
-            total = count_inputs(paths)
+            total = count_inputs(paths, confine=confine)
             with progress_bar("score", total) as advance:
                 summary = det.score_files(
                     paths,
@@ -91,6 +94,7 @@ def score_command(
                     batch_size=batch_size,
                     workers=workers,
                     progress=advance,
+                    confine=confine,
                 )
         except (DetectorError, ValueError) as exc:
             fail(str(exc))

@@ -70,12 +70,14 @@ SkipHandler = Callable[[str, str], None]
 EMPTY_FOLDER = "named folder holds no image file"
 
 
-def expand_inputs(sources: Iterable[str | os.PathLike], on_skip: SkipHandler | None = None) -> Iterator[str]:
+def expand_inputs(
+    sources: Iterable[str | os.PathLike], on_skip: SkipHandler | None = None, confine: bool = False
+) -> Iterator[str]:
     """Image paths from files, folders (recursively), globs and manifests (.csv/.jsonl), in order.
 
     A source that exists as none of these is passed through, so it gets its own "file not found" line.
     ``on_skip(path, reason)`` hears of every file a folder scan passes by and of every named folder or
-    glob that yields no image."""
+    glob that yields no image. ``confine``: a manifest whose paths lead outside its folder is refused."""
 
     def scan(folder: str | os.PathLike) -> Iterator[str]:
         found = False
@@ -92,7 +94,7 @@ def expand_inputs(sources: Iterable[str | os.PathLike], on_skip: SkipHandler | N
             yield from scan(path)
         elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             try:
-                corpus = read_manifest(path)
+                corpus = read_manifest(path, confine=confine)
             except CorpusError as exc:
                 raise ScoringError(f"{printable(path)}: not a usable manifest ({exc})") from None
             yield from (str(corpus.resolve(record)) for record in corpus.records)
@@ -385,8 +387,10 @@ def score_stream(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     shard: tuple[int, int] = (0, 1),
     progress: Callable[[int], None] | None = None,
+    confine: bool = False,
 ) -> ScoreSummary:
-    """Score every input once into ``out``; see the module docstring for the guarantees."""
+    """Score every input once into ``out``; see the module docstring for the guarantees. ``confine``
+    refuses a manifest input whose paths lead outside its folder."""
     if batch_size < 1:
         raise ScoringError("batch_size must be at least 1")
     rank, world = shard
@@ -400,7 +404,7 @@ def score_stream(
     start = time.perf_counter()
 
     def todo() -> Iterator[str]:
-        for index, path in enumerate(expand_inputs(sources, on_skip=summary.passed_by)):
+        for index, path in enumerate(expand_inputs(sources, on_skip=summary.passed_by, confine=confine)):
             if index % world != rank:
                 continue
             key = canonical_path(path)
@@ -451,10 +455,12 @@ def score_stream(
     return summary
 
 
-def count_inputs(sources: Iterable[str | os.PathLike], shard: tuple[int, int] = (0, 1)) -> int:
+def count_inputs(
+    sources: Iterable[str | os.PathLike], shard: tuple[int, int] = (0, 1), confine: bool = False
+) -> int:
     """How many inputs a run will see (one cheap pass over the file system, for progress bars)."""
     rank, world = shard
-    return sum(1 for index, _ in enumerate(expand_inputs(sources)) if index % world == rank)
+    return sum(1 for index, _ in enumerate(expand_inputs(sources, confine=confine)) if index % world == rank)
 
 
 def merge_outputs(parts: Sequence[str | os.PathLike], out: str | os.PathLike, fmt: str = "jsonl") -> Path:
