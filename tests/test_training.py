@@ -234,3 +234,13 @@ def test_unreadable_validation_images_are_counted_and_conflicting_labels_refused
     split_corpus.write_text("\n".join(text) + "\n")
     with pytest.raises(CorpusError, match="conflicting labels"):
         train(config_for(split_corpus, tmp_path / "run2", "linear-probe"), show_progress=False)
+
+
+def test_one_seed_gives_one_run(split_corpus, tmp_path):
+    """Augmentations draw from their own generator: it follows the config's seed too."""
+    weights = []
+    for k in range(2):
+        config = config_for(split_corpus, tmp_path / f"run{k}", "linear-probe", **{"optim.epochs": 1})
+        train(config, show_progress=False)
+        weights.append(read_tensors(tmp_path / f"run{k}" / "model.safetensors"))
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

@@ -186,7 +186,8 @@ def _train(config, resume, console, show_progress, info, device):
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
 
-    train_ds = CorpusDataset(data.train, train_transform(config.data.augment, size), data.generators)
+    augment = train_transform(config.data.augment, size, seed=config.seed * 1000 + info.rank)
+    train_ds = CorpusDataset(data.train, augment, data.generators)
     val_ds = CorpusDataset(data.val, eval_transform(size), data.generators)
     sampler = DistributedSampler(
         train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed
