@@ -327,3 +327,13 @@ def test_watermark_detect_cli_reads_no_registry_into_existence(tmp_path):
     )
     assert result.exit_code == 2 and "no such registry" in " ".join(result.output.split())
     assert not (tmp_path / "no").exists()
+
+
+def test_only_raster_photo_formats_reach_a_decoder(tmp_path):
+    eps = tmp_path / "postscript.png"  # EPS is decoded by running Ghostscript: never opened
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\nnewpath 0 0 moveto stroke\n%%EOF\n")
+    with pytest.raises(ImageLoadError, match="format we do not read"):
+        load_image(eps)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "targa.png", format="TGA")
+    with pytest.raises(ImageLoadError, match="format we do not read"):
+        load_image(tmp_path / "targa.png")

@@ -80,6 +80,24 @@ IMAGE_EXTENSIONS = frozenset(
         ".ico",
     }
 )
+#: The decoders a file may reach, whatever its name says: the raster formats above (JPEG covers the
+#: multi-picture MPO files phones write). Everything else
+#: Pillow could open is refused by content sniffing, notably EPS (decoded by running Ghostscript),
+#: PSD, FITS, WMF and the other rarely used parsers, which are attack surface and no photo format.
+ALLOWED_FORMATS = (
+    "JPEG",
+    "PNG",
+    "WEBP",
+    "BMP",
+    "DIB",
+    "GIF",
+    "TIFF",
+    "PPM",
+    "JXL",
+    "AVIF",
+    "HEIF",
+    "ICO",
+)
 #: Reasons a folder scan passes a file by, reported (counted and named) instead of dropped silently.
 SKIP_HIDDEN = "hidden file or folder (name starts with '.')"
 SKIP_EXTENSION = "not an image file extension"
@@ -119,6 +137,12 @@ def _describe(source: ImageSource) -> str | None:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
     return getattr(source, "name", None)
+
+
+def _formats() -> list[str]:
+    """The allowed formats this installation can open (an optional plugin may be missing)."""
+    Image.init()
+    return [name for name in ALLOWED_FORMATS if name in Image.OPEN]
 
 
 def _file_kind(mode: int) -> str | None:
@@ -185,13 +209,15 @@ def _open(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(handle)
+            image = Image.open(handle, formats=_formats())
     except Image.DecompressionBombError as exc:
         handle.close()
         raise ImageLoadError(name, f"too large: {exc}; refused before decoding") from None
     except UnidentifiedImageError:
         handle.close()
-        raise ImageLoadError(name, "not an image (unrecognised or corrupt header)") from None
+        raise ImageLoadError(
+            name, "not an image (unrecognised or corrupt header, or a format we do not read)"
+        ) from None
     except Exception as exc:  # plugins (HEIF, JXL) raise their own types for corrupt headers
         handle.close()
         raise ImageLoadError(name, f"corrupt image header ({type(exc).__name__}: {exc})") from None

@@ -200,6 +200,18 @@ FILE_KINDS: dict[str, tuple[str, str, Callable[[], bytes | None]]] = {
     "jxl-fake": ("fake.jxl", "error", lambda: b"\xff\x0a" + os.urandom(300)),
     "ico-real": ("icon.ico", "ok", lambda: _encode(Image.fromarray(_rgb((32, 32))), "ICO", sizes=[(32, 32)])),
     "png-named-jpg": ("actually-png.jpg", "ok", _png),
+    "eps-named-png": (
+        "postscript.png",
+        "error",
+        lambda: (
+            b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\nnewpath 0 0 moveto 32 32 lineto stroke\n%%EOF\n"
+        ),
+    ),
+    "psd-named-png": (
+        "photoshop.png",
+        "error",
+        lambda: _encode(Image.fromarray(_rgb()), "TGA")[:0] + b"8BPS" + b"\x00" * 40,
+    ),
     "svg": (
         "vector.svg",
         "passed",
