@@ -253,3 +253,19 @@ def test_untrusted_bundle_is_confined_verified_and_fails_in_one_clear_error(name
     with pytest.raises(BundleError, match=message):
         ProvenanceDetector.load(folder)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # loading created nothing
+
+
+@pytest.mark.slow
+def test_score_cli_names_an_empty_folder_and_an_out_folder_before_any_work(bundle, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(
+        app, ["score", str(tmp_path / "empty"), "-m", str(bundle), "-o", str(tmp_path / "s.jsonl")]
+    )
+    assert (
+        result.exit_code == 1 and "empty" in result.output and "no image" in " ".join(result.output.split())
+    )
+    (tmp_path / "outdir").mkdir()
+    result = runner.invoke(
+        app, ["score", str(tmp_path / "empty"), "-m", str(bundle), "-o", str(tmp_path / "outdir")]
+    )
+    assert result.exit_code == 2 and "is a folder" in " ".join(result.output.split())
