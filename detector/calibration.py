@@ -66,8 +66,25 @@ class Calibrator:
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibrator:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        """A calibrator from its saved form; anything else (an empty file, an unknown method, unknown or
+        mistyped fields) is a ``ValueError`` rather than a silent default that changes the scores."""
+        if not isinstance(data, dict) or data.get("method") not in ("temperature", "isotonic", "none"):
+            raise ValueError(
+                f"not a calibration record (need a 'method' of temperature/isotonic/none): {data!r:.80}"
+            )
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown calibration field(s) {unknown}")
+        calibrator = cls(**data)
+        if not np.isfinite(calibrator.temperature) or calibrator.temperature <= 0:
+            raise ValueError(
+                f"calibration temperature must be a positive number, got {calibrator.temperature!r}"
+            )
+        if len(calibrator.iso_x) != len(calibrator.iso_y) or (
+            calibrator.method == "isotonic" and not calibrator.iso_x
+        ):
+            raise ValueError("isotonic calibration needs matching, non-empty iso_x and iso_y")
+        return calibrator
 
 
 def fit_calibrator(

@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from detector.errors import DetectorError
 from detector.io import atomic_write_text
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(DetectorError, ValueError):
     """A config file or override does not fit the config's schema."""
 
 

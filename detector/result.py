@@ -135,8 +135,11 @@ class ProvenanceResult:
         return data
 
     def to_json(self) -> str:
-        """One line of JSON (for JSONL output)."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        """One line of JSON (for JSONL output). A file name that is not valid UTF-8 keeps its exact
+        bytes as ``\\udcXX`` escapes (see :mod:`detector.io.paths`); ``from_json`` reads it back."""
+        from detector.io.paths import json_line
+
+        return json_line(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProvenanceResult:
@@ -165,6 +168,8 @@ class ProvenanceResult:
 
     def to_row(self) -> dict[str, Any]:
         """A flat mapping for CSV: nested evidence becomes dotted columns, the top-k list a ``g:p;..`` cell."""
+        from detector.io.paths import path_hex
+
         wm, at, cc = self.watermark, self.attribution, self.c2pa
         row: dict[str, Any] = {
             "path": self.path,
@@ -182,6 +187,7 @@ class ProvenanceResult:
             "attribution.top_k": ";".join(f"{g}:{p:.4f}" for g, p in at.top_k) if at else None,
             "attribution.unknown_score": at.unknown_score if at else None,
             "attribution.is_unknown": at.is_unknown if at else None,
+            "path_bytes": path_hex(self.path),  # exact bytes (hex) of a non-UTF-8 name, else empty
             "c2pa.present": cc.present if cc else None,
             "c2pa.state": cc.state if cc else None,
             "c2pa.digital_source_type": cc.digital_source_type if cc else None,

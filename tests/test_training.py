@@ -214,3 +214,33 @@ def test_ddp_two_gloo_processes_end_with_identical_weights(split_corpus, tmp_pat
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
     # And training did move the weights away from the pretrained/random start.
     assert (tmp_path / "ddp" / "model_card.json").is_file()
+
+
+def test_unreadable_validation_images_are_counted_and_conflicting_labels_refused(split_corpus, tmp_path):
+    from detector.corpus import CorpusError, read_manifest
+
+    corpus = read_manifest(split_corpus)
+    val = [r for r in corpus.records if r.split == "val"]
+    (split_corpus.parent / val[0].path).write_bytes(b"\x89PNG\r\n\x1a\nbroken")  # unreadable now
+    result = train(
+        config_for(split_corpus, tmp_path / "run", "linear-probe", **{"optim.epochs": 1}), show_progress=False
+    )
+    metrics = result.card["metrics"]
+    assert metrics["val_images_unreadable"] == 1 and metrics["val_images_scored"] == len(val) - 1
+    # The same file listed twice with two labels cannot train.
+    text = split_corpus.read_text().splitlines()
+    real = next(line for line in text[1:] if ",real," in line)
+    text.append(real.replace(",real,real,", ",fake,gen_a,", 1))
+    split_corpus.write_text("\n".join(text) + "\n")
+    with pytest.raises(CorpusError, match="conflicting labels"):
+        train(config_for(split_corpus, tmp_path / "run2", "linear-probe"), show_progress=False)
+
+
+def test_one_seed_gives_one_run(split_corpus, tmp_path):
+    """Augmentations draw from their own generator: it follows the config's seed too."""
+    weights = []
+    for k in range(2):
+        config = config_for(split_corpus, tmp_path / f"run{k}", "linear-probe", **{"optim.epochs": 1})
+        train(config, show_progress=False)
+        weights.append(read_tensors(tmp_path / f"run{k}" / "model.safetensors"))
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

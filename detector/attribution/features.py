@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.errors import DetectorError
 from detector.io import atomic_write_bytes
 
 _TEXT_KEYS = ("generators", "paths", "splits", "families")
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(DetectorError, ValueError):
     """A feature file is missing, malformed or lacks a column the caller needs."""
 
 

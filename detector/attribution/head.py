@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.errors import DetectorError
 from detector.io.tensors import load_arrays, save_arrays
 
 UNKNOWN_SCORES = ("msp", "energy", "mahalanobis", "knn")
@@ -35,7 +36,7 @@ UNKNOWN = "unknown"
 FORMAT = "detector.attribution.head/1"
 
 
-class AttributionError(ValueError):
+class AttributionError(DetectorError, ValueError):
     """The head cannot do what was asked (bad shapes, unknown generator names, bad file)."""
 
 

@@ -15,13 +15,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from detector.errors import DetectorError
+
 #: Wrapper keys trainers put around the real state dict.
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "module", "ema", "state_dict_ema")
 #: Prefixes added by wrappers (DataParallel, torch.compile, Lightning).
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DetectorError, ValueError):
     """A checkpoint cannot be loaded into a model; the message says which tensors and why."""
 
 

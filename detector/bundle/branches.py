@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from detector.errors import DetectorError
 from detector.features.inversion import InversionConfig, InversionExtractor, load_diffusion_model
 from detector.io.tensors import load_arrays, save_arrays
 
@@ -34,7 +35,7 @@ INVERSION_FORMAT = "detector.inversion-branch/1"
 COPY_LIMIT_BYTES = 64 * 2**20
 
 
-class BranchFitError(ValueError):
+class BranchFitError(DetectorError, ValueError):
     """A bundle branch cannot be fitted or loaded as asked."""
 
 
@@ -126,7 +127,11 @@ class InversionBranch:
         return save_arrays(bundle / INVERSION_FILE, arrays, meta)
 
     @classmethod
-    def load(cls, bundle: Path, device: str | torch.device = "cpu") -> InversionBranch:
+    def load(
+        cls, bundle: Path, device: str | torch.device = "cpu", allow_external: bool = False
+    ) -> InversionBranch:
+        """The fitted branch of ``bundle``. Its diffusion model must be the copy inside the bundle unless
+        ``allow_external`` (a hub id may reach the network, an outside folder is outside the bundle)."""
         path = bundle / INVERSION_FILE
         try:
             arrays, meta = load_arrays(path)
@@ -135,8 +140,19 @@ class InversionBranch:
         if meta.get("format") != INVERSION_FORMAT:
             raise BranchFitError(f"{path}: unsupported format {meta.get('format')!r}")
         reference = meta["model"]
-        local = bundle / reference
-        source = local if local.exists() else reference
+        if not isinstance(reference, str) or not reference:
+            raise BranchFitError(f"{path}: invalid diffusion model reference {reference!r}")
+        from detector.bundle.safety import UnsafeBundle, confined_part
+
+        try:
+            source = confined_part(bundle, reference, "inversion model", kind="folder")
+        except UnsafeBundle as exc:
+            if not allow_external:
+                raise BranchFitError(
+                    f"{path}: its diffusion model {reference!r} is not a folder inside the bundle ({exc}); "
+                    "load with allow_external=True to use an outside folder or a hub id"
+                ) from None
+            source = reference
         try:
             model = load_diffusion_model(source, device=device)
         except (OSError, ValueError) as exc:

@@ -37,9 +37,11 @@ from PIL import Image
 
 from detector.attribution import AttributionHead
 from detector.bundle.branches import INVERSION_BRANCH, RIGID_BRANCH, InversionBranch
+from detector.bundle.safety import UnsafeBundle, check_fields, confined_part, verify_hashes
+from detector.errors import DetectorError
 from detector.features.rigid import RigidConfig, rigid_score
 from detector.fusion import FusionConfig, FusionModel
-from detector.io import ImageLoadError, file_sha256, load_image
+from detector.io import DEFAULT_MAX_PIXELS, MIN_SCORE_SIDE, canonical_path, file_sha256
 from detector.result import AttributionEvidence, ProvenanceResult
 from detector.scoring import Batch, Pipeline, watermark_branch
 from detector.scoring.branches import attribution_evidence
@@ -54,7 +56,7 @@ DETECTOR_BRANCH = "detector"
 DISTANCE_BRANCH = "attribution_distance"
 
 
-class BundleError(ValueError):
+class BundleError(DetectorError, ValueError):
     """A bundle folder is missing a part, has an unknown format, or cannot be built as asked."""
 
 
@@ -66,9 +68,11 @@ def _device(name: str | torch.device) -> torch.device:
 
 def load_watermarker(reference: dict[str, Any], base: Path | None = None):
     """A :class:`detector.watermark.Watermarker` from a bundle's watermark reference (relative paths are
-    resolved against the bundle folder)."""
+    resolved against the bundle folder). Only reads: a registry that does not exist is an error, never
+    created."""
     try:
         from detector.watermark import Watermarker
+        from detector.watermark.registry import PayloadRegistry
     except ImportError as exc:
         raise BundleError(
             f"this bundle references a watermark decoder, but detector.watermark cannot be imported ({exc})"
@@ -77,19 +81,27 @@ def load_watermarker(reference: dict[str, Any], base: Path | None = None):
     def resolve(value):
         if value is None:
             return None
+        if not isinstance(value, str):
+            raise BundleError(f"watermark reference: expected a path, got {value!r}")
         path = Path(value)
         return path if path.is_absolute() or base is None else base / path
 
     key = resolve(reference.get("key"))
     if key is None or not key.is_file():
         raise BundleError(f"watermark key not found: {key}")
-    return Watermarker(
-        key,
-        checkpoint=resolve(reference.get("checkpoint")),
-        registry=resolve(reference.get("registry")),
-        fpr=float(reference.get("fpr", 1e-6)),
-        search=str(reference.get("search", "full")),
-    )
+    registry = resolve(reference.get("registry"))
+    try:
+        if registry is not None:
+            registry = PayloadRegistry(registry, create=False)
+        return Watermarker(
+            key,
+            checkpoint=resolve(reference.get("checkpoint")),
+            registry=registry,
+            fpr=float(reference.get("fpr", 1e-6)),
+            search=str(reference.get("search", "full")),
+        )
+    except DetectorError as exc:
+        raise BundleError(f"watermark reference: {exc}") from None
 
 
 def _credentials_reader(trust: str | os.PathLike | None):
@@ -158,33 +170,62 @@ class ProvenanceDetector:
         watermark_search: str | None = None,
         c2pa: bool = True,
         c2pa_trust: str | os.PathLike | None = None,
+        allow_external: bool = False,
     ) -> ProvenanceDetector:
         """Load a bundle folder (see the module docstring). ``watermark=False`` skips the decoder,
         ``watermark_search`` ("full" / "fast") overrides the bundle's decoder search;
         ``rigid=False`` / ``inversion=False`` switch those branches off (faster; the fusion falls back to
         its model fitted without them). Content Credentials are read when ``c2pa-python`` is installed
         (``c2pa=False`` skips them); ``c2pa_trust`` is a PEM file of trusted signer roots (default:
-        ``$DETECTOR_C2PA_TRUST``)."""
-        from detector.training.checkpoint import CheckpointError, load_checkpoint
+        ``$DETECTOR_C2PA_TRUST``).
 
+        Loading is safe on an untrusted folder (:mod:`detector.bundle.safety`): parts confined to the
+        bundle, recorded hashes verified, nothing created, no network; a diffusion model the bundle only
+        references (a hub id or an outside folder) is loaded only with ``allow_external=True``. Any
+        malformation is one :class:`BundleError`."""
         folder = Path(path)
         manifest = folder / MANIFEST
         if not manifest.is_file():
             raise BundleError(f"{folder}: not a detector bundle ({MANIFEST} is missing)")
         try:
-            meta = json.loads(manifest.read_text())
-        except json.JSONDecodeError as exc:
+            det = cls._load(folder, device, watermark, rigid, inversion, watermark_search, allow_external)
+            det.credentials = _credentials_reader(c2pa_trust) if c2pa else None
+            return det
+        except BundleError:
+            raise
+        except UnsafeBundle as exc:
+            raise BundleError(f"{folder}: unsafe or malformed bundle: {exc}") from None
+        except DetectorError as exc:
+            raise BundleError(f"{folder}: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OSError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{folder}: malformed bundle ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _load(cls, folder, device, watermark, rigid, inversion, watermark_search, allow_external):
+        from detector.io.tensors import check_safetensors_header
+        from detector.training.checkpoint import load_checkpoint
+
+        manifest = folder / MANIFEST
+        if manifest.stat().st_size > 1 << 20:
+            raise UnsafeBundle(f"{MANIFEST} is larger than 1 MiB")
+        try:
+            meta = check_fields(json.loads(manifest.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest}: not valid JSON ({exc})") from None
         if meta.get("format") != FORMAT:
             raise BundleError(f"{manifest}: unsupported bundle format {meta.get('format')!r} (want {FORMAT})")
-        try:
-            model, _, calibrator, card = load_checkpoint(folder / DETECTOR_DIR, _device(device))
-        except CheckpointError as exc:
-            raise BundleError(str(exc)) from None
-        attribution = None
-        if meta.get("attribution"):
-            attribution = AttributionHead.load(folder / meta["attribution"])
-        fusion = FusionModel.load(folder / meta["fusion"]) if meta.get("fusion") else None
+        detector_dir = confined_part(folder, meta.get("detector") or DETECTOR_DIR, "detector", kind="folder")
+        weights = confined_part(folder, f"{detector_dir.name}/model.safetensors", "detector weights")
+        for name in ("config.yaml", "calibration.json", "model_card.json"):
+            confined_part(folder, f"{detector_dir.name}/{name}", f"detector {name}")
+        parts = {name: meta.get(name) for name in ("attribution", "fusion", "inversion") if meta.get(name)}
+        files = {name: confined_part(folder, rel, name) for name, rel in parts.items()}
+        for path in (weights, *files.values()):
+            check_safetensors_header(path)
+        verify_hashes(folder, meta, weights)
+        model, _, calibrator, card = load_checkpoint(detector_dir, _device(device))
+        attribution = AttributionHead.load(files["attribution"]) if "attribution" in files else None
+        fusion = FusionModel.load(files["fusion"]) if "fusion" in files else None
         watermarker = None
         if watermark and meta.get("watermark"):
             reference = dict(meta["watermark"])
@@ -193,8 +234,10 @@ class ProvenanceDetector:
             watermarker = load_watermarker(reference, folder)
         rigid_config = RigidConfig(**meta["rigid"]) if rigid and meta.get("rigid") else None
         inversion_branch = None
-        if inversion and meta.get("inversion"):
-            inversion_branch = InversionBranch.load(folder, device=_device(device))
+        if inversion and "inversion" in files:
+            inversion_branch = InversionBranch.load(
+                folder, device=_device(device), allow_external=allow_external
+            )
         return cls(
             model,
             calibrator,
@@ -206,7 +249,6 @@ class ProvenanceDetector:
             path=folder,
             rigid=rigid_config,
             inversion=inversion_branch,
-            credentials=_credentials_reader(c2pa_trust) if c2pa else None,
         )
 
     # ------------------------------------------------------------------ branches
@@ -284,6 +326,7 @@ class ProvenanceDetector:
                 config=self.fusion_config,
                 versions=self.versions,
                 c2pa=self.credentials,
+                min_side=MIN_SCORE_SIDE,
             )
         return self._pipeline
 
@@ -301,26 +344,20 @@ class ProvenanceDetector:
         unreadable file yields a result with ``error`` set. For millions of images and resumable output
         use :meth:`score_files` (``detector score``)."""
         from detector.scoring import expand_inputs
+        from detector.scoring.stream import _decode, _score_decoded
 
         def flush(paths, decoded):
-            good = [i for i, item in enumerate(decoded) if isinstance(item, Image.Image)]
-            results: list[ProvenanceResult | None] = [None] * len(paths)
-            for i, item in enumerate(decoded):
-                if isinstance(item, ImageLoadError):
-                    results[i] = ProvenanceResult.failed(paths[i], item.reason, self.versions)
-            if good:
-                batch = Batch([paths[i] for i in good], [decoded[i] for i in good])
-                for i, result in zip(good, self.pipeline.score_batch(batch), strict=True):
-                    results[i] = result
-            return results
+            return _score_decoded(self.pipeline, paths, decoded)
 
+        seen: set[str] = set()  # canonical paths: another spelling of a file already scored is skipped
         paths: list[str] = []
         decoded: list[Any] = []
         for path in expand_inputs([images] if isinstance(images, (str, os.PathLike)) else images):
-            try:
-                decoded.append(load_image(path))
-            except ImageLoadError as exc:
-                decoded.append(exc)
+            key = canonical_path(path)
+            if key in seen:
+                continue
+            seen.add(key)
+            decoded.append(_decode(path, DEFAULT_MAX_PIXELS, self.pipeline))
             paths.append(path)
             if len(paths) == batch_size:
                 yield from flush(paths, decoded)

@@ -7,7 +7,6 @@ backbone's features, intermediate layers or inversion features alike.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from detector.attribution import (
 from detector.attribution.protocol import AttributionFitConfig, evaluate, fit_head, make_splits
 from detector.cli.common import console, fail, parse_list, progress_bar, stdout, write_json
 from detector.config import ConfigError, load_config, save_config
-from detector.io import ImageLoadError, atomic_writer, load_image
+from detector.io import KEEP_PIXELS, MIN_SCORE_SIDE, ImageLoadError, atomic_writer, json_line, load_image
 from detector.scoring.stream import ScoringError
 
 app = typer.Typer(
@@ -96,12 +95,17 @@ def _image_batches(backbone, sources: list[Path], batch_size: int):
             )
             return list(paths), feats, list(errors)
 
-        for path in expand_inputs(sources):
+        def note(name: str, reason: str) -> None:  # files a folder scan passes by get an error line
+            errors.append((name, reason))
+
+        for path in expand_inputs(sources, on_skip=note):
             try:
-                images.append(load_image(path))
+                images.append(load_image(path, min_side=MIN_SCORE_SIDE, keep_pixels=KEEP_PIXELS))
                 paths.append(path)
             except ImageLoadError as exc:
                 errors.append((path, exc.reason))
+            except Exception as exc:  # a decoder failure on one hostile file costs that file only
+                errors.append((path, f"cannot decode ({type(exc).__name__}: {exc})"))
             if len(paths) + len(errors) >= batch_size:
                 yield flush()
                 advance(len(paths) + len(errors))
@@ -326,7 +330,7 @@ def remove(
 
 
 def _prediction_line(path: str | None, row: int, item) -> str:
-    return json.dumps(
+    return json_line(
         {
             "path": path,
             "row": row,
@@ -337,7 +341,8 @@ def _prediction_line(path: str | None, row: int, item) -> str:
             "score_name": item.score_name,
             "scores": item.scores,
             "error": None,
-        }
+        },
+        allow_nan=True,
     )
 
 
@@ -372,7 +377,7 @@ def predict(
         row = 0
         for batch_paths, feats, errors in _image_batches(backbone, list(paths), batch_size):
             for path, reason in errors:
-                yield json.dumps({"path": path, "row": None, "error": reason}), False
+                yield json_line({"path": path, "row": None, "error": reason}), False
             preds = head.predict(feats)
             for i, path in enumerate(batch_paths):
                 item = preds.item(i, k=top_k)

@@ -21,9 +21,19 @@ console = Console(stderr=True)
 stdout = Console()
 
 
+def plain(text) -> str:
+    """A file name or message for rich output: undecodable bytes as ``\\xNN``, brackets escaped (a file
+    named ``[/].png`` must print as itself, not break the markup)."""
+    from rich.markup import escape
+
+    from detector.io import printable
+
+    return escape(printable(str(text)))
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error and exit (no traceback for user errors)."""
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {plain(message)}")
     raise typer.Exit(code)
 
 

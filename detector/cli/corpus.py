@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from detector.cli.common import console, fail, parse_list, progress_bar, stdout, write_json
+from detector.cli.common import console, fail, parse_list, plain, progress_bar, stdout, write_json
 from detector.config import ConfigError, save_config
 from detector.corpus import (
     CorpusError,
@@ -21,7 +21,7 @@ from detector.corpus import (
     validate_corpus,
     write_manifest,
 )
-from detector.io import DEFAULT_MAX_PIXELS
+from detector.io import DEFAULT_MAX_PIXELS, printable
 
 app = typer.Typer(
     help=(
@@ -67,7 +67,7 @@ def print_summary(summary: CorpusSummary) -> None:
         skipped.add_column("path")
         skipped.add_column("reason")
         for path, reason in summary.skipped[:50]:
-            skipped.add_row(path, reason)
+            skipped.add_row(plain(path), plain(reason))
         if len(summary.skipped) > 50:
             skipped.add_row("...", f"{len(summary.skipped) - 50} more in the summary JSON")
         stdout.print(skipped)
@@ -94,23 +94,30 @@ def index(
     summary_json: Path | None = typer.Option(
         None, help="Also write the summary (and skipped files) as JSON."
     ),
+    confine: bool = typer.Option(
+        False,
+        "--confine",
+        help="Refuse a manifest whose paths lead outside its folder (untrusted manifests).",
+    ),
 ) -> None:
     """Validate every image of a corpus, write its manifest, print the summary table.
 
     Files that cannot be used (corrupt, truncated, too large, not images) are listed with their reason
     and left out of the manifest. Warns when real and fake differ in format or size (a shortcut).
     """
+    if out is not None and out.is_dir():
+        fail(f"--out {printable(out)} is a folder; name the manifest file (.csv or .jsonl)")
     try:
-        corpus = load_corpus(root, group_regex=group_regex)
+        corpus = load_corpus(root, group_regex=group_regex, confine=confine)
+        with progress_bar("validating", len(corpus)) as advance:
+            corpus = validate_corpus(
+                corpus, decode=decode, max_pixels=max_pixels, min_side=min_side, progress=advance
+            )
+        if out is None:
+            out = (root if root.is_dir() else root.parent) / "manifest.csv"
+        write_manifest(corpus.records, out, root=corpus.root)
     except CorpusError as exc:
         fail(str(exc))
-    with progress_bar("validating", len(corpus)) as advance:
-        corpus = validate_corpus(
-            corpus, decode=decode, max_pixels=max_pixels, min_side=min_side, progress=advance
-        )
-    if out is None:
-        out = (root if root.is_dir() else root.parent) / "manifest.csv"
-    write_manifest(corpus.records, out, root=corpus.root)
     summary = summarize(corpus)
     print_summary(summary)
     if summary_json:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from detector.cli.common import console, fail, progress_bar, stdout, write_json
+from detector.cli.common import console, fail, plain, progress_bar, stdout, write_json
 
 FORMATS = ("jsonl", "csv", "table")
 
@@ -43,6 +43,14 @@ def score_command(
         False, "--no-inversion", help="Skip the diffusion-inversion branch (the slowest passive branch)."
     ),
     summary_json: Path | None = typer.Option(None, "--summary", help="Also write the run summary as JSON."),
+    confine: bool = typer.Option(
+        False, "--confine", help="Refuse a manifest input whose paths lead outside its folder (untrusted)."
+    ),
+    allow_external: bool = typer.Option(
+        False,
+        "--allow-external",
+        help="Let the bundle load a diffusion model it only references (a hub id: may use the network).",
+    ),
 ) -> None:
     """Score images with a bundle: calibrated p_ai, verdict, watermark and attribution evidence per image.
 
@@ -51,8 +59,10 @@ def score_command(
     each rank scores a shard and rank 0 merges them into OUT. A branch switched off (--no-rigid,
     --no-inversion) is scored with the fusion model the bundle fitted without it.
     """
-    from detector.bundle import BundleError, ProvenanceDetector, resolve_model
-    from detector.scoring import ScoringError, count_inputs
+    from detector.bundle import ProvenanceDetector, resolve_model
+    from detector.errors import DetectorError
+    from detector.io import printable
+    from detector.scoring import count_inputs
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -62,6 +72,8 @@ def score_command(
         fail("--format table prints to stdout; use jsonl or csv with --out")
     if watermark_search not in (None, "full", "fast"):
         fail(f"--watermark-search must be full or fast, got {watermark_search!r}")
+    if out is not None and out.is_dir():
+        fail(f"--out {printable(out)} is a folder; name the results file")
     try:
         det = ProvenanceDetector.load(
             resolve_model(model),
@@ -70,14 +82,15 @@ def score_command(
             rigid=not no_rigid,
             inversion=not no_inversion,
             watermark_search=watermark_search,
+            allow_external=allow_external,
         )
-    except (BundleError, ValueError, OSError) as exc:
+    except (DetectorError, ValueError, OSError) as exc:
         fail(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
         target = out or Path(tmp) / ("scores.csv" if fmt == "csv" else "scores.jsonl")
         file_fmt = "csv" if fmt == "csv" else "jsonl"
         try:
-            total = count_inputs(paths)
+            total = count_inputs(paths, confine=confine)
             with progress_bar("score", total) as advance:
                 summary = det.score_files(
                     paths,
@@ -87,8 +100,9 @@ def score_command(
                     batch_size=batch_size,
                     workers=workers,
                     progress=advance,
+                    confine=confine,
                 )
-        except (ScoringError, ValueError) as exc:
+        except (DetectorError, ValueError) as exc:
             fail(str(exc))
         if out is None and fmt != "table":
             stdout.file.write(target.read_text())
@@ -98,6 +112,8 @@ def score_command(
     _print_summary(summary.to_dict(), out)
     if summary_json is not None:
         write_json(summary_json, summary.to_dict())
+    if summary.total == 0:
+        fail("no image to score in the inputs (see the files passed by above)", code=1)
 
 
 def _print_results(path: Path) -> None:
@@ -113,17 +129,24 @@ def _print_results(path: Path) -> None:
             r = ProvenanceResult.from_json(line)
             wm = r.watermark.p_value if r.watermark and r.watermark.p_value is not None else None
             table.add_row(
-                r.path,
+                plain(r.path),
                 r.verdict or "-",
                 "-" if r.p_ai is None else f"{r.p_ai:.3f}",
                 r.generator or "-",
                 "-" if wm is None else f"{wm:.1e}",
-                r.error or "",
+                plain(r.error or ""),
             )
     stdout.print(table)
 
 
 def _print_summary(summary: dict, out: Path | None) -> None:
+    if summary["not_read"]:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(summary["not_read_reasons"].items()))
+        console.print(f"[yellow]passed by {summary['not_read']} file(s) that are not images:[/] {reasons}")
+        for item in summary["not_read_files"][:10]:
+            console.print(f"  {item['path']}: {item['reason']}", markup=False, highlight=False)
+        if summary["not_read"] > 10:
+            console.print(f"  ... {summary['not_read'] - 10} more (all named in --summary)")
     verdicts = ", ".join(f"{k} {v}" for k, v in sorted(summary["verdicts"].items())) or "none"
     console.print(
         f"scored {summary['scored']} (skipped {summary['skipped']} already done, {summary['errors']} errors) "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from detector.cli.common import console, fail, parse_list, progress_bar, stdout
+from detector.cli.common import console, fail, parse_list, plain, progress_bar, stdout
 
 app = typer.Typer(
     help=(
@@ -31,11 +31,20 @@ REGISTRY_OPT = typer.Option(
 )
 
 
-def _images(path: Path) -> list[Path]:
+def _images(path: Path, passed_by: list[tuple[str, str]] | None = None) -> list[Path]:
+    """The image files of ``path`` (itself when it is not a folder: a missing or unreadable file gets its
+    own error line); files a folder scan passes by are appended to ``passed_by``."""
     from detector.io import iter_image_files
 
+    def note(skipped: Path, reason: str) -> None:
+        if passed_by is not None:
+            passed_by.append((str(skipped), reason))
+
     if path.is_dir():
-        return sorted(iter_image_files(path))
+        files = sorted(iter_image_files(path, on_skip=note))
+        if not files:
+            note(path, "folder holds no image file")
+        return files
     return [path]
 
 
@@ -46,12 +55,15 @@ def _watermarker(
     fpr: float = 1e-6,
     payload_bits: int = 16,
     search: str = "full",
+    create_registry: bool = True,
 ):
     from detector.watermark.api import Watermarker, WatermarkError
     from detector.watermark.payload import KeyFileError
-    from detector.watermark.registry import RegistryError
+    from detector.watermark.registry import PayloadRegistry, RegistryError
 
     try:
+        if registry is not None:  # a read (detect) opens an existing registry only
+            registry = PayloadRegistry(registry, create=create_registry)
         return Watermarker(
             key_file,
             checkpoint=checkpoint,
@@ -151,7 +163,7 @@ def embed(
                     signer.sign_file(t, soft_binding=(wm.key.key_id, payload))
             except (ImageLoadError, WatermarkError, CredentialsError) as exc:
                 failed += 1
-                console.print(f"[yellow]skipped[/] {exc}")
+                console.print(f"[yellow]skipped[/] {plain(exc)}")
             advance()
     if generator is not None and len(files) == 1 and not failed:
         console.print(f"output sha256 {file_sha256(targets[0])}")
@@ -192,33 +204,73 @@ def detect(
         "on unmarked images). The FPR holds for both.",
     ),
 ) -> None:
-    """Decode and test each image; one JSON line per image on stdout (bits, bit accuracy, p-value, payload...)."""
-    from detector.io import ImageLoadError, atomic_write_text
+    """Decode and test each image; one JSON line per image on stdout (bits, bit accuracy, p-value, payload...).
 
-    wm = _watermarker(key_file, checkpoint, registry, fpr=fpr, search=search)
+    A file that cannot be read (or is smaller than MIN_SCORE_SIDE) gets a line with its error and the
+    command goes on; --out is written as it goes (OUT.partial, renamed when complete). A --registry
+    that does not exist is an error: detection never creates one."""
+    import os
+
+    from detector.errors import DetectorError
+    from detector.io import (
+        KEEP_PIXELS,
+        MIN_SCORE_SIDE,
+        ImageLoadError,
+        json_line,
+        load_image_array,
+        printable,
+    )
+
+    if out is not None and out.is_dir():
+        fail(f"--out {printable(out)} is a folder; name the results file")
+    wm = _watermarker(key_file, checkpoint, registry, fpr=fpr, search=search, create_registry=False)
+    passed_by: list[tuple[str, str]] = []
     files: list[Path] = []
     for p in paths:
-        if not p.exists():
-            fail(f"{p}: no such file or folder")
-        files += _images(p)
-    lines, failed, found = [], 0, 0
-    for f in files:
+        files += _images(p, passed_by)
+    partial = None if out is None else out.with_name(out.name + ".partial")
+    handle = None
+    if partial is not None:
         try:
-            result = wm.detect_file(f).to_dict()
-            found += bool(result["watermarked"])
-        except ImageLoadError as exc:
-            failed += 1
-            console.print(f"[yellow]skipped[/] {exc}")
-            result = {"path": str(f), "error": str(exc)}
-        line = json.dumps(result)
-        lines.append(line)
-        stdout.print(line, markup=False, highlight=False, soft_wrap=True)
-    if out is not None:
-        atomic_write_text(out, "\n".join(lines) + "\n")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(partial, "w", encoding="utf-8")  # noqa: SIM115 - closed below, renamed when complete
+        except OSError as exc:
+            fail(f"--out {printable(out)}: cannot write ({exc.strerror or exc})")
+    failed = found = 0
+    try:
+        for f in files:
+            try:
+                image = load_image_array(f, min_side=MIN_SCORE_SIDE, keep_pixels=KEEP_PIXELS)
+                result = wm.detect_array(image, path=str(f)).to_dict()
+                found += bool(result["watermarked"])
+            except DetectorError as exc:
+                failed += 1
+                reason = exc.reason if isinstance(exc, ImageLoadError) else str(exc)
+                console.print(f"[yellow]skipped[/] {plain(f)}: {plain(reason)}", highlight=False)
+                result = {"path": str(f), "error": reason}
+            except Exception as exc:  # a decoder failure on one hostile file costs that file only
+                failed += 1
+                reason = f"watermark decoder failed ({type(exc).__name__}: {exc})"
+                console.print(f"[yellow]skipped[/] {plain(f)}: {plain(reason)}", highlight=False)
+                result = {"path": str(f), "error": reason}
+            line = json_line(result)
+            stdout.print(line, markup=False, highlight=False, soft_wrap=True)
+            if handle is not None:
+                handle.write(line + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+    finally:
+        if handle is not None:
+            handle.close()
+    if partial is not None:
+        os.replace(partial, out)
+    for name, reason in passed_by:
+        console.print(f"[yellow]passed by[/] {plain(name)}: {plain(reason)}", highlight=False)
     console.print(
-        f"{found} of {len(files) - failed} image(s) watermarked at FPR {fpr:g}; {failed} unreadable"
+        f"{found} of {len(files) - failed} image(s) watermarked at FPR {fpr:g}; {failed} unreadable; "
+        f"{len(passed_by)} file(s) passed by"
     )
-    if failed:
+    if failed or not files:
         raise typer.Exit(1)
 
 

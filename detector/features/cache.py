@@ -27,13 +27,14 @@ from typing import Protocol
 
 import numpy as np
 
+from detector.errors import DetectorError
 from detector.io import atomic_write_bytes, atomic_write_text
 
 CACHE_FORMAT = 1
 DEFAULT_SHARD_SIZE = 1024
 
 
-class CacheError(RuntimeError):
+class CacheError(DetectorError, RuntimeError):
     """The cache folder is unusable (e.g. its metadata does not match the extractor)."""
 
 

@@ -32,13 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from detector.errors import DetectorError
 from detector.io.tensors import load_arrays, save_arrays
 
 FORMAT = "detector.fusion/1"
 _EPS = 1e-6
 
 
-class FusionError(ValueError):
+class FusionError(DetectorError, ValueError):
     """The fusion model cannot be fitted, loaded or applied as asked."""
 
 

@@ -14,14 +14,19 @@ from typing import IO
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on clean exit it replaces ``path`` atomically."""
+def atomic_writer(
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8", mode_bits: int | None = None
+) -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on clean exit it replaces ``path`` atomically.
+    ``mode_bits`` (e.g. ``0o600`` for a secret) replaces the ordinary umask-based permissions; the
+    temporary file has them from its creation."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     binary = "b" in mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get ordinary permissions
+        # mkstemp makes 0600; outputs get ordinary permissions unless asked otherwise.
+        os.chmod(tmp, (0o666 & ~_UMASK) if mode_bits is None else mode_bits)
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
             yield handle
             handle.flush()

@@ -35,6 +35,7 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="numpy") as handle:
             header = handle.metadata() or {}
@@ -46,3 +47,25 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
     except (KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"missing header: {exc}") from None
     return arrays, meta
+
+
+#: Largest safetensors JSON header we parse. Ours are a few kB; the format itself caps it at 100 MB, but
+#: a hostile file must not make us read even that into memory before we know it is sane.
+MAX_HEADER_BYTES = 16 * 2**20
+
+
+def check_safetensors_header(path: str | os.PathLike, max_header: int = MAX_HEADER_BYTES) -> None:
+    """Refuse a safetensors file whose header length (its first 8 bytes) is absurd, before any parser
+    reads the header: ``ValueError`` with the reason."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if len(head) < 8:
+        raise ValueError(f"not a safetensors file ({size} bytes: too short for a header)")
+    (length,) = struct.unpack("<Q", head)
+    if length > max_header:
+        raise ValueError(f"safetensors header of {length:,} bytes exceeds the limit of {max_header:,}")
+    if length > size - 8:
+        raise ValueError(f"safetensors header claims {length:,} bytes; the file holds {size - 8:,}")

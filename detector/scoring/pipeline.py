@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from detector.fusion import FusionConfig, FusionModel, fuse
-from detector.io import ImageLoadError, load_image
+from detector.io import KEEP_PIXELS, ImageLoadError, load_image
 from detector.result import AttributionEvidence, C2PAEvidence, ProvenanceResult, WatermarkEvidence
 
 
@@ -78,6 +78,10 @@ class Pipeline:
     config: FusionConfig | None = None
     versions: dict[str, str] = field(default_factory=dict)
     c2pa: CredentialsBranch | None = None
+    #: Images with a side below this get an error instead of a verdict (the bundle sets MIN_SCORE_SIDE).
+    min_side: int = 1
+    #: Decoded images above this many pixels are reduced right after decoding (bounded batch memory).
+    keep_pixels: int | None = KEEP_PIXELS
 
     def __post_init__(self) -> None:
         if not self.passive and self.watermark is None:
@@ -169,7 +173,7 @@ class Pipeline:
         if isinstance(image, (str, os.PathLike)):
             path = path or os.fspath(image)
             try:
-                image = load_image(image)
+                image = load_image(image, min_side=self.min_side, keep_pixels=self.keep_pixels)
             except ImageLoadError as exc:
                 return ProvenanceResult.failed(path, exc.reason, self.versions)
         elif isinstance(image, np.ndarray):
@@ -178,6 +182,11 @@ class Pipeline:
             image = image.convert("RGB")
         else:
             raise TypeError(f"cannot score a {type(image).__name__}; give a path, a PIL image or an array")
+        if min(image.size) < self.min_side:
+            w, h = image.size
+            return ProvenanceResult.failed(
+                path or "<image>", f"too small: {w}x{h} (minimum side {self.min_side})", self.versions
+            )
         return self.score_batch(Batch([path or "<image>"], [image]))[0]
 
 

@@ -7,7 +7,15 @@ kept (for ``resume`` and de-duplication).
 
 Crash safety: results are appended to ``OUT.partial`` one batch per write, flushed and fsynced; only a
 finished run renames it to ``OUT`` (atomic). After a crash or a kill, ``resume=True`` drops any torn
-last line of the partial file, skips the paths already in it, and carries on.
+last record of the partial file (quote-aware for CSV, whose cells may hold newlines), skips the inputs
+already in it, matched by canonical path (another spelling of the same file is the same input), and
+carries on. A partial file written by a different pipeline configuration (other branches, models,
+watermark or attribution switched on or off) is refused, for JSONL as for CSV, rather than mixed.
+
+File names that are not UTF-8 and CSV cells that a spreadsheet would run as formulas are escaped as
+:mod:`detector.io.paths` documents; every path reads back exactly. Files a folder scan passes by
+(hidden, other extensions, symlinked folders) and named folders holding no image are counted and named
+in the summary, never dropped silently.
 
 Sharding (``shard=(rank, world)``) gives every process the inputs whose running index is ``rank``
 modulo ``world``; :func:`merge_outputs` joins the finished shard files into one output.
@@ -17,9 +25,9 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,7 +38,19 @@ from pathlib import Path
 from PIL import Image
 
 from detector.corpus import CorpusError, read_manifest
-from detector.io import DEFAULT_MAX_PIXELS, ImageLoadError, atomic_writer, iter_image_files, load_image
+from detector.errors import DetectorError
+from detector.io import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    atomic_writer,
+    canonical_path,
+    csv_cell,
+    csv_text,
+    iter_image_files,
+    load_image,
+    path_from_cells,
+    printable,
+)
 from detector.result import ProvenanceResult, csv_columns
 from detector.scoring.pipeline import Batch, Pipeline
 
@@ -38,7 +58,7 @@ FORMATS = ("jsonl", "csv")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
 
-class ScoringError(ValueError):
+class ScoringError(DetectorError, ValueError):
     """The scoring run cannot start (bad output, resume mismatch, unknown format)."""
 
 
@@ -46,29 +66,53 @@ def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def expand_inputs(sources: Iterable[str | os.PathLike]) -> Iterator[str]:
+SkipHandler = Callable[[str, str], None]
+EMPTY_FOLDER = "named folder holds no image file"
+
+
+def expand_inputs(
+    sources: Iterable[str | os.PathLike], on_skip: SkipHandler | None = None, confine: bool = False
+) -> Iterator[str]:
     """Image paths from files, folders (recursively), globs and manifests (.csv/.jsonl), in order.
 
-    A source that exists as none of these is passed through, so it gets its own "file not found" line."""
+    A source that exists as none of these is passed through, so it gets its own "file not found" line.
+    ``on_skip(path, reason)`` hears of every file a folder scan passes by and of every named folder or
+    glob that yields no image. ``confine``: a manifest whose paths lead outside its folder is refused."""
+
+    def scan(folder: str | os.PathLike) -> Iterator[str]:
+        found = False
+        for p in iter_image_files(folder, on_skip=None if on_skip is None else _relay(on_skip)):
+            found = True
+            yield str(p)
+        if not found and on_skip is not None:
+            on_skip(os.fspath(folder), EMPTY_FOLDER)
+
     for source in sources:
         text = os.fspath(source)
         path = Path(text)
         if path.is_dir():
-            yield from (str(p) for p in iter_image_files(path))
+            yield from scan(path)
         elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             try:
-                corpus = read_manifest(path)
+                corpus = read_manifest(path, confine=confine)
             except CorpusError as exc:
-                raise ScoringError(f"{path}: not a usable manifest ({exc})") from None
+                raise ScoringError(f"{printable(path)}: not a usable manifest ({exc})") from None
             yield from (str(corpus.resolve(record)) for record in corpus.records)
-        elif path.exists() or not _is_glob(text):
+        elif path.exists() or path.is_symlink() or not _is_glob(text):
             yield text
         else:
-            for match in sorted(glob.iglob(text, recursive=True)):
+            matches = sorted(glob.iglob(text, recursive=True))
+            if not matches and on_skip is not None:
+                on_skip(text, "glob matches no file")
+            for match in matches:
                 if Path(match).is_dir():
-                    yield from (str(p) for p in iter_image_files(match))
+                    yield from scan(match)
                 else:
                     yield match
+
+
+def _relay(on_skip: SkipHandler) -> Callable[[Path, str], None]:
+    return lambda path, reason: on_skip(str(path), reason)
 
 
 @dataclass
@@ -82,6 +126,15 @@ class ScoreSummary:
     verdicts: Counter = field(default_factory=Counter)
     generators: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    not_read: Counter = field(default_factory=Counter)  # files a folder scan passed by, per reason
+    not_read_names: list[tuple[str, str]] = field(default_factory=list)  # the first NAMED_SKIPS of them
+
+    NAMED_SKIPS = 1000
+
+    def passed_by(self, path: str, reason: str) -> None:
+        self.not_read[reason] += 1
+        if len(self.not_read_names) < self.NAMED_SKIPS:
+            self.not_read_names.append((path, reason))
 
     def add(self, result: ProvenanceResult) -> None:
         self.scored += 1
@@ -102,54 +155,119 @@ class ScoreSummary:
             "generators": dict(self.generators),
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.scored / self.seconds, 3) if self.seconds > 0 else None,
+            "not_read": sum(self.not_read.values()),
+            "not_read_reasons": dict(self.not_read),
+            "not_read_files": [{"path": printable(p), "reason": r} for p, r in self.not_read_names],
         }
 
 
 class ResultWriter:
-    """Appends results to ``OUT.partial`` (crash-safe), renames it to ``OUT`` when the run finishes."""
+    """Appends results to ``OUT.partial`` (crash-safe), renames it to ``OUT`` when the run finishes.
 
-    def __init__(self, out: str | os.PathLike, fmt: str = "jsonl", columns: Sequence[str] | None = None):
+    ``expect`` describes the pipeline (``branches``, ``versions``, ``watermark``, ``attribution``); a
+    partial file whose lines disagree with it is refused on resume instead of mixed."""
+
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        fmt: str = "jsonl",
+        columns: Sequence[str] | None = None,
+        expect: dict | None = None,
+    ):
         if fmt not in FORMATS:
             raise ScoringError(f"format must be one of {FORMATS}, got {fmt!r}")
         self.out = Path(out)
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.fmt = fmt
         self.columns = list(columns or csv_columns())
+        self.expect = expect
         self._handle = None
 
     def _repair(self) -> None:
-        """Drop a torn last line (a kill during a write) so the file ends on a whole record."""
+        """Drop a torn last record (a kill during a write) so the file ends on a whole record. In CSV a
+        quoted cell may hold newlines, so the cut is the last newline outside quotes."""
         with open(self.partial, "rb+") as handle:
             data = handle.read()
-            cut = data.rfind(b"\n") + 1
+            cut = _last_record_end(data) if self.fmt == "csv" else data.rfind(b"\n") + 1
             if cut != len(data):
                 handle.truncate(cut)
 
+    def _mismatch(self, where: str, what: str, found, wanted) -> ScoringError:
+        return ScoringError(
+            f"{printable(where)}: written by a different pipeline configuration ({what}: {found} in the "
+            f"file, {wanted} now); resume with the same bundle and options, or write a new --out"
+        )
+
+    def _check_line(self, data: dict, where: str) -> None:
+        expect = self.expect
+        if not expect:
+            return
+        versions = data.get("versions")
+        if versions is not None and versions != expect["versions"]:
+            raise self._mismatch(where, "model versions", versions, expect["versions"])
+        if data.get("error") is not None:
+            return  # an error line carries no branch evidence to compare
+        branches = sorted(data.get("branches") or {})
+        if branches != expect["branches"]:
+            raise self._mismatch(where, "branches", branches, expect["branches"])
+        for part in ("watermark", "attribution"):
+            if (data.get(part) is not None) != expect[part]:
+                state = "on" if expect[part] else "off"
+                raise self._mismatch(where, part, "on" if data.get(part) is not None else "off", state)
+
     def _read_done(self) -> set[str]:
+        """Canonical paths of the inputs already in the partial file."""
         done: set[str] = set()
         with open(self.partial, encoding="utf-8", newline="") as handle:
             if self.fmt == "jsonl":
                 for n, line in enumerate(handle, 1):
-                    if line.strip():
-                        try:
-                            done.add(json.loads(line)["path"])
-                        except (json.JSONDecodeError, KeyError, TypeError):
-                            raise ScoringError(
-                                f"{self.partial}:{n}: not a result line; cannot resume"
-                            ) from None
+                    if not line.strip():
+                        continue
+                    try:
+                        data = json.loads(line)
+                        path = data["path"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise ScoringError(f"{self.partial}:{n}: not a result line; cannot resume") from None
+                    self._check_line(data, f"{self.partial}:{n}")
+                    done.add(canonical_path(path))
             else:
                 reader = csv.reader(handle)
                 header = next(reader, None)
                 if header is not None and header != self.columns:
                     raise ScoringError(
-                        f"{self.partial}: its CSV columns differ from this pipeline's; cannot resume into it"
+                        f"{self.partial}: its CSV columns differ from this pipeline's (other branches or "
+                        "models); cannot resume into it"
                     )
-                done.update(row[0] for row in reader if row)
+                path_at, hex_at = self.columns.index("path"), self.columns.index("path_bytes")
+                version_cols = [(i, c) for i, c in enumerate(self.columns) if c.startswith("version.")]
+                for row in reader:
+                    if not row:
+                        continue
+                    if len(row) != len(self.columns):
+                        raise ScoringError(
+                            f"{self.partial}:{reader.line_num}: malformed CSV row; cannot resume"
+                        )
+                    if self.expect:
+                        for i, column in version_cols:
+                            wanted = str(self.expect["versions"].get(column[len("version.") :], ""))
+                            if row[i] != wanted:
+                                raise self._mismatch(
+                                    f"{self.partial}:{reader.line_num}", column, row[i], wanted
+                                )
+                    done.add(canonical_path(path_from_cells(row[path_at], row[hex_at])))
         return done
 
     def open(self, resume: bool) -> set[str]:
-        """Start writing; returns the paths already in the output when resuming."""
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        """Start writing; returns the canonical paths already in the output when resuming."""
+        for target in (self.out, self.partial):
+            if target.is_dir():
+                raise ScoringError(f"{printable(target)}: is a folder; --out must name a file")
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ScoringError(
+                f"{printable(self.out)}: cannot create its folder ({exc.strerror or exc})"
+            ) from None
         done: set[str] = set()
         if resume and not self.partial.exists() and self.out.exists():
             os.replace(self.out, self.partial)  # a finished output grows: score only what is new
@@ -159,16 +277,16 @@ class ResultWriter:
         else:
             self.partial.unlink(missing_ok=True)
         fresh = not self.partial.exists() or self.partial.stat().st_size == 0
-        self._handle = open(self.partial, "a", encoding="utf-8", newline="")
+        try:
+            self._handle = open(self.partial, "a", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise ScoringError(f"{printable(self.partial)}: cannot write ({exc.strerror or exc})") from None
         if fresh and self.fmt == "csv":
             self._write_text(self._csv_text([self.columns]))
         return done
 
     def _csv_text(self, rows: list[list]) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerows(rows)
-        return buffer.getvalue()
+        return csv_text(rows)
 
     def _write_text(self, text: str) -> None:
         self._handle.write(text)
@@ -187,9 +305,9 @@ class ResultWriter:
                 extra = sorted(set(flat) - set(self.columns))
                 if extra:
                     raise ScoringError(f"result columns {extra} are not in the CSV header")
-                rows.append(["" if flat.get(c) is None else flat.get(c) for c in self.columns])
+                rows.append(["" if flat.get(c) is None else csv_cell(flat.get(c)) for c in self.columns])
             text = self._csv_text(rows)
-        self._write_text(text)  # one write per batch: a kill tears at most the last line
+        self._write_text(text)  # one write per batch: a kill tears at most the last record
 
     def close(self, finished: bool) -> None:
         if self._handle is not None:
@@ -199,11 +317,52 @@ class ResultWriter:
             os.replace(self.partial, self.out)
 
 
-def _decode(path: str, max_pixels: int | None) -> Image.Image | ImageLoadError:
+def _last_record_end(data: bytes) -> int:
+    """Offset just past the last newline that is outside a quoted CSV cell (0 when there is none)."""
+    quoted, end = False, 0
+    for match in re.finditer(rb'["\n]', data):
+        if match.group() == b'"':
+            quoted = not quoted  # an escaped quote ("") toggles twice: no change
+        elif not quoted:
+            end = match.end()
+    return end
+
+
+def expectations(pipeline: Pipeline) -> dict:
+    """What every line a pipeline writes must agree with (checked when resuming)."""
+    return {
+        "branches": pipeline.branch_names,
+        "versions": dict(pipeline.versions),
+        "watermark": pipeline.watermark is not None,
+        "attribution": pipeline.attribution is not None,
+    }
+
+
+def _decode(path: str, max_pixels: int | None, pipeline: Pipeline) -> Image.Image | ImageLoadError:
+    """Decode one input as the pipeline reads it: refused below its minimum side, reduced right after
+    decoding to the pixels it keeps (so a batch's memory does not depend on the files' sizes)."""
     try:
-        return load_image(path, max_pixels=max_pixels)
+        return load_image(
+            path, max_pixels=max_pixels, min_side=pipeline.min_side, keep_pixels=pipeline.keep_pixels
+        )
     except ImageLoadError as exc:
         return exc
+    except Exception as exc:  # a decoder bug on a hostile file costs that file's line, not the run
+        return ImageLoadError(path, f"cannot decode ({type(exc).__name__}: {exc})")
+
+
+def _score_decoded(pipeline: Pipeline, paths: list[str], decoded: list) -> list[ProvenanceResult]:
+    """One result per path: the load error where decoding failed, the pipeline's result elsewhere."""
+    results: list[ProvenanceResult | None] = [None] * len(paths)
+    good = [i for i, item in enumerate(decoded) if isinstance(item, Image.Image)]
+    for i, item in enumerate(decoded):
+        if isinstance(item, ImageLoadError):
+            results[i] = ProvenanceResult.failed(paths[i], item.reason, pipeline.versions)
+    if good:
+        scored = pipeline.score_batch(Batch([paths[i] for i in good], [decoded[i] for i in good]))
+        for i, result in zip(good, scored, strict=True):
+            results[i] = result
+    return results
 
 
 def _batches(paths: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -228,36 +387,41 @@ def score_stream(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     shard: tuple[int, int] = (0, 1),
     progress: Callable[[int], None] | None = None,
+    confine: bool = False,
 ) -> ScoreSummary:
-    """Score every input once into ``out``; see the module docstring for the guarantees."""
+    """Score every input once into ``out``; see the module docstring for the guarantees. ``confine``
+    refuses a manifest input whose paths lead outside its folder."""
     if batch_size < 1:
         raise ScoringError("batch_size must be at least 1")
     rank, world = shard
     if not 0 <= rank < world:
         raise ScoringError(f"shard rank {rank} is not in [0, {world})")
-    writer = ResultWriter(out, fmt, csv_columns(pipeline.branch_names, pipeline.versions))
+    writer = ResultWriter(
+        out, fmt, csv_columns(pipeline.branch_names, pipeline.versions), expect=expectations(pipeline)
+    )
     done = writer.open(resume)
     summary = ScoreSummary(total=len(done))
     start = time.perf_counter()
 
     def todo() -> Iterator[str]:
-        for index, path in enumerate(expand_inputs(sources)):
+        for index, path in enumerate(expand_inputs(sources, on_skip=summary.passed_by, confine=confine)):
             if index % world != rank:
                 continue
-            if path in done:
+            key = canonical_path(path)
+            if key in done:
                 summary.skipped += 1
                 if progress:
                     progress(1)
                 continue
-            done.add(path)
+            done.add(key)
             yield path
 
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
 
     def submit(paths: list[str]) -> list[Future] | list:
         if pool is None:
-            return [_decode(p, max_pixels) for p in paths]
-        return [pool.submit(_decode, p, max_pixels) for p in paths]
+            return [_decode(p, max_pixels, pipeline) for p in paths]
+        return [pool.submit(_decode, p, max_pixels, pipeline) for p in paths]
 
     finished = False
     try:
@@ -266,23 +430,21 @@ def score_stream(
         pending = submit(current) if current else []
         while current:
             upcoming = next(batches, None)
-            queued = submit(upcoming) if upcoming else []  # decode ahead while this batch is scored
+            # Worker threads decode the next batch while this one is scored (at most one batch ahead);
+            # decoding in this thread, the next batch waits until this one is scored and released.
+            queued = submit(upcoming) if upcoming and pool is not None else None
             decoded = [item.result() if isinstance(item, Future) else item for item in pending]
-            results: list[ProvenanceResult | None] = [None] * len(current)
-            good = [i for i, item in enumerate(decoded) if isinstance(item, Image.Image)]
-            for i, item in enumerate(decoded):
-                if isinstance(item, ImageLoadError):
-                    results[i] = ProvenanceResult.failed(current[i], item.reason, pipeline.versions)
-            if good:
-                scored = pipeline.score_batch(Batch([current[i] for i in good], [decoded[i] for i in good]))
-                for i, result in zip(good, scored, strict=True):
-                    results[i] = result
+            pending = None
+            results = _score_decoded(pipeline, current, decoded)
+            del decoded
             writer.write(results)
             for result in results:
                 summary.add(result)
             summary.total += len(results)
             if progress:
                 progress(len(results))
+            if queued is None and upcoming:
+                queued = submit(upcoming)
             current, pending = upcoming, queued
         finished = True
     finally:
@@ -293,10 +455,12 @@ def score_stream(
     return summary
 
 
-def count_inputs(sources: Iterable[str | os.PathLike], shard: tuple[int, int] = (0, 1)) -> int:
+def count_inputs(
+    sources: Iterable[str | os.PathLike], shard: tuple[int, int] = (0, 1), confine: bool = False
+) -> int:
     """How many inputs a run will see (one cheap pass over the file system, for progress bars)."""
     rank, world = shard
-    return sum(1 for index, _ in enumerate(expand_inputs(sources)) if index % world == rank)
+    return sum(1 for index, _ in enumerate(expand_inputs(sources, confine=confine)) if index % world == rank)
 
 
 def merge_outputs(parts: Sequence[str | os.PathLike], out: str | os.PathLike, fmt: str = "jsonl") -> Path:

@@ -12,8 +12,10 @@ from detector.corpus.dataset import resize_transform
 from detector.training.config import AugmentConfig
 
 
-def train_transform(config: AugmentConfig, size: int):
-    """The training pipeline for ``size x size`` inputs; plain resize + centre crop when disabled."""
+def train_transform(config: AugmentConfig, size: int, seed: int | None = None):
+    """The training pipeline for ``size x size`` inputs; plain resize + centre crop when disabled.
+    ``seed`` fixes the augmentations' own random generator (albumentations does not follow numpy's or
+    torch's seed), so one training seed gives one run."""
     if not config.enabled:
         return resize_transform(size)
     import albumentations as A
@@ -37,7 +39,8 @@ def train_transform(config: AugmentConfig, size: int):
             A.ImageCompression(
                 quality_range=(config.jpeg_quality_min, config.jpeg_quality_max), p=config.jpeg_p
             ),
-        ]
+        ],
+        seed=seed,
     )
 
 

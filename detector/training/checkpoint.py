@@ -23,6 +23,7 @@ from safetensors.torch import save as st_save
 
 from detector.calibration import Calibrator
 from detector.config import load_config, save_config
+from detector.errors import DetectorError
 from detector.io import atomic_write_bytes, atomic_write_text
 from detector.training.config import TrainConfig
 
@@ -31,7 +32,7 @@ CARD = "model_card.json"
 STATE_DIR = "train_state"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DetectorError, ValueError):
     """A checkpoint folder is missing a file or does not fit the model it is loaded into."""
 
 
@@ -49,7 +50,13 @@ def write_tensors(
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
-    return st_load(path.read_bytes())
+    from detector.io.tensors import check_safetensors_header
+
+    try:
+        check_safetensors_header(path)
+        return st_load(path.read_bytes())
+    except Exception as exc:  # safetensors raises its own types for corrupt files
+        raise CheckpointError(f"{path}: unreadable weights file ({exc})") from None
 
 
 def save_checkpoint(

@@ -31,6 +31,7 @@ from detector.calibration import Calibrator, fit_calibrator, sigmoid
 from detector.config import save_config, to_dict
 from detector.corpus import Corpus, load_corpus
 from detector.corpus.dataset import CorpusDataset
+from detector.errors import DetectorError
 from detector.metrics import average_precision, detection_metrics
 from detector.training import distributed
 from detector.training.augment import eval_transform, train_transform
@@ -62,7 +63,7 @@ class TrainResult:
     detector: Detector
 
 
-class TrainingError(ValueError):
+class TrainingError(DetectorError, ValueError):
     """The data or config cannot train a detector; the message says why."""
 
 
@@ -78,6 +79,7 @@ def load_data(config: TrainConfig) -> TrainData:
     if not config.data.corpus:
         raise TrainingError("no corpus given: set data.corpus (a folder or a manifest with splits)")
     corpus = load_corpus(config.data.corpus)
+    corpus.check_duplicates()  # one file with two labels would teach both answers
     train = corpus.subset(config.data.train_split)
     val = corpus.subset(config.data.val_split)
     if not train.records:
@@ -184,7 +186,8 @@ def _train(config, resume, console, show_progress, info, device):
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
 
-    train_ds = CorpusDataset(data.train, train_transform(config.data.augment, size), data.generators)
+    augment = train_transform(config.data.augment, size, seed=config.seed * 1000 + info.rank)
+    train_ds = CorpusDataset(data.train, augment, data.generators)
     val_ds = CorpusDataset(data.val, eval_transform(size), data.generators)
     sampler = DistributedSampler(
         train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed
@@ -321,6 +324,14 @@ def _train(config, resume, console, show_progress, info, device):
     val_metrics = detection_metrics(pred.targets, probs, calibrator.threshold).as_dict()
     val_metrics["ap"] = average_precision(pred.targets, probs)
     val_metrics.update(ece_before=calibrator.ece_before, ece_after=calibrator.ece_after)
+    # The card says how many validation images the metrics stand on, and which could not be read.
+    val_metrics["images_scored"] = int(len(pred.targets))
+    val_metrics["images_unreadable"] = len(pred.errors)
+    if pred.errors and info.is_main:
+        console.print(
+            f"[yellow]warning:[/] {len(pred.errors)} validation image(s) unreadable; metrics on "
+            f"{len(pred.targets)} of {len(data.val)}: " + "; ".join(r for _i, r in pred.errors[:5])
+        )
     card = _card(config, detector, state, data, size, progress, val_metrics, calibrator)
     if info.is_main:
         save_checkpoint(out, detector, config, calibrator, card)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detector.errors import DetectorError
 from detector.io import ImageLoadError, atomic_writer, file_sha256, load_image_array
 from detector.watermark.model import WatermarkModel
 from detector.watermark.payload import PayloadCodec, WatermarkKey, load_key
@@ -47,7 +48,7 @@ _EXT_FORMAT = {
 }
 
 
-class WatermarkError(RuntimeError):
+class WatermarkError(DetectorError, RuntimeError):
     """A watermarking operation cannot be done (model missing, output exists, bad payload...)."""
 
 

@@ -32,17 +32,24 @@ import math
 import os
 import secrets
 import string
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from detector.errors import DetectorError
+
 KEY_HEADER = "detector-watermark-key-v1"
 MIN_KEY_BYTES = 16
 
 
-class KeyFileError(ValueError):
+class KeyFileWarning(UserWarning):
+    """A key file is usable but unsafe (readable by other users)."""
+
+
+class KeyFileError(DetectorError, ValueError):
     """A key file is missing, unreadable or malformed."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -76,14 +83,18 @@ class WatermarkKey:
 
 def generate_key(path: str | os.PathLike, overwrite: bool = False) -> WatermarkKey:
     """Write a new random 256-bit key file (owner-readable only)."""
-    from detector.io import atomic_write_text
+    from detector.io import atomic_writer
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise KeyFileError(path, "already exists (refusing to overwrite a key)")
+    if path.is_dir():
+        raise KeyFileError(path, "is a folder")
     key = WatermarkKey(secrets.token_bytes(32))
-    atomic_write_text(path, f"{KEY_HEADER}\n{key.secret.hex()}\n")
-    os.chmod(path, 0o600)
+    # The temporary file is created 0600 (mkstemp) and keeps that mode: the secret is never in a file
+    # anyone else can read, not even for the moment between writing and a chmod.
+    with atomic_writer(path, "w", mode_bits=0o600) as handle:
+        handle.write(f"{KEY_HEADER}\n{key.secret.hex()}\n")
     return key
 
 
@@ -94,12 +105,17 @@ def load_key(path: str | os.PathLike) -> WatermarkKey:
         raise KeyFileError(path, "no such key file")
     if not path.is_file():
         raise KeyFileError(path, "not a regular file")
+    mode = path.stat().st_mode
+    if mode & 0o002:
+        raise KeyFileError(path, "is world-writable: anyone could replace the key; chmod 600 it")
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise KeyFileError(path, f"cannot read ({exc.strerror or exc})") from exc
     if len(raw) > 4096:
         raise KeyFileError(path, "too large to be a key file")
+    if not raw.strip():
+        raise KeyFileError(path, "empty key file")
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError as exc:
@@ -113,6 +129,12 @@ def load_key(path: str | os.PathLike) -> WatermarkKey:
     secret = bytes.fromhex(body)
     if len(secret) < MIN_KEY_BYTES:
         raise KeyFileError(path, f"key too short ({len(secret)} bytes; at least {MIN_KEY_BYTES})")
+    if mode & 0o077:
+        warnings.warn(
+            f"{path}: key file is readable by other users (mode {mode & 0o777:o}); chmod 600 it",
+            KeyFileWarning,
+            stacklevel=2,
+        )
     return WatermarkKey(secret)
 
 

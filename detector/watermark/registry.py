@@ -13,8 +13,12 @@ import datetime as dt
 import os
 import sqlite3
 import time
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import quote
+
+from detector.errors import DetectorError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS payloads (
@@ -29,7 +33,7 @@ CREATE TABLE IF NOT EXISTS payloads (
 """
 
 
-class RegistryError(RuntimeError):
+class RegistryError(DetectorError, RuntimeError):
     """The registry cannot be opened, is full, or a record conflicts."""
 
 
@@ -70,10 +74,31 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
             delay = min(delay * 2, 0.5)
 
 
-class PayloadRegistry:
-    """Open with a URL or path; use as a context manager or call :meth:`close`."""
+#: Longest generator name / model version a record may hold (they are printed, and written to CSV).
+MAX_NAME_CHARS = 128
 
-    def __init__(self, url: str | os.PathLike, timeout: float = 60.0):
+
+def check_name(value: str, what: str, required: bool = True) -> str:
+    """A generator name or model version: bounded length, no control or format characters."""
+    if not isinstance(value, str):
+        raise RegistryError(f"{what} must be text, got {type(value).__name__}")
+    if required and not value.strip():
+        raise RegistryError(f"a registry record needs a {what}")
+    if len(value) > MAX_NAME_CHARS:
+        raise RegistryError(f"{what} is {len(value)} characters long; at most {MAX_NAME_CHARS}")
+    bad = [c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")]
+    if bad:
+        raise RegistryError(f"{what} {value!r} holds control or invisible characters ({bad[0]!r})")
+    return value
+
+
+class PayloadRegistry:
+    """Open with a URL or path; use as a context manager or call :meth:`close`.
+
+    ``create=False`` (what detection uses) opens an existing registry only: a mistyped path is an error,
+    never a new folder and an empty database."""
+
+    def __init__(self, url: str | os.PathLike, timeout: float = 60.0, create: bool = True):
         text = str(url)
         self.url = text
         if text.startswith(("postgresql://", "postgres://")):
@@ -91,25 +116,38 @@ class PayloadRegistry:
             path = Path(text[len("sqlite:///") :] if text.startswith("sqlite:///") else text)
             if path.is_dir():
                 raise RegistryError(f"{path}: is a folder, not a registry file")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not create and not path.is_file():
+                raise RegistryError(f"{path}: no such registry (a read never creates one; check the path)")
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
             self.kind = "sqlite"
             self._param = "?"
             self._integrity = sqlite3.IntegrityError
             try:
                 # check_same_thread=False: a registry opened at load time is read by the scoring threads of
                 # `detector serve` (Python's sqlite3 module serialises access to one connection).
-                self.conn = sqlite3.connect(
-                    str(path), timeout=timeout, isolation_level=None, check_same_thread=False
-                )
+                if create:
+                    self.conn = sqlite3.connect(
+                        str(path), timeout=timeout, isolation_level=None, check_same_thread=False
+                    )
+                else:  # mode=rw: opens an existing file, never creates one
+                    uri = f"file:{quote(str(path.resolve()))}?mode=rw"
+                    self.conn = sqlite3.connect(
+                        uri, timeout=timeout, isolation_level=None, uri=True, check_same_thread=False
+                    )
                 self.conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
                 _enable_wal(self.conn, timeout)
             except sqlite3.DatabaseError as exc:
                 raise RegistryError(f"{path}: not a usable SQLite registry ({exc})") from exc
         try:
-            self._execute(SCHEMA)
+            if create:
+                self._execute(SCHEMA)
+            else:
+                self._execute("SELECT key_id, payload_id, generator FROM payloads LIMIT 1")
         except Exception as exc:
             self.close()
-            raise RegistryError(f"{self.url}: cannot create the registry table ({exc})") from exc
+            action = "create the registry table" if create else "read it as a registry"
+            raise RegistryError(f"{self.url}: cannot {action} ({exc})") from exc
 
     def __enter__(self) -> PayloadRegistry:
         return self
@@ -144,8 +182,8 @@ class PayloadRegistry:
         max_payload: int = 2**16 - 1,
     ) -> PayloadRecord:
         """Add a record; with ``payload_id=None`` the next free id is allocated atomically."""
-        if not generator:
-            raise RegistryError("a registry record needs a generator name")
+        check_name(generator, "generator name")
+        check_name(model_version, "model version", required=False)
         for _attempt in range(20):
             self._begin()
             try:
