@@ -8,6 +8,9 @@ The rules, and why:
 * A **missing** watermark is weak evidence: purification, regeneration or simply a generator that does
   not watermark all remove it. It leaves p_ai exactly where the passive branches put it; it never pushes
   an image towards ``real`` on its own.
+* A **forged** mark (one of our key made for other content, or inverted by a removal attempt; see
+  :mod:`detector.watermark.api`) is never evidence of AI: p_ai stays where the passive branches put it,
+  and the verdict is ``forged`` so that the tampering is seen rather than hidden behind ``real``.
 * Otherwise the calibrated p_ai decides: ``ai-generated`` above ``threshold + band``, ``real`` below
   ``threshold - band``, ``uncertain`` in between (and when no branch could score the image).
 """
@@ -20,6 +23,7 @@ from collections.abc import Mapping
 from detector.fusion.model import FusionConfig, FusionModel, logit, sigmoid, watermark_log_lr
 from detector.result import (
     AI_GENERATED,
+    FORGED,
     REAL,
     UNCERTAIN,
     WATERMARKED,
@@ -31,7 +35,7 @@ from detector.result import (
 
 def watermark_found(watermark: WatermarkEvidence | None, config: FusionConfig) -> bool:
     """A watermark counts when its p-value clears the configured FPR (or, without a p-value, its flag)."""
-    if watermark is None:
+    if watermark is None or watermark.tampered:
         return False
     if watermark.p_value is not None:
         return watermark.p_value <= config.watermark_fpr
@@ -46,6 +50,8 @@ def decide(
         prior = 0.5 if p_passive is None else p_passive
         p_ai = float(sigmoid(logit(prior) + watermark_log_lr(watermark.p_value, config)))
         return p_ai, WATERMARKED
+    if watermark is not None and watermark.tampered:
+        return p_passive, FORGED
     if p_passive is None:
         return None, UNCERTAIN
     if p_passive > config.threshold + config.uncertain_band:
