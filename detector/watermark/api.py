@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from detector.io import ImageLoadError, atomic_writer, file_sha256, load_image_array
+from detector.watermark import sync
 from detector.watermark.binding import SCHEME as BINDING_SCHEME
 from detector.watermark.binding import content_hash, hash_to_int, unrotate
 from detector.watermark.model import WatermarkModel
@@ -39,6 +40,8 @@ SEARCHES = ("full", "fast")
 #: still read as the same content (measured in experiments/watermark_attacks).
 CONTENT_BITS = 16
 CONTENT_TOLERANCE = 2
+#: Residual rotations (degrees) tried on each synchronised view (the lattice estimate is within ~1).
+SYNC_ANGLES = (0.0, -1.5, 1.5)
 STATUSES = ("watermarked", "forged", "inverted", "absent")
 CHECKPOINT_ENV = "DETECTOR_WATERMARK_CHECKPOINT"
 #: Decoding reads a centre window at most this large (native pixels): the decoder pools globally, so a
@@ -180,32 +183,59 @@ class Watermarker:
         }
 
     def decode_logits(self, image: np.ndarray) -> np.ndarray:
+        """The decoder's logits (embedded bit order) for the most confident reading."""
         return self.decode(image)[0]
 
     @torch.no_grad()
-    def decode(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
-        """Logits of the most confident reading, and that reading's (grid factor, angle in degrees)."""
+    def decode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits of the most confident reading, and the image as that reading saw it (geometry undone,
+        for the content hash).
+
+        "full": the plain search (1x and 0.5x grids, rotations to 6 degrees, stopping early on a confident
+        mark), then, unless that was confident, the lattice-synchronised views of :mod:`.sync` (any resize
+        0.3x-2x, aspect change, rotation to 45 degrees), each also mirrored, and the image itself mirrored.
+        "fast": the native grid only. The most confident reading wins: a choice from the image alone."""
         h, w = image.shape[:2]
         if max(h, w) > DECODE_WINDOW:  # the decoder reads a centre window anyway: skip converting the rest
             top, left = max(0, (h - DECODE_WINDOW) // 2), max(0, (w - DECODE_WINDOW) // 2)
             image = image[top : top + DECODE_WINDOW, left : left + DECODE_WINDOW]
         model = self.model
-        full = self.search == "full"
-        logits, choice = model.decoder(
+        stop = model.cfg.stop_confidence
+        if self.search == "fast":
+            logits, _ = self._read(image, (float(model.cfg.scale),), (0.0,))
+            return logits, image
+        logits, angle = self._read(image, model.search_factors, model.search_angles)
+        best = (float(np.abs(logits).mean()), logits, unrotate(image, angle))
+        if best[0] >= stop:
+            return best[1], best[2]
+        views = [np.ascontiguousarray(image[:, ::-1])]
+        for view in sync.canonical_views(image, model.decoder, model.cfg.scale):
+            views += [view, np.ascontiguousarray(view[:, ::-1])]
+        for view in views:
+            logits, angle = self._read(view, (float(model.cfg.scale),), SYNC_ANGLES)
+            conf = float(np.abs(logits).mean())
+            if conf > best[0]:
+                best = (conf, logits, unrotate(view, angle))
+                if conf >= stop:
+                    break
+        return best[1], best[2]
+
+    def _read(self, image: np.ndarray, factors, angles) -> tuple[np.ndarray, float]:
+        logits, choice = self.model.decoder(
             _to_tensor(image),
-            model.search_factors if full else (float(model.cfg.scale),),
-            angles=model.search_angles if full else (0.0,),
-            stop_confidence=model.cfg.stop_confidence,
+            factors,
+            angles=angles,
+            stop_confidence=self.model.cfg.stop_confidence,
             return_choice=True,
         )
-        return logits[0].numpy(), choice[0]
+        return logits[0].numpy(), choice[0][1]
 
     def detect_array(self, image: np.ndarray, path: str | None = None) -> WatermarkResult:
-        logits, (_, angle) = self.decode(image)
+        logits, seen = self.decode(image)
         bits = (logits > 0).astype(np.uint8)
         received = None
-        if self.codec.content_bits:  # hashed as the mark was made: turned back by the angle the decoder found
-            received = content_hash(unrotate(image, angle), self.key, self.codec.content_bits)
+        if self.codec.content_bits:  # hashed as the decoder saw it: the geometry it found undone
+            received = content_hash(seen, self.key, self.codec.content_bits)
         decoded = self.codec.decode(bits, np.abs(logits), self.fpr, received)
         status = "watermarked" if decoded.watermarked else "forged" if decoded.forged else "absent"
         if status == "absent":
