@@ -228,7 +228,7 @@ class Watermarker:
             stop_confidence=self.model.cfg.stop_confidence,
             return_choice=True,
         )
-        return logits[0].numpy(), choice[0][1]
+        return logits[0].detach().numpy(), choice[0][1]
 
     def detect_array(self, image: np.ndarray, path: str | None = None) -> WatermarkResult:
         logits, seen = self.decode(image)

@@ -25,16 +25,24 @@ import torch
 MIN_LAG, MAX_LAG = 9.0, 36.0
 #: Rotations beyond this would swap the lattice's axes; the search covers +-45 degrees.
 PEAKS_PER_MAP = 3
+#: Spectral whitening: the power spectrum relative to its average over about this many bins.
+WHITEN_SIGMA = 3.0
 
 
 def _autocorrelation(feats: torch.Tensor) -> np.ndarray:
-    """(1, C, h, w) features -> their summed circular autocorrelation (zero-padded), zero lag centred."""
+    """(1, C, h, w) features -> the autocorrelation of their spectrally whitened sum, zero lag centred.
+
+    The power spectrum is divided by its local average first: a periodic mark puts sharp lines in it,
+    image content a smooth spread, so after whitening the lattice dominates the autocorrelation."""
     f = feats[0].detach().numpy().astype(np.float64)
     f = f - f.mean(axis=(1, 2), keepdims=True)
     h, w = f.shape[1:]
-    spec = np.fft.rfft2(f, s=(2 * h, 2 * w))
-    corr = np.fft.irfft2((np.abs(spec) ** 2).sum(0), s=(2 * h, 2 * w))
-    return np.fft.fftshift(corr)
+    win = np.outer(np.hanning(h), np.hanning(w))
+    power = (np.abs(np.fft.fft2(f * win, s=(2 * h, 2 * w))) ** 2).sum(0)
+    power = np.fft.fftshift(power)
+    local = cv2.GaussianBlur(power.astype(np.float32), (0, 0), WHITEN_SIGMA).astype(np.float64)
+    white = np.fft.ifftshift(np.minimum(power / (local + 1e-9 * power.mean()), 50.0))
+    return np.fft.fftshift(np.real(np.fft.ifft2(white)))
 
 
 def _subcell_peak(corr: np.ndarray, r: int, c: int) -> tuple[float, float]:

@@ -5,7 +5,7 @@ held-out five), resized to ``--size``; the attacker's own marked images (same ke
 generator's output) are crops of the other photos. Every claim is the API's: ``watermarked`` (mark
 found and bound to the content), ``forged``, ``inverted`` or ``absent``, at FPR 1e-6.
 
-    python experiments/watermark_attacks/run.py                      # binding on (the default), 25 images
+    python experiments/watermark_attacks/run.py                      # binding on (the default), 15 images
     python experiments/watermark_attacks/run.py --content-bits 0     # the legacy unbound mark, same attacks
     python experiments/watermark_attacks/run.py --report-only        # rewrite RESULTS.md from the CSVs
 
@@ -251,7 +251,7 @@ def report(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=25, help="evaluation images (crops of the held-out photos)")
+    parser.add_argument("--n", type=int, default=15, help="evaluation images (crops of the held-out photos)")
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--attacker-images", type=int, default=8)
     parser.add_argument("--psnr", type=float, default=None, help="embedding strength (default: the model's)")
