@@ -118,3 +118,23 @@ def test_forged_mark_is_never_evidence_of_ai():
     back = ProvenanceResult.from_json(result.to_json())
     assert back.verdict == FORGED and back.watermark.status == "forged"
     assert result.to_row()["watermark.status"] == "forged"
+
+
+def test_registry_records_the_binding_and_upgrades_an_old_registry(tmp_path, wm):
+    import sqlite3
+
+    from detector.watermark import PayloadRegistry
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # a registry made before content binding
+        conn.execute(
+            "CREATE TABLE payloads (key_id TEXT NOT NULL, payload_id INTEGER NOT NULL, generator TEXT NOT NULL,"
+            " model_version TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL, content_hash TEXT,"
+            " PRIMARY KEY (key_id, payload_id))"
+        )
+        conn.execute("INSERT INTO payloads VALUES ('k', 0, 'old-gen', '', '2024-01-01', NULL)")
+    with PayloadRegistry(path) as reg:
+        assert reg.lookup("k", 0).binding is None
+        bound = Watermarker(KEY, model=wm.model, registry=reg)
+        record = bound.register("new-gen")
+        assert record.binding == "dct-simhash-v1/16/2" == reg.lookup(KEY.key_id, record.payload_id).binding

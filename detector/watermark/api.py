@@ -66,6 +66,11 @@ _EXT_FORMAT = {
 }
 
 
+def default_binding_tag() -> str:
+    """The registry's name for the default binding (what ``detector watermark embed`` writes)."""
+    return f"{BINDING_SCHEME}/{CONTENT_BITS}/{CONTENT_TOLERANCE}"
+
+
 class WatermarkError(RuntimeError):
     """A watermarking operation cannot be done (model missing, output exists, bad payload...)."""
 
@@ -186,6 +191,12 @@ class Watermarker:
         """The decoder's logits (embedded bit order) for the most confident reading."""
         return self.decode(image)[0]
 
+    @property
+    def binding_tag(self) -> str | None:
+        """The binding as the registry records it: ``scheme/content_bits/tolerance`` (None when unbound)."""
+        b = self.binding
+        return f"{b['scheme']}/{b['content_bits']}/{b['tolerance']}" if b["content_bits"] else None
+
     @torch.no_grad()
     def decode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits of the most confident reading, and the image as that reading saw it (geometry undone,
@@ -250,6 +261,9 @@ class Watermarker:
         if status != "absent" and self.registry is not None:
             found = self.registry.lookup(self.key.key_id, decoded.payload)
             record = found.to_dict() if found else None
+        extra = {"binding": self.binding}
+        if record and record.get("binding") not in (None, self.binding_tag):
+            extra["binding_mismatch"] = f"the registry says this payload's marks carry {record['binding']}"
         shown = status in ("watermarked", "forged", "inverted")
         return WatermarkResult(
             path=path,
@@ -264,7 +278,7 @@ class Watermarker:
             key_id=self.key.key_id,
             record=record,
             model=self.model_name,
-            extra={"binding": self.binding}
+            extra=extra
             | ({} if shown or decoded.payload is None else {"candidate_payload": decoded.payload}),
             status=status,
             content_distance=decoded.distance,
@@ -318,6 +332,7 @@ class Watermarker:
             content_hash,
             payload_id,
             max_payload=self.codec.max_payload,
+            binding=self.binding_tag,
         )
 
 
