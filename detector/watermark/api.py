@@ -32,9 +32,10 @@ from detector.watermark.payload import PayloadCodec, WatermarkKey, load_key
 from detector.watermark.registry import PayloadRecord, PayloadRegistry
 
 DEFAULT_FPR = 1e-6
-#: Decoder search profiles. "full": both grids (1x and a 0.5x resize) and rotations up to +-6 degrees;
-#: "fast": the native grid, no rotation (about 10x cheaper on an unmarked image, misses resized or rotated
-#: marks). Both choose their reading from the image alone, so the keyed test's FPR holds for either.
+#: Decoder search profiles. "full": both grids (1x and a 0.5x resize) and rotations up to +-6 degrees,
+#: then lattice-synchronised views (any resize 0.3x-2x, aspect change, rotation) and mirrored readings;
+#: "fast": the native grid, no rotation (about 10x cheaper on an unmarked image, misses resized, rotated
+#: or mirrored marks). Both choose their reading from the image alone, so the keyed test's FPR holds.
 SEARCHES = ("full", "fast")
 #: Content-hash bits carried in the mark (0 turns binding off: legacy marks) and the hash distance
 #: still read as the same content (measured in experiments/watermark_attacks).

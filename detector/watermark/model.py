@@ -15,8 +15,10 @@ coherently: the SNR grows with the image area), and a learned readout is circula
 fold for every cyclic shift at once (FFT). A crop only shifts the fold cyclically, so the decoder takes
 the shift, and optionally the scale (``factors``: e.g. a 0.5x resized image folds at half the factor),
 where the readout is most confident. Small rotations are undone on the feature map (see
-:meth:`Decoder.forward`). That choice depends on the image only, never on the key, so the keyed payload
-test downstream stays valid without a multiple-testing correction for the search.
+:meth:`Decoder.forward`). Larger resizes, squeezes, rotations and mirrors are undone before the
+decoder runs, by :mod:`detector.watermark.sync`. That choice depends on the image only, never on the
+key, so the keyed payload test downstream stays valid without a multiple-testing correction for the
+search.
 """
 
 from __future__ import annotations

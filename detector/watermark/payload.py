@@ -20,7 +20,11 @@ payload candidate was chosen (RS decoding, erasure retries), since it covers eve
 |logit|), a choice made from the image alone, never from the key. So the bits handed to this test are a
 fixed function of the image, and the argument above applies to them unchanged. (Choosing the reading
 that best matches the key's codewords would need a Bonferroni factor for every reading tried; we do not
-do that.) ``experiments/watermark_fpr/`` checks the assumption empirically: the unmasked bits of clean
+do that.) The same holds for the lattice-synchronised and mirrored views of :mod:`detector.watermark.sync`:
+more readings are tried, but the one kept is still the most confident, chosen without the key. What a
+wider search does change is the *distribution* of the kept bits (the maximum confidence over more
+readings), which the test does not assume anything about beyond their independence from the key.
+``experiments/watermark_fpr/`` checks the assumption empirically: the unmasked bits of clean
 images against a Binomial(n, 1/2).
 
 **Content binding** (``content_bits = m > 0``, see :mod:`detector.watermark.binding`). The RS data
