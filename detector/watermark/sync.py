@@ -25,6 +25,8 @@ import torch
 MIN_LAG, MAX_LAG = 9.0, 36.0
 #: Rotations beyond this would swap the lattice's axes; the search covers +-45 degrees.
 PEAKS_PER_MAP = 3
+#: Images at most this small (px) are also searched on a fine grid (lattices of marks shrunk to 0.3x).
+SMALL_SIDE = 200
 #: Spectral whitening: the power spectrum relative to its average over about this many bins.
 WHITEN_SIGMA = 3.0
 
@@ -146,6 +148,8 @@ def canonical_views(
     period = decoder.cfg.tile * scale  # px of the marked image
     x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
     views, seen = [], []
+    if min(image.shape[:2]) <= SMALL_SIDE:  # a strong downscale: look on a finer grid too
+        factors = (*factors, 1.25)
     with torch.no_grad():
         for factor in factors:
             corr = _autocorrelation(decoder.grid_features(x, factor))

@@ -8,6 +8,7 @@ found and bound to the content), ``forged``, ``inverted`` or ``absent``, at FPR 
     python experiments/watermark_attacks/run.py                      # binding on (the default), 15 images
     python experiments/watermark_attacks/run.py --content-bits 0     # the legacy unbound mark, same attacks
     python experiments/watermark_attacks/run.py --report-only        # rewrite RESULTS.md from the CSVs
+    python experiments/watermark_attacks/run.py --only resize0.3,resize0.4   # rerun some rows after a change
 
 Writes ``results_<mode>.csv`` (one row per image and attack), ``summary_<mode>.csv`` and RESULTS.md.
 """
@@ -106,9 +107,14 @@ def run(args: argparse.Namespace) -> Path:
             }
         )
 
+    only = set(args.only.split(",")) if args.only else None
     for i, (name, clean) in enumerate(images):
         truth = wm.codec.encode(PAYLOAD, wm.content_of(clean))
         marked = wm.embed_array(clean, PAYLOAD, args.psnr)
+        if only:  # rerun some single-image attacks only; the other rows are kept from the last full run
+            for attack in only:
+                check(attack, "marked", name, attacks.TRANSFORMS[attack](marked), marked, truth)
+            continue
         check("clean", "clean", name, clean, clean, None)
         for attack, fn in attacks.TRANSFORMS.items():
             check(attack, "marked", name, fn(marked), marked if attack != "none" else clean, truth)
@@ -129,6 +135,9 @@ def run(args: argparse.Namespace) -> Path:
         print(f"[{i + 1}/{len(images)}] {name}", file=sys.stderr, flush=True)
 
     out = HERE / f"results_{mode}.csv"
+    if only and out.is_file():
+        fresh = {(r["attack"], r["image"]): r for r in rows}
+        rows = [fresh.get((r["attack"], r["image"]), r) for r in read_csv(out)]
     write_csv(out, rows, FIELDS)
     return out
 
@@ -187,6 +196,45 @@ def table(summary: list[dict], families: tuple[str, ...], columns: tuple[str, ..
     return "\n".join(lines)
 
 
+#: The issue's robustness targets (TPR >= 0.95 at FPR 1e-6).
+TARGETS = (
+    *(f"resize{f:.1f}" for f in np.round(np.arange(0.3, 2.01, 0.1), 1)),
+    "aspect512x384",
+    *(f"rotate{d}" for d in range(5, 31, 5)),
+    "hflip",
+    "screenshot",
+    "crop10%",
+    "jpeg50",
+    "webp50",
+    "nlm",
+)
+
+
+def checks(summary: list[dict]) -> list[str]:
+    """The issue's done-when items that this run measures, met or not, with the figures."""
+    by = {s["attack"]: s for s in summary}
+    met = [a for a in TARGETS if a in by and by[a]["tpr"] >= 0.95]
+    missed = [f"{a} ({by[a]['tpr']:.2f})" for a in TARGETS if a in by and by[a]["tpr"] < 0.95]
+    subs = [s for s in summary if s["family"] == "subtract"]
+    failing = [s for s in subs if s["tpr"] < 0.95]
+    first = max(failing, key=lambda s: s["psnr"] or 0) if failing else None
+    removal = (
+        f"detection first fails at {first['attack']} (TPR {first['tpr']:.2f}), attacked PSNR {first['psnr']} dB"
+        if first
+        else "never fails in the strengths tried"
+    )
+    return [
+        "### Against the issue's targets (TPR >= 0.95)",
+        "",
+        f"- Met ({len(met)}): {', '.join(met) or '-'}.",
+        f"- Missed ({len(missed)}): {', '.join(missed) or '-'}.",
+        f"- Removal by subtracting the averaged estimate: {removal} (target: only below 30 dB).",
+        f"- Detection time on a clean image (the common case, full search): "
+        f"{by['clean']['seconds']} s mean on this run's machine.",
+        "",
+    ]
+
+
 def report(args: argparse.Namespace) -> None:
     parts = [
         "# Watermark attack suite",
@@ -206,6 +254,13 @@ def report(args: argparse.Namespace) -> None:
         "content), `inverted` (the complement of a mark: a removal attempt), `absent`. TPR = `watermarked` with",
         "the right payload. Bit accuracy: decoded bits against the word embedded in that image. PSNR: attacked",
         "image against the marked one (copy attacks: against the clean photo), where the size is unchanged.",
+        "Seconds: wall time of one detection on our shared 2-core machine, which ran at a load of about 8",
+        "during these runs (an idle core takes about a quarter of that).",
+        "",
+        "Only five photos held out of training exist offline, so the images are several crops of each",
+        "(correlated views, not independent photos): the issue's '>= 50 photos' is not met by `--n`, which",
+        "adds crops, not photos. Peers (invisible-watermark, blind-watermark) and regeneration/purification",
+        "attacks are not in this suite yet (see experiments/watermark_vs_peers for the peers on the old grid).",
         "",
     ]
     for mode, title in (
@@ -238,6 +293,7 @@ def report(args: argparse.Namespace) -> None:
             ),
             "",
         ]
+        parts += checks(summary)
         spoof = [r for r in rows if r["family"] == "copy" and r["psnr"] and float(r["psnr"]) >= 30]
         fooled = sum(r["status"] == "watermarked" for r in spoof)
         parts += [
@@ -258,6 +314,9 @@ def main() -> None:
     parser.add_argument("--content-bits", type=int, default=16, help="0: the legacy unbound mark")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--only", default="", help="comma-separated single-image attacks to rerun into the CSV"
+    )
     args = parser.parse_args()
     if not args.report_only:
         print(f"wrote {run(args)}", file=sys.stderr)
