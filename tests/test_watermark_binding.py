@@ -138,3 +138,11 @@ def test_registry_records_the_binding_and_upgrades_an_old_registry(tmp_path, wm)
         bound = Watermarker(KEY, model=wm.model, registry=reg)
         record = bound.register("new-gen")
         assert record.binding == "dct-simhash-v1/16/2" == reg.lookup(KEY.key_id, record.payload_id).binding
+
+
+def test_large_image_is_hashed_whole_not_by_its_decoding_window(wm, photos):
+    a, _ = photos
+    big = np.asarray(Image.fromarray(a).resize((1100, 1100), Image.Resampling.BILINEAR))
+    marked = wm.embed_array(big, 99)
+    result = wm.detect_array(marked)
+    assert result.status == "watermarked" and result.content_distance == 0

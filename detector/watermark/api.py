@@ -126,6 +126,10 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
 
 
+def _mirror(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image[:, ::-1])
+
+
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
 
@@ -207,6 +211,7 @@ class Watermarker:
         mark), then, unless that was confident, the lattice-synchronised views of :mod:`.sync` (any resize
         0.3x-2x, aspect change, rotation to 45 degrees), each also mirrored, and the image itself mirrored.
         "fast": the native grid only. The most confident reading wins: a choice from the image alone."""
+        whole = image  # what the content hash is taken on: the whole image, never the decoding window
         h, w = image.shape[:2]
         if max(h, w) > DECODE_WINDOW:  # the decoder reads a centre window anyway: skip converting the rest
             top, left = max(0, (h - DECODE_WINDOW) // 2), max(0, (w - DECODE_WINDOW) // 2)
@@ -215,22 +220,22 @@ class Watermarker:
         stop = model.cfg.stop_confidence
         if self.search == "fast":
             logits, _ = self._read(image, (float(model.cfg.scale),), (0.0,))
-            return logits, image
+            return logits, whole
         logits, angle = self._read(image, model.search_factors, model.search_angles)
-        best = (float(np.abs(logits).mean()), logits, unrotate(image, angle))
-        if best[0] >= stop:
-            return best[1], best[2]
-        views = [np.ascontiguousarray(image[:, ::-1])]
-        for view in sync.canonical_views(image, model.decoder, model.cfg.scale):
-            views += [view, np.ascontiguousarray(view[:, ::-1])]
-        for view in views:
-            logits, angle = self._read(view, (float(model.cfg.scale),), SYNC_ANGLES)
-            conf = float(np.abs(logits).mean())
-            if conf > best[0]:
-                best = (conf, logits, unrotate(view, angle))
-                if conf >= stop:
-                    break
-        return best[1], best[2]
+        best = (float(np.abs(logits).mean()), logits, lambda a=angle: unrotate(whole, a))
+        if best[0] < stop:
+            views = [(_mirror(image), lambda: _mirror(whole))]
+            for view, m in sync.canonical_views(image, model.decoder, model.cfg.scale):
+                seen = (lambda m=m: sync.view_of(whole, m)) if whole is not image else (lambda v=view: v)
+                views += [(view, seen), (_mirror(view), lambda s=seen: _mirror(s()))]
+            for view, seen in views:
+                logits, angle = self._read(view, (float(model.cfg.scale),), SYNC_ANGLES)
+                conf = float(np.abs(logits).mean())
+                if conf > best[0]:
+                    best = (conf, logits, lambda s=seen, a=angle: unrotate(s(), a))
+                    if conf >= stop:
+                        break
+        return best[1], best[2]()
 
     def _read(self, image: np.ndarray, factors, angles) -> tuple[np.ndarray, float]:
         logits, choice = self.model.decoder(

@@ -136,8 +136,9 @@ def _upright(v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
 
 def canonical_views(
     image: np.ndarray, decoder, scale: int, factors: tuple[float, ...] = (4.0, 2.0)
-) -> list[np.ndarray]:
-    """The image mapped back to an upright lattice of the native period, once per candidate basis.
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(view, basis)``: the image mapped back to an upright lattice of the native period, once per
+    candidate basis.
 
     Each view is cropped to where the received canvas maps (about the marked image's own frame: what
     its content hash was computed on).
@@ -161,13 +162,18 @@ def canonical_views(
                 if np.allclose(m, np.eye(2), atol=0.03) or any(np.allclose(m, s, atol=0.02) for s in seen):
                     continue
                 seen.append(m)
-                view = _warp(image, m)
-                h, w = image.shape[:2]
-                ch = min(view.shape[0], round(h / np.linalg.norm(m[:, 0])))
-                cw = min(view.shape[1], round(w / np.linalg.norm(m[:, 1])))
-                top, left = (view.shape[0] - ch) // 2, (view.shape[1] - cw) // 2
-                views.append(np.ascontiguousarray(view[top : top + ch, left : left + cw]))
+                views.append((view_of(image, m), m))
     return views
+
+
+def view_of(image: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``image`` mapped back by the lattice basis ``m``, cropped to where the received canvas maps."""
+    view = _warp(image, m)
+    h, w = image.shape[:2]
+    ch = min(view.shape[0], round(h / np.linalg.norm(m[:, 0])))
+    cw = min(view.shape[1], round(w / np.linalg.norm(m[:, 1])))
+    top, left = (view.shape[0] - ch) // 2, (view.shape[1] - cw) // 2
+    return np.ascontiguousarray(view[top : top + ch, left : left + cw])
 
 
 def _warp(image: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -176,8 +182,8 @@ def _warp(image: np.ndarray, m: np.ndarray) -> np.ndarray:
     inv = np.linalg.inv(m)
     corners = np.array([[0, 0], [h, 0], [0, w], [h, w]], dtype=np.float64) - [h / 2, w / 2]
     mapped = corners @ inv.T
-    out_h = int(min(2048, math.ceil(np.ptp(mapped[:, 0]))))
-    out_w = int(min(2048, math.ceil(np.ptp(mapped[:, 1]))))
+    out_h = int(min(4096, math.ceil(np.ptp(mapped[:, 0]))))
+    out_w = int(min(4096, math.ceil(np.ptp(mapped[:, 1]))))
     # cv2 works in (x, y) = (col, row): received (x, y) = M' (x', y') + t, with M' the (col, row) version.
     mxy = np.array([[m[1, 1], m[1, 0]], [m[0, 1], m[0, 0]]])
     t = np.array([w / 2, h / 2]) - mxy @ np.array([out_w / 2, out_h / 2])
