@@ -116,6 +116,9 @@ TRANSFORMS: dict[str, callable] = {
     "webp50": lambda x: compress(x, "WEBP", 50),
     "nlm": nlm,
     "chain(rot3,resize0.6,jpeg60,crop70%)": chain_rotate_resize_jpeg_crop,
+    # How images travel: shrunk, then recompressed.
+    "resize0.75+jpeg80": lambda x: compress(resize(x, 0.75), "JPEG", 80),
+    "resize0.5+jpeg80": lambda x: compress(resize(x, 0.5), "JPEG", 80),
 }
 #: Edits a photographer makes to an image they own: the content binding should survive these.
 BENIGN_EXTRA: dict[str, callable] = {

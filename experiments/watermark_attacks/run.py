@@ -137,7 +137,11 @@ def run(args: argparse.Namespace) -> Path:
     out = HERE / f"results_{mode}.csv"
     if only and out.is_file():
         fresh = {(r["attack"], r["image"]): r for r in rows}
-        rows = [fresh.get((r["attack"], r["image"]), r) for r in read_csv(out)]
+        old = read_csv(out)
+        kept = {(r["attack"], r["image"]) for r in old}
+        rows = [fresh.get((r["attack"], r["image"]), r) for r in old] + [
+            r for r in rows if (r["attack"], r["image"]) not in kept
+        ]
     write_csv(out, rows, FIELDS)
     return out
 
