@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -107,7 +108,10 @@ def run(args: argparse.Namespace) -> Path:
             }
         )
 
-    only = set(args.only.split(",")) if args.only else None
+    only = set(re.split(r",(?![^()]*\))", args.only)) if args.only else None  # commas inside (...) stay
+    unknown = (only or set()) - set(attacks.TRANSFORMS)
+    if unknown:
+        raise SystemExit(f"--only: unknown attack(s) {sorted(unknown)}; known: {list(attacks.TRANSFORMS)}")
     for i, (name, clean) in enumerate(images):
         truth = wm.codec.encode(PAYLOAD, wm.content_of(clean))
         marked = wm.embed_array(clean, PAYLOAD, args.psnr)
@@ -243,11 +247,17 @@ def report(args: argparse.Namespace) -> None:
     parts = [
         "# Watermark attack suite",
         "",
-        "Commands (each run writes its CSVs; the report is rebuilt from whatever CSVs exist):",
+        "Commands (each run writes its CSVs; the report is rebuilt from whatever CSVs exist). The tables below",
+        "come from the two full runs, then `--only` reruns (same images) of the rows that a later decoder change",
+        "touched (the 1.25 px grid for images <= 200 px) or that were added later (the resize-then-JPEG chains):",
         "",
         "```bash",
-        "python experiments/watermark_attacks/run.py                   # content binding on (the default)",
-        "python experiments/watermark_attacks/run.py --content-bits 0  # the legacy unbound mark",
+        "python experiments/watermark_attacks/run.py                          # content binding on (the default)",
+        "python experiments/watermark_attacks/run.py --content-bits 0 --n 8   # the legacy unbound mark",
+        'ONLY="resize0.3,resize0.4,resize0.5,crop10%,chain(rot3,resize0.6,jpeg60,crop70%)"',
+        'ONLY="$ONLY,resize0.75+jpeg80,resize0.5+jpeg80"',
+        'python experiments/watermark_attacks/run.py --only "$ONLY"',
+        'python experiments/watermark_attacks/run.py --only "$ONLY" --content-bits 0 --n 8',
         "python experiments/watermark_attacks/run.py --report-only",
         "```",
         "",
