@@ -19,7 +19,10 @@ REAL = "real"
 AI_GENERATED = "ai-generated"
 WATERMARKED = "watermarked"
 UNCERTAIN = "uncertain"
-VERDICTS = (REAL, AI_GENERATED, WATERMARKED, UNCERTAIN)
+#: A mark of our key that does not belong to the image (copied from another image, or inverted by a
+#: removal attempt): it says someone tampered with a mark, never that the image is AI-generated.
+FORGED = "forged"
+VERDICTS = (REAL, AI_GENERATED, WATERMARKED, UNCERTAIN, FORGED)
 #: Content Credentials validation states (see :class:`C2PAEvidence`).
 C2PA_VALID = "valid"
 C2PA_UNTRUSTED = "untrusted"
@@ -46,6 +49,13 @@ class WatermarkEvidence:
     payload: str | None = None  # the decoded payload (hex) or message
     generator: str | None = None  # the generator the registry record names
     record: dict[str, Any] | None = None  # the registry record itself (key id, date, ...)
+    status: str | None = None  # decoder's status: watermarked, forged, inverted, absent (None: not given)
+    note: str | None = None  # a sentence saying what the status means for this image
+
+    @property
+    def tampered(self) -> bool:
+        """A mark of our key that was moved onto other content or inverted: never evidence of AI."""
+        return self.status in ("forged", "inverted")
 
 
 @dataclass
@@ -182,6 +192,7 @@ class ProvenanceResult:
             "watermark.bit_accuracy": wm.bit_accuracy if wm else None,
             "watermark.payload": wm.payload if wm else None,
             "watermark.generator": wm.generator if wm else None,
+            "watermark.status": wm.status if wm else None,
             "attribution.top1": at.top_k[0][0] if at and at.top_k else None,
             "attribution.top1_prob": at.top_k[0][1] if at and at.top_k else None,
             "attribution.top_k": ";".join(f"{g}:{p:.4f}" for g, p in at.top_k) if at else None,

@@ -285,13 +285,16 @@ def register(
     registry: str = typer.Option(..., "--registry", envvar="DETECTOR_WATERMARK_REGISTRY"),
 ) -> None:
     """Record a payload id for a generator in the registry; prints the record as JSON."""
+    from detector.watermark.api import default_binding_tag
     from detector.watermark.payload import KeyFileError, load_key
     from detector.watermark.registry import PayloadRegistry, RegistryError
 
     try:
         key = load_key(key_file)
         with PayloadRegistry(registry) as reg:
-            record = reg.register(key.key_id, generator, model_version, payload_id=payload)
+            record = reg.register(
+                key.key_id, generator, model_version, payload_id=payload, binding=default_binding_tag()
+            )
     except (KeyFileError, RegistryError) as exc:
         fail(str(exc))
     stdout.print(json.dumps(record.to_dict()), markup=False, highlight=False)

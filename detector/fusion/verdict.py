@@ -15,6 +15,9 @@ The rules, and why:
   changes nothing: anyone can sign with a certificate of their own. An *invalid* manifest (the file was
   altered after signing) is reported as tampered and never trusted. A missing manifest proves nothing:
   re-saving a file drops it.
+* A **forged** mark (one of our key made for other content, or inverted by a removal attempt; see
+  :mod:`detector.watermark.api`) is never evidence of AI: p_ai stays where the passive branches put it,
+  and the verdict is ``forged`` so that the tampering is seen rather than hidden behind ``real``.
 * Otherwise the calibrated p_ai decides: ``ai-generated`` above ``threshold + band``, ``real`` below
   ``threshold - band``, ``uncertain`` in between (and when no branch could score the image).
 """
@@ -28,6 +31,7 @@ from detector.fusion.model import FusionConfig, FusionModel, logit, sigmoid, wat
 from detector.result import (
     AI_GENERATED,
     C2PA_VALID,
+    FORGED,
     REAL,
     UNCERTAIN,
     WATERMARKED,
@@ -40,7 +44,7 @@ from detector.result import (
 
 def watermark_found(watermark: WatermarkEvidence | None, config: FusionConfig) -> bool:
     """A watermark counts when its p-value clears the configured FPR (or, without a p-value, its flag)."""
-    if watermark is None:
+    if watermark is None or watermark.tampered:
         return False
     if watermark.p_value is not None:
         return watermark.p_value <= config.watermark_fpr
@@ -69,6 +73,8 @@ def decide(
         return p_ai, WATERMARKED
     if credentials:
         return p_passive, AI_GENERATED
+    if watermark is not None and watermark.tampered:
+        return p_passive, FORGED
     if p_passive is None:
         return None, UNCERTAIN
     if p_passive > config.threshold + config.uncertain_band:

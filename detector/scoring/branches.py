@@ -60,6 +60,14 @@ def attribution_evidence(
     return out
 
 
+STATUS_NOTES = {
+    "forged": "a mark of this key made for other content (copied, or the picture changed beyond the content "
+    "hash's tolerance): tampering, not evidence that the image is AI-generated",
+    "inverted": "the complement of a mark of this key (what subtracting a mark leaves): a removal attempt, "
+    "not evidence either way",
+}
+
+
 def watermark_evidence(result) -> WatermarkEvidence:
     """A watermark decoder's result (``detector.watermark.WatermarkResult`` or anything with its fields:
     ``watermarked, p_value, bit_accuracy, bits, payload, record``) as the evidence a result carries."""
@@ -67,6 +75,7 @@ def watermark_evidence(result) -> WatermarkEvidence:
     payload = getattr(result, "payload", None)
     p_value = getattr(result, "p_value", None)
     bit_accuracy = getattr(result, "bit_accuracy", None)
+    status = getattr(result, "status", None)
     return WatermarkEvidence(
         detected=bool(result.watermarked),
         p_value=None if p_value is None else float(p_value),
@@ -75,6 +84,8 @@ def watermark_evidence(result) -> WatermarkEvidence:
         payload=None if payload is None else str(payload),
         generator=(record or {}).get("generator"),
         record=dict(record) if record else None,
+        status=status,
+        note=STATUS_NOTES.get(status),
     )
 
 

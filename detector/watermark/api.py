@@ -3,10 +3,19 @@
 ``Watermarker(key).embed_file(src, dst, payload)`` writes a watermarked copy in the source's format;
 ``Watermarker(key).detect_file(path)`` returns a :class:`WatermarkResult` (bits, bit accuracy,
 p-value, decision, payload, registry record) that the CLI prints and the fusion consumes.
+
+**Statuses.** ``watermarked``: a mark of this key whose content hash matches the image (binding, see
+:mod:`detector.watermark.binding`); ``forged``: a mark of this key made for other content (a copy
+attack, or an edit that changed the picture beyond the hash's tolerance, e.g. a small crop);
+``inverted``: the *complement* of a valid word was read (bit accuracy near 0), which is what
+subtracting an over-estimated mark leaves: someone tried to remove a mark. Only ``watermarked`` is
+evidence of a generator; the other two say the mark was tampered with and are never evidence of AI.
+``absent``: none of these. Each claim is tested at ``fpr``; see :mod:`detector.watermark.payload`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,15 +25,26 @@ import torch
 
 from detector.errors import DetectorError
 from detector.io import ImageLoadError, atomic_writer, file_sha256, load_image_array
+from detector.watermark import sync
+from detector.watermark.binding import SCHEME as BINDING_SCHEME
+from detector.watermark.binding import content_hash, hash_to_int, unrotate
 from detector.watermark.model import WatermarkModel
 from detector.watermark.payload import PayloadCodec, WatermarkKey, load_key
 from detector.watermark.registry import PayloadRecord, PayloadRegistry
 
 DEFAULT_FPR = 1e-6
-#: Decoder search profiles. "full": both grids (1x and a 0.5x resize) and rotations up to +-6 degrees;
-#: "fast": the native grid, no rotation (about 10x cheaper on an unmarked image, misses resized or rotated
-#: marks). Both choose their reading from the image alone, so the keyed test's FPR holds for either.
+#: Decoder search profiles. "full": both grids (1x and a 0.5x resize) and rotations up to +-6 degrees,
+#: then lattice-synchronised views (any resize 0.3x-2x, aspect change, rotation) and mirrored readings;
+#: "fast": the native grid, no rotation (about 10x cheaper on an unmarked image, misses resized, rotated
+#: or mirrored marks). Both choose their reading from the image alone, so the keyed test's FPR holds.
 SEARCHES = ("full", "fast")
+#: Content-hash bits carried in the mark (0 turns binding off: legacy marks) and the hash distance
+#: still read as the same content (measured in experiments/watermark_attacks).
+CONTENT_BITS = 16
+CONTENT_TOLERANCE = 2
+#: Residual rotations (degrees) tried on each synchronised view (the lattice estimate is within ~1).
+SYNC_ANGLES = (0.0, -1.5, 1.5)
+STATUSES = ("watermarked", "forged", "inverted", "absent")
 CHECKPOINT_ENV = "DETECTOR_WATERMARK_CHECKPOINT"
 #: Decoding reads a centre window at most this large (native pixels): the decoder pools globally, so a
 #: window carries the whole message, and huge images decode in bounded time.
@@ -46,6 +66,11 @@ _EXT_FORMAT = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
 }
+
+
+def default_binding_tag() -> str:
+    """The registry's name for the default binding (what ``detector watermark embed`` writes)."""
+    return f"{BINDING_SCHEME}/{CONTENT_BITS}/{CONTENT_TOLERANCE}"
 
 
 class WatermarkError(DetectorError, RuntimeError):
@@ -93,6 +118,8 @@ class WatermarkResult:
     model: str = ""
     error: str | None = None
     extra: dict = field(default_factory=dict)
+    status: str = "absent"  # one of STATUSES
+    content_distance: int | None = None  # decoded vs. recomputed content hash (binding on), in bits
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +127,10 @@ class WatermarkResult:
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+
+
+def _mirror(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image[:, ::-1])
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -118,12 +149,17 @@ class Watermarker:
         registry: PayloadRegistry | str | os.PathLike | None = None,
         fpr: float = DEFAULT_FPR,
         search: str = "full",
+        content_bits: int = CONTENT_BITS,
+        tolerance: int = CONTENT_TOLERANCE,
     ):
         self.key = key if isinstance(key, WatermarkKey) else load_key(key)
         self.model = model if model is not None else load_model(checkpoint)
         self.model.eval()
         self.model_name = str(checkpoint or (default_checkpoint() if model is None else "in-memory"))
-        self.codec = PayloadCodec(self.key, self.model.cfg.n_bits, payload_bits)
+        try:
+            self.codec = PayloadCodec(self.key, self.model.cfg.n_bits, payload_bits, content_bits, tolerance)
+        except ValueError as exc:
+            raise WatermarkError(str(exc)) from exc
         if registry is not None and not isinstance(registry, PayloadRegistry):
             registry = PayloadRegistry(registry)
         self.registry = registry
@@ -138,40 +174,112 @@ class Watermarker:
     @torch.no_grad()
     def embed_array(self, image: np.ndarray, payload: int, target_psnr: float | None = None) -> np.ndarray:
         """HxWx3 uint8 -> watermarked HxWx3 uint8 carrying ``payload`` under this key."""
-        bits = torch.from_numpy(self.codec.encode(payload).astype(np.int64)).unsqueeze(0)
+        bits = torch.from_numpy(
+            self.codec.encode(payload, self.content_of(image)).astype(np.int64)
+        ).unsqueeze(0)
         marked = self.model.embedder(_to_tensor(image), bits, target_psnr)
         return _to_uint8(marked)
 
-    @torch.no_grad()
+    def content_of(self, image: np.ndarray) -> int:
+        """The keyed content hash the mark carries for ``image`` (0 when binding is off)."""
+        if not self.codec.content_bits:
+            return 0
+        return hash_to_int(content_hash(image, self.key, self.codec.content_bits))
+
+    @property
+    def binding(self) -> dict:
+        """What a verifier needs besides the key and the model: the hash scheme and its parameters."""
+        return {
+            "scheme": BINDING_SCHEME if self.codec.content_bits else "none",
+            "content_bits": self.codec.content_bits,
+            "tolerance": self.codec.tolerance,
+        }
+
     def decode_logits(self, image: np.ndarray) -> np.ndarray:
+        """The decoder's logits (embedded bit order) for the most confident reading."""
+        return self.decode(image)[0]
+
+    @property
+    def binding_tag(self) -> str | None:
+        """The binding as the registry records it: ``scheme/content_bits/tolerance`` (None when unbound)."""
+        b = self.binding
+        return f"{b['scheme']}/{b['content_bits']}/{b['tolerance']}" if b["content_bits"] else None
+
+    @torch.no_grad()
+    def decode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits of the most confident reading, and the image as that reading saw it (geometry undone,
+        for the content hash).
+
+        "full": the plain search (1x and 0.5x grids, rotations to 6 degrees, stopping early on a confident
+        mark), then, unless that was confident, the lattice-synchronised views of :mod:`.sync` (any resize
+        0.3x-2x, aspect change, rotation to 45 degrees), each also mirrored, and the image itself mirrored.
+        "fast": the native grid only. The most confident reading wins: a choice from the image alone."""
+        whole = image  # what the content hash is taken on: the whole image, never the decoding window
         h, w = image.shape[:2]
         if max(h, w) > DECODE_WINDOW:  # the decoder reads a centre window anyway: skip converting the rest
             top, left = max(0, (h - DECODE_WINDOW) // 2), max(0, (w - DECODE_WINDOW) // 2)
             image = image[top : top + DECODE_WINDOW, left : left + DECODE_WINDOW]
         model = self.model
-        full = self.search == "full"
-        logits = model.decoder(
+        stop = model.cfg.stop_confidence
+        if self.search == "fast":
+            logits, _ = self._read(image, (float(model.cfg.scale),), (0.0,))
+            return logits, whole
+        logits, angle = self._read(image, model.search_factors, model.search_angles)
+        best = (float(np.abs(logits).mean()), logits, lambda a=angle: unrotate(whole, a))
+        if best[0] < stop:
+            views = [(_mirror(image), lambda: _mirror(whole))]
+            for view, m in sync.canonical_views(image, model.decoder, model.cfg.scale):
+                seen = (lambda m=m: sync.view_of(whole, m)) if whole is not image else (lambda v=view: v)
+                views += [(view, seen), (_mirror(view), lambda s=seen: _mirror(s()))]
+            for view, seen in views:
+                logits, angle = self._read(view, (float(model.cfg.scale),), SYNC_ANGLES)
+                conf = float(np.abs(logits).mean())
+                if conf > best[0]:
+                    best = (conf, logits, lambda s=seen, a=angle: unrotate(s(), a))
+                    if conf >= stop:
+                        break
+        return best[1], best[2]()
+
+    def _read(self, image: np.ndarray, factors, angles) -> tuple[np.ndarray, float]:
+        logits, choice = self.model.decoder(
             _to_tensor(image),
-            model.search_factors if full else (float(model.cfg.scale),),
-            angles=model.search_angles if full else (0.0,),
-            stop_confidence=model.cfg.stop_confidence,
+            factors,
+            angles=angles,
+            stop_confidence=self.model.cfg.stop_confidence,
+            return_choice=True,
         )
-        return logits[0].numpy()
+        return logits[0].detach().numpy(), choice[0][1]
 
     def detect_array(self, image: np.ndarray, path: str | None = None) -> WatermarkResult:
-        logits = self.decode_logits(image)
+        logits, seen = self.decode(image)
         bits = (logits > 0).astype(np.uint8)
-        decoded = self.codec.decode(bits, np.abs(logits), self.fpr)
+        received = None
+        if self.codec.content_bits:  # hashed as the decoder saw it: the geometry it found undone
+            received = content_hash(seen, self.key, self.codec.content_bits)
+        decoded = self.codec.decode(bits, np.abs(logits), self.fpr, received)
+        status = "watermarked" if decoded.watermarked else "forged" if decoded.forged else "absent"
+        if status == "absent":
+            # Subtracting an over-estimated mark flips its bits: the complement of a valid word reads then.
+            flipped = self.codec.decode(1 - bits, np.abs(logits), self.fpr, received)
+            if flipped.watermarked or flipped.forged:
+                status = "inverted"
+                decoded = dataclasses.replace(
+                    flipped, matches=self.codec.n_bits - flipped.matches, watermarked=False, forged=False
+                )
         record = None
-        if decoded.watermarked and self.registry is not None:
+        if status != "absent" and self.registry is not None:
             found = self.registry.lookup(self.key.key_id, decoded.payload)
             record = found.to_dict() if found else None
+        extra = {"binding": self.binding}
+        if record and record.get("binding") not in (None, self.binding_tag):
+            extra["binding_mismatch"] = f"the registry says this payload's marks carry {record['binding']}"
+        shown = status in ("watermarked", "forged", "inverted")
         return WatermarkResult(
             path=path,
             watermarked=decoded.watermarked,
             p_value=decoded.p_value,
             fpr=self.fpr,
-            payload=decoded.payload if decoded.watermarked else None,
+            payload=decoded.payload if shown else None,
             bit_accuracy=decoded.bit_accuracy,
             matches=decoded.matches,
             n_bits=decoded.n_bits,
@@ -179,9 +287,10 @@ class Watermarker:
             key_id=self.key.key_id,
             record=record,
             model=self.model_name,
-            extra={}
-            if decoded.watermarked or decoded.payload is None
-            else {"candidate_payload": decoded.payload},
+            extra=extra
+            | ({} if shown or decoded.payload is None else {"candidate_payload": decoded.payload}),
+            status=status,
+            content_distance=decoded.distance,
         )
 
     # -- files ----------------------------------------------------------------------------------------
@@ -232,6 +341,7 @@ class Watermarker:
             content_hash,
             payload_id,
             max_payload=self.codec.max_payload,
+            binding=self.binding_tag,
         )
 
 
@@ -242,6 +352,7 @@ def hash_file(path: str | os.PathLike) -> str:
 __all__ = [
     "DEFAULT_FPR",
     "SEARCHES",
+    "STATUSES",
     "ImageLoadError",
     "WatermarkError",
     "WatermarkResult",

@@ -15,8 +15,10 @@ coherently: the SNR grows with the image area), and a learned readout is circula
 fold for every cyclic shift at once (FFT). A crop only shifts the fold cyclically, so the decoder takes
 the shift, and optionally the scale (``factors``: e.g. a 0.5x resized image folds at half the factor),
 where the readout is most confident. Small rotations are undone on the feature map (see
-:meth:`Decoder.forward`). That choice depends on the image only, never on the key, so the keyed payload
-test downstream stays valid without a multiple-testing correction for the search.
+:meth:`Decoder.forward`). Larger resizes, squeezes, rotations and mirrors are undone before the
+decoder runs, by :mod:`detector.watermark.sync`. That choice depends on the image only, never on the
+key, so the keyed payload test downstream stays valid without a multiple-testing correction for the
+search.
 """
 
 from __future__ import annotations
@@ -188,7 +190,8 @@ class Decoder(nn.Module):
         aligned: bool = False,
         angles: tuple[float, ...] = (0.0,),
         stop_confidence: float | None = None,
-    ) -> torch.Tensor:
+        return_choice: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[float, float]]]:
         """Logits at the most confident (scale, sub-cell phase, rotation, shift).
 
         ``factors`` default to ``(cfg.scale,)``. ``angles`` (degrees) un-rotate the *feature map*, not the
@@ -200,11 +203,14 @@ class Decoder(nn.Module):
         ends the search after a (scale, phase) whose best angle is already that confident (again a choice
         made from the image alone): a marked image stops after its first, cheapest candidate.
 
+        ``return_choice=True`` also returns the chosen ``(factor, angle)`` of each image (the content
+        binding hashes the image turned back by that angle).
+
         ``aligned=True`` reads at shift 0 (the image's own top-left is the tile origin): training starts
         so, on uncropped images, because the shift search only finds the right shift once the readout
         has learned the carriers.
         """
-        best_logits, best_conf = None, None
+        best_logits, best_conf, best_choice = None, None, None
         candidates = []
         for factor in factors or (self.cfg.scale,):
             # Sub-cell phase: a crop rarely starts on the grid; try offsets within a cell (key-independent).
@@ -227,15 +233,20 @@ class Decoder(nn.Module):
             conf = flat.abs().mean(dim=1)
             top_conf, idx = conf.max(dim=1)
             chosen = flat.gather(2, idx.view(b, 1, 1).expand(b, n, 1)).squeeze(2)
+            all_angles = [0.0, *turned]
+            choice = [(float(factor), float(all_angles[int(i) // (t * t)])) for i in idx]
             if best_logits is None:
-                best_logits, best_conf = chosen, top_conf
+                best_logits, best_conf, best_choice = chosen, top_conf, choice
             else:
-                better = (top_conf > best_conf).unsqueeze(1)
-                best_logits = torch.where(better, chosen, best_logits)
+                better = top_conf > best_conf
+                best_logits = torch.where(better.unsqueeze(1), chosen, best_logits)
                 best_conf = torch.maximum(top_conf, best_conf)
+                best_choice = [
+                    c if bool(u) else o for c, o, u in zip(choice, best_choice, better, strict=True)
+                ]
             if stop_confidence is not None and bool((best_conf >= stop_confidence).all()):
                 break
-        return best_logits
+        return (best_logits, best_choice) if return_choice else best_logits
 
 
 def rotate_map(feats: torch.Tensor, degrees: list[float]) -> torch.Tensor:

@@ -20,8 +20,27 @@ payload candidate was chosen (RS decoding, erasure retries), since it covers eve
 |logit|), a choice made from the image alone, never from the key. So the bits handed to this test are a
 fixed function of the image, and the argument above applies to them unchanged. (Choosing the reading
 that best matches the key's codewords would need a Bonferroni factor for every reading tried; we do not
-do that.) ``experiments/watermark_fpr/`` checks the assumption empirically: the unmasked bits of clean
+do that.) The same holds for the lattice-synchronised and mirrored views of :mod:`detector.watermark.sync`:
+more readings are tried, but the one kept is still the most confident, chosen without the key. What a
+wider search does change is the *distribution* of the kept bits (the maximum confidence over more
+readings), which the test does not assume anything about beyond their independence from the key.
+``experiments/watermark_fpr/`` checks the assumption empirically: the unmasked bits of clean
 images against a Binomial(n, 1/2).
+
+**Content binding** (``content_bits = m > 0``, see :mod:`detector.watermark.binding`). The RS data
+word then carries the payload *and* an m-bit keyed hash of the marked image's content, and the
+detector, given the hash ``h`` of the image it received, makes two claims, each with its own bound:
+
+* ``watermarked`` (the mark belongs to this image): the decoded hash is within ``tolerance`` bits of
+  ``h`` and ``p = 2**payload_bits * N_t * P(Binomial(n, 1/2) >= k) <= fpr``, where ``N_t`` counts the
+  hashes within the tolerance of ``h``. Under H0 that bounds the claim over every (payload, hash)
+  candidate the test could accept, so P(watermarked | no mark) <= fpr, as before.
+* ``forged`` (a mark of this key is present but was made for other content): the decoded hash is
+  farther than ``tolerance`` and ``p = 2**(payload_bits + m) * P(Binomial(n, 1/2) >= k) <= fpr``
+  (Bonferroni over every payload and hash). Also <= fpr under H0.
+
+So an unmarked image gets *some* positive claim with probability at most ``2 * fpr`` (``3 * fpr``
+with the inverted-mark check of the API), and the ``watermarked`` claim alone keeps ``fpr``.
 """
 
 from __future__ import annotations
@@ -170,6 +189,9 @@ class Decoded:
     p_value: float
     watermarked: bool
     expected: np.ndarray | None  # the re-encoded word (embedded order), when a payload was found
+    content: int | None = None  # the decoded content hash (binding on), as an integer
+    distance: int | None = None  # its Hamming distance to the received image's hash
+    forged: bool = False  # a mark of this key whose content hash does not match the image
 
     @property
     def bit_accuracy(self) -> float | None:
@@ -179,19 +201,33 @@ class Decoded:
 class PayloadCodec:
     """Payload id <-> n-bit keyed word, and the test. One codec per (n_bits, payload_bits, key)."""
 
-    def __init__(self, key: WatermarkKey, n_bits: int = 64, payload_bits: int = 16):
+    def __init__(
+        self,
+        key: WatermarkKey,
+        n_bits: int = 64,
+        payload_bits: int = 16,
+        content_bits: int = 0,
+        tolerance: int = 2,
+    ):
         import reedsolo
 
         self.symbol_bits = 4 if n_bits <= 64 else 8
         s = self.symbol_bits
         if payload_bits <= 0 or payload_bits % s:
             raise ValueError(f"payload_bits must be a positive multiple of {s}, got {payload_bits}")
+        if content_bits < 0 or content_bits % s:
+            raise ValueError(f"content_bits must be a non-negative multiple of {s}, got {content_bits}")
+        if tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+        self.content_bits = content_bits
+        self.tolerance = min(tolerance, content_bits)
         self.n_symbols = min(2**s - 1, n_bits // s)
-        self.data_symbols = payload_bits // s
+        self.data_symbols = (payload_bits + content_bits) // s
         self.parity = self.n_symbols - self.data_symbols
         if self.parity < 2:
             raise ValueError(
                 f"{n_bits} bits leave no room for error correction of {payload_bits} payload bits"
+                f" and {content_bits} content bits"
             )
         self.key = key
         self.n_bits = n_bits
@@ -224,14 +260,16 @@ class PayloadCodec:
         groups = bits[: self.n_symbols * s].reshape(self.n_symbols, s)
         return bytearray(int("".join(map(str, g)), 2) for g in groups)
 
-    def encode(self, payload: int) -> np.ndarray:
-        """The n-bit word to embed for ``payload`` (uint8 0/1, embedded order)."""
+    def encode(self, payload: int, content: int = 0) -> np.ndarray:
+        """The n-bit word to embed for ``payload`` (and the ``content`` hash when binding; uint8 0/1,
+        embedded order)."""
         if not isinstance(payload, (int, np.integer)) or not 0 <= int(payload) <= self.max_payload:
             raise ValueError(f"payload must be an integer in 0..{self.max_payload}, got {payload!r}")
+        if not 0 <= int(content) < 2**self.content_bits:
+            raise ValueError(f"content hash must fit in {self.content_bits} bits, got {content!r}")
         s = self.symbol_bits
-        data = [
-            (int(payload) >> (s * (self.data_symbols - 1 - i))) & (2**s - 1) for i in range(self.data_symbols)
-        ]
+        value = (int(payload) << self.content_bits) | int(content)
+        data = [(value >> (s * (self.data_symbols - 1 - i))) & (2**s - 1) for i in range(self.data_symbols)]
         codeword = self.rs.encode(bytearray(data))
         word = np.concatenate([self._symbols_to_bits(codeword), self.pilot])
         return self._scramble(word)
@@ -259,31 +297,67 @@ class PayloadCodec:
                 data, _, _ = self.rs.decode(bytearray(symbols), erase_pos=erase or None)
             except reedsolo.ReedSolomonError:
                 continue
-            payload = self._payload_of(data)
-            if payload not in seen:
-                seen.add(payload)
-                yield payload
+            value = self._payload_of(data)
+            if value not in seen:
+                seen.add(value)
+                yield value >> self.content_bits, value & (2**self.content_bits - 1)
 
-    def decode(self, bits: np.ndarray, confidence: np.ndarray | None = None, fpr: float = 1e-6) -> Decoded:
-        """Decode raw bits (embedded order; ``confidence`` = |logit| per bit, optional) and test them."""
+    def decode(
+        self,
+        bits: np.ndarray,
+        confidence: np.ndarray | None = None,
+        fpr: float = 1e-6,
+        content_hash: np.ndarray | None = None,
+    ) -> Decoded:
+        """Decode raw bits (embedded order; ``confidence`` = |logit| per bit, optional) and test them.
+
+        With binding on, ``content_hash`` is the received image's hash (see the module docstring); without
+        it a bound mark can only be tested with the any-hash bound and is never declared ``forged``."""
         bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
         if bits.size != self.n_bits:
             raise ValueError(f"expected {self.n_bits} bits, got {bits.size}")
         word = self._unscramble(bits)
         conf = None if confidence is None else np.asarray(confidence, dtype=np.float64).reshape(-1)[self.perm]
         best: Decoded | None = None
-        for payload in self._candidates(word, conf):
-            expected = self.encode(payload)
+        for payload, content in self._candidates(word, conf):
+            expected = self.encode(payload, content)
             matches = int((expected == bits).sum())
             if best is None or matches > best.matches:
-                p = self.p_value(matches)
-                best = Decoded(payload, matches, self.n_bits, p, p <= fpr, expected)
+                best = self._test(payload, content, matches, expected, fpr, content_hash)
         return best or Decoded(None, 0, self.n_bits, 1.0, False, None)
 
-    def p_value(self, matches: int) -> float:
-        """Bonferroni over every possible payload: 2**payload_bits * P(Binomial(n, 1/2) >= matches)."""
-        return min(1.0, 2**self.payload_bits * binomial_pvalue(matches, self.n_bits))
+    def _test(self, payload, content, matches, expected, fpr, content_hash) -> Decoded:
+        if not self.content_bits:
+            p = self.p_value(matches)
+            return Decoded(payload, matches, self.n_bits, p, p <= fpr, expected)
+        p_any = self.p_value(matches, bound=False)
+        if content_hash is None:
+            return Decoded(payload, matches, self.n_bits, p_any, p_any <= fpr, expected, content)
+        from detector.watermark.binding import int_to_hash
 
-    def threshold(self, fpr: float = 1e-6) -> int:
-        """Matching bits needed to declare a watermark at ``fpr``."""
-        return min_matches(self.n_bits, fpr, 2**self.payload_bits)
+        distance = int((int_to_hash(content, self.content_bits) != np.asarray(content_hash)).sum())
+        if distance <= self.tolerance:
+            p = self.p_value(matches, bound=True)
+            return Decoded(payload, matches, self.n_bits, p, p <= fpr, expected, content, distance)
+        forged = p_any <= fpr
+        return Decoded(payload, matches, self.n_bits, p_any, False, expected, content, distance, forged)
+
+    @property
+    def bound_candidates(self) -> int:
+        """Content hashes the ``watermarked`` test accepts for one received hash (within the tolerance)."""
+        return sum(math.comb(self.content_bits, i) for i in range(self.tolerance + 1))
+
+    def multiplicity(self, bound: bool = True) -> int:
+        """Codewords the test is corrected for: every payload, times the hashes it may accept."""
+        hashes = self.bound_candidates if bound else 2**self.content_bits
+        return 2**self.payload_bits * hashes
+
+    def p_value(self, matches: int, bound: bool = True) -> float:
+        """Bonferroni over every codeword the test may accept: ``multiplicity * P(Binomial(n, 1/2) >= k)``
+        (without binding: every payload; with it, ``bound=True`` is the ``watermarked`` test's correction,
+        ``bound=False`` the any-hash one of ``forged``)."""
+        return min(1.0, self.multiplicity(bound) * binomial_pvalue(matches, self.n_bits))
+
+    def threshold(self, fpr: float = 1e-6, bound: bool = True) -> int:
+        """Matching bits needed to declare a watermark (``bound=False``: a forged one) at ``fpr``."""
+        return min_matches(self.n_bits, fpr, self.multiplicity(bound))

@@ -5,6 +5,11 @@ An embedded SQLite file is the default (``sqlite:///path/to/registry.db`` or a p
 inside one write transaction (SQLite ``BEGIN IMMEDIATE`` in WAL mode; PostgreSQL retries on a unique
 violation), so concurrent writers, in threads or processes, never hand out one id twice nor corrupt
 the file. Records are keyed by ``(key_id, payload_id)``: several keys can share one registry.
+
+A record also names the content-binding scheme its marks carry (``binding``, e.g.
+``dct-simhash-v1/16/2``: hash, content bits, tolerance): with the key and the model, that is all a
+verifier needs to tell a bound mark (``watermarked``) from a transplanted one (``forged``). Older
+registries get the column added on open.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ CREATE TABLE IF NOT EXISTS payloads (
     model_version TEXT NOT NULL DEFAULT '',
     created_at TEXT NOT NULL,
     content_hash TEXT,
+    binding TEXT,
     PRIMARY KEY (key_id, payload_id)
 )
 """
+COLUMNS = "key_id, payload_id, generator, model_version, created_at, content_hash, binding"
 
 
 class RegistryError(DetectorError, RuntimeError):
@@ -45,6 +52,7 @@ class PayloadRecord:
     model_version: str
     created_at: str
     content_hash: str | None = None
+    binding: str | None = None  # the content-binding scheme of its marks (None: unbound/legacy)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,10 +152,20 @@ class PayloadRegistry:
                 self._execute(SCHEMA)
             else:
                 self._execute("SELECT key_id, payload_id, generator FROM payloads LIMIT 1")
+            self._add_binding_column()
         except Exception as exc:
             self.close()
             action = "create the registry table" if create else "read it as a registry"
             raise RegistryError(f"{self.url}: cannot {action} ({exc})") from exc
+
+    def _add_binding_column(self) -> None:
+        """Registries made before content binding lack the ``binding`` column: add it (idempotent)."""
+        if self.kind == "sqlite":
+            names = {row[1] for row in self._execute("PRAGMA table_info(payloads)").fetchall()}
+            if "binding" not in names:
+                self._execute("ALTER TABLE payloads ADD COLUMN binding TEXT")
+        else:
+            self._execute("ALTER TABLE payloads ADD COLUMN IF NOT EXISTS binding TEXT")
 
     def __enter__(self) -> PayloadRegistry:
         return self
@@ -180,6 +198,7 @@ class PayloadRegistry:
         content_hash: str | None = None,
         payload_id: int | None = None,
         max_payload: int = 2**16 - 1,
+        binding: str | None = None,
     ) -> PayloadRecord:
         """Add a record; with ``payload_id=None`` the next free id is allocated atomically."""
         check_name(generator, "generator name")
@@ -200,11 +219,12 @@ class PayloadRegistry:
                     new_id = int(payload_id)
                     if not 0 <= new_id <= max_payload:
                         raise RegistryError(f"payload id {new_id} is outside 0..{max_payload}")
-                record = PayloadRecord(key_id, new_id, generator, model_version, _now(), content_hash)
+                record = PayloadRecord(
+                    key_id, new_id, generator, model_version, _now(), content_hash, binding
+                )
                 self._execute(
-                    "INSERT INTO payloads (key_id, payload_id, generator, model_version, created_at, content_hash)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (key_id, new_id, generator, model_version, record.created_at, content_hash),
+                    f"INSERT INTO payloads ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (key_id, new_id, generator, model_version, record.created_at, content_hash, binding),
                 )
                 self._execute("COMMIT")
                 return record
@@ -222,14 +242,13 @@ class PayloadRegistry:
 
     def lookup(self, key_id: str, payload_id: int) -> PayloadRecord | None:
         row = self._execute(
-            "SELECT key_id, payload_id, generator, model_version, created_at, content_hash FROM payloads"
-            " WHERE key_id = ? AND payload_id = ?",
+            f"SELECT {COLUMNS} FROM payloads WHERE key_id = ? AND payload_id = ?",
             (key_id, int(payload_id)),
         ).fetchone()
         return None if row is None else PayloadRecord(*row)
 
     def records(self, key_id: str | None = None) -> list[PayloadRecord]:
-        query = "SELECT key_id, payload_id, generator, model_version, created_at, content_hash FROM payloads"
+        query = f"SELECT {COLUMNS} FROM payloads"
         params: tuple = ()
         if key_id is not None:
             query += " WHERE key_id = ?"

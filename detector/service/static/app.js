@@ -8,6 +8,7 @@ const VERDICT_WORDS = {
   real: "Likely a real photograph",
   uncertain: "Uncertain",
   watermarked: "Watermarked: AI-generated",
+  forged: "Tampered watermark (not evidence of AI)",
 };
 let fusion = { threshold: 0.5, uncertain_band: 0.1 };
 let thumbUrl = null;
@@ -66,6 +67,8 @@ function explain(r) {
   if (r.verdict === "watermarked") {
     const gen = r.watermark && r.watermark.generator ? ` by ${r.watermark.generator}` : "";
     parts.push(`Our watermark was found (p-value ${fmtP(r.watermark.p_value)}): made${gen}.`);
+  } else if (r.verdict === "forged") {
+    parts.push(`A mark of our key was found that does not belong to this image (${r.watermark ? r.watermark.status : "forged"}): someone copied or tried to remove a watermark. It says nothing about whether the image is AI-generated; P(AI) ${fmt(r.p_ai)} is the passive branches' score.`);
   } else if (r.c2pa && r.c2pa.state === "valid" && r.c2pa.ai_declared) {
     parts.push("Its Content Credentials are valid and declare the image AI-generated.");
   } else if (r.verdict === "uncertain") {

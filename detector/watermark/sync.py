@@ -1,0 +1,192 @@
+"""Geometric synchronisation from the mark's own lattice: undo any resize, aspect change and rotation.
+
+The carrier repeats every ``tile`` cells of the working grid (64 px of the marked image by default), so
+the decoder's feature map of a marked image is periodic on a lattice, and its autocorrelation peaks at
+the lattice vectors, wherever a resize, a squeeze or a rotation has moved them. We read the two basis
+vectors off those peaks (sub-cell precise, refined on their harmonics), map the image back so that
+the lattice is upright with its native period again, and let the usual decoder read it. A horizontal
+flip leaves the lattice as it was (a square lattice is its own mirror image), so each candidate is also
+read mirrored.
+
+Everything here is a function of the image alone, never of the key: the reading the decoder finally
+keeps (the most confident) stays key-independent, so the keyed test needs no correction for the
+search (see :mod:`detector.watermark.payload`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+#: Lattice vectors are looked for between these lengths (in grid cells of the features' factor).
+MIN_LAG, MAX_LAG = 9.0, 36.0
+#: Rotations beyond this would swap the lattice's axes; the search covers +-45 degrees.
+PEAKS_PER_MAP = 3
+#: Images at most this small (px) are also searched on a fine grid (lattices of marks shrunk to 0.3x).
+SMALL_SIDE = 200
+#: Spectral whitening: the power spectrum relative to its average over about this many bins.
+WHITEN_SIGMA = 3.0
+
+
+def _autocorrelation(feats: torch.Tensor) -> np.ndarray:
+    """(1, C, h, w) features -> the autocorrelation of their spectrally whitened sum, zero lag centred.
+
+    The power spectrum is divided by its local average first: a periodic mark puts sharp lines in it,
+    image content a smooth spread, so after whitening the lattice dominates the autocorrelation."""
+    f = feats[0].detach().numpy().astype(np.float64)
+    f = f - f.mean(axis=(1, 2), keepdims=True)
+    h, w = f.shape[1:]
+    win = np.outer(np.hanning(h), np.hanning(w))
+    power = (np.abs(np.fft.fft2(f * win, s=(2 * h, 2 * w))) ** 2).sum(0)
+    power = np.fft.fftshift(power)
+    local = cv2.GaussianBlur(power.astype(np.float32), (0, 0), WHITEN_SIGMA).astype(np.float64)
+    white = np.fft.ifftshift(np.minimum(power / (local + 1e-9 * power.mean()), 50.0))
+    return np.fft.fftshift(np.real(np.fft.ifft2(white)))
+
+
+def _subcell_peak(corr: np.ndarray, r: int, c: int) -> tuple[float, float]:
+    """Parabolic refinement of a local maximum at (r, c)."""
+
+    def offset(m, z, p):
+        d = m - 2 * z + p
+        return 0.0 if d >= 0 else 0.5 * (m - p) / d
+
+    dr = offset(corr[r - 1, c], corr[r, c], corr[r + 1, c]) if 0 < r < corr.shape[0] - 1 else 0.0
+    dc = offset(corr[r, c - 1], corr[r, c], corr[r, c + 1]) if 0 < c < corr.shape[1] - 1 else 0.0
+    return r + dr, c + dc
+
+
+def _local_max(corr: np.ndarray, centre: np.ndarray, at: np.ndarray, radius: int = 2) -> np.ndarray | None:
+    r0, c0 = int(round(centre[0] + at[0])), int(round(centre[1] + at[1]))
+    if not (radius <= r0 < corr.shape[0] - radius and radius <= c0 < corr.shape[1] - radius):
+        return None
+    patch = corr[r0 - radius : r0 + radius + 1, c0 - radius : c0 + radius + 1]
+    dr, dc = np.unravel_index(int(np.argmax(patch)), patch.shape)
+    r, c = _subcell_peak(corr, r0 - radius + int(dr), c0 - radius + int(dc))
+    return np.array([r - centre[0], c - centre[1]])
+
+
+def _refine(corr: np.ndarray, centre: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A lattice vector re-estimated from its harmonics (2v, 3v): longer lags pin the period down."""
+    estimates = [v]
+    for k in (2, 3):
+        found = _local_max(corr, centre, k * v)
+        if found is not None:
+            estimates.append(found / k)
+            v = np.mean(estimates, axis=0)
+    return v
+
+
+def _whiten(corr: np.ndarray, centre: np.ndarray, rr: np.ndarray) -> np.ndarray:
+    """Each lag relative to its ring (mean and spread over lags of the same length): image content
+    makes a smooth decay, the lattice isolated peaks."""
+    ring = np.rint(rr).astype(int)
+    count = np.bincount(ring.ravel())
+    mean = np.bincount(ring.ravel(), corr.ravel()) / np.maximum(count, 1)
+    sq = np.bincount(ring.ravel(), (corr**2).ravel()) / np.maximum(count, 1)
+    std = np.sqrt(np.maximum(sq - mean**2, 1e-12))
+    return (corr - mean[ring]) / std[ring]
+
+
+def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[np.ndarray]:
+    """Candidate lattice bases (2x2, columns = the vertical-ish and horizontal-ish vector, in cells)."""
+    centre = np.array(corr.shape) // 2
+    yy, xx = np.mgrid[: corr.shape[0], : corr.shape[1]] - centre[:, None, None]
+    rr = np.hypot(yy, xx)
+    corr = _whiten(corr, centre, rr)
+    # A lattice vector's harmonic (2v) peaks too; content rarely does: score v by both.
+    r2 = np.clip(centre[0] + 2 * yy, 0, corr.shape[0] - 1)
+    c2 = np.clip(centre[1] + 2 * xx, 0, corr.shape[1] - 1)
+    score = corr + corr[r2, c2]
+    ring = (rr >= MIN_LAG) & (rr <= MAX_LAG) & ((yy > 0) | ((yy == 0) & (xx > 0)))  # one of each +-pair
+    masked = np.where(ring, score, -np.inf)
+    bases = []
+    for _ in range(n_peaks):
+        idx = np.unravel_index(int(np.argmax(masked)), masked.shape)
+        if not np.isfinite(masked[idx]):
+            break
+        masked[max(0, idx[0] - 2) : idx[0] + 3, max(0, idx[1] - 2) : idx[1] + 3] = -np.inf
+        v1 = _refine(corr, centre, np.array(_subcell_peak(corr, *idx)) - centre)
+        # The second basis vector: near v1 turned by 90 degrees, its length up to 1.4x off (aspect change).
+        perp = np.array([-v1[1], v1[0]])
+        best, best_val = None, -np.inf
+        for ratio in np.linspace(0.7, 1.45, 16):
+            guess = perp * ratio
+            r, c = int(round(centre[0] + guess[0])), int(round(centre[1] + guess[1]))
+            if 0 <= r < corr.shape[0] and 0 <= c < corr.shape[1] and score[r, c] > best_val:
+                best_val, best = score[r, c], guess
+        v2 = _local_max(corr, centre, best) if best is not None else None
+        if v2 is None:
+            continue
+        v2 = _refine(corr, centre, v2)
+        bases.append(_upright(v1, v2))
+    return bases
+
+
+def _upright(v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
+    """Order and sign two lattice vectors as (vertical-ish pointing down, horizontal-ish pointing right)."""
+    a, b = (v1, v2) if abs(v1[0]) >= abs(v1[1]) else (v2, v1)
+    a = a if a[0] >= 0 else -a
+    b = b if b[1] >= 0 else -b
+    return np.stack([a, b], axis=1)
+
+
+def canonical_views(
+    image: np.ndarray, decoder, scale: int, factors: tuple[float, ...] = (4.0, 2.0)
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(view, basis)``: the image mapped back to an upright lattice of the native period, once per
+    candidate basis.
+
+    Each view is cropped to where the received canvas maps (about the marked image's own frame: what
+    its content hash was computed on).
+
+    ``factors``: grids the lattice is looked for on (4: the image at about its marked size or larger;
+    2: down to 0.3x). Candidates that are the identity (already handled by the plain search) are dropped.
+    """
+    period = decoder.cfg.tile * scale  # px of the marked image
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+    views, seen = [], []
+    if min(image.shape[:2]) <= SMALL_SIDE:  # a strong downscale: look on a finer grid too
+        factors = (*factors, 1.25)
+    with torch.no_grad():
+        for factor in factors:
+            corr = _autocorrelation(decoder.grid_features(x, factor))
+            for basis in lattice_candidates(corr):
+                m = basis * factor / period  # received px per marked px (columns: row, col directions)
+                det = abs(np.linalg.det(m))
+                if not 0.2 < math.sqrt(det) < 2.6:
+                    continue
+                if np.allclose(m, np.eye(2), atol=0.03) or any(np.allclose(m, s, atol=0.02) for s in seen):
+                    continue
+                seen.append(m)
+                views.append((view_of(image, m), m))
+    return views
+
+
+def view_of(image: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``image`` mapped back by the lattice basis ``m``, cropped to where the received canvas maps."""
+    view = _warp(image, m)
+    h, w = image.shape[:2]
+    ch = min(view.shape[0], round(h / np.linalg.norm(m[:, 0])))
+    cw = min(view.shape[1], round(w / np.linalg.norm(m[:, 1])))
+    top, left = (view.shape[0] - ch) // 2, (view.shape[1] - cw) // 2
+    return np.ascontiguousarray(view[top : top + ch, left : left + cw])
+
+
+def _warp(image: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Resample ``image`` so that received = m @ canonical (row, col), about the image centre."""
+    h, w = image.shape[:2]
+    inv = np.linalg.inv(m)
+    corners = np.array([[0, 0], [h, 0], [0, w], [h, w]], dtype=np.float64) - [h / 2, w / 2]
+    mapped = corners @ inv.T
+    out_h = int(min(4096, math.ceil(np.ptp(mapped[:, 0]))))
+    out_w = int(min(4096, math.ceil(np.ptp(mapped[:, 1]))))
+    # cv2 works in (x, y) = (col, row): received (x, y) = M' (x', y') + t, with M' the (col, row) version.
+    mxy = np.array([[m[1, 1], m[1, 0]], [m[0, 1], m[0, 0]]])
+    t = np.array([w / 2, h / 2]) - mxy @ np.array([out_w / 2, out_h / 2])
+    affine = np.hstack([mxy, t[:, None]])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(np.ascontiguousarray(image), affine, (out_w, out_h), flags=flags)

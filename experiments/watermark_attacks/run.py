@@ -1,0 +1,341 @@
+"""Attack suite for our watermark: forgery (copy), removal (subtraction), geometry, compression, denoising.
+
+Evaluation images are crops of the bundled photos the watermark was never trained on (the model card's
+held-out five), resized to ``--size``; the attacker's own marked images (same key and payload: one
+generator's output) are crops of the other photos. Every claim is the API's: ``watermarked`` (mark
+found and bound to the content), ``forged``, ``inverted`` or ``absent``, at FPR 1e-6.
+
+    python experiments/watermark_attacks/run.py                      # binding on (the default), 15 images
+    python experiments/watermark_attacks/run.py --content-bits 0     # the legacy unbound mark, same attacks
+    python experiments/watermark_attacks/run.py --report-only        # rewrite RESULTS.md from the CSVs
+    python experiments/watermark_attacks/run.py --only resize0.3,resize0.4   # rerun some rows after a change
+
+Writes ``results_<mode>.csv`` (one row per image and attack), ``summary_<mode>.csv`` and RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import attacks  # noqa: E402
+
+from detector.corpus.photos import bundled_photos, load_photos  # noqa: E402
+from detector.io import atomic_write_text  # noqa: E402
+from detector.watermark import Watermarker, WatermarkKey, load_model  # noqa: E402
+
+#: Held out of the shipped checkpoint's training (checkpoints/watermark/README.md).
+HELD_OUT = (
+    "skimage-astronaut",
+    "skimage-coffee",
+    "sklearn-china",
+    "matplotlib-grace_hopper",
+    "libjxl-cvo9xd_keong_macan",
+)
+PAYLOAD = 4242
+COPY_ALPHAS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+AVG_COPY_ALPHAS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+SUB_ALPHAS = (1.0, 1.5, 2.0, 3.0, 4.0, 8.0)
+#: Attacks that keep the picture in place: PSNR against the marked image means something for these.
+PIXEL_ATTACKS = ("none", "jpeg50", "webp50", "nlm")
+FIELDS = ("attack", "family", "image", "status", "payload_ok", "bit_accuracy", "psnr", "seconds")
+
+
+def crops(photos: list[tuple[str, np.ndarray]], n: int, size: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """``n`` square crops spread over ``photos`` (round robin), random side >= size, resized to size."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        name, image = photos[i % len(photos)]
+        h, w = image.shape[:2]
+        side = int(rng.integers(min(size, h, w), min(h, w) + 1))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        window = Image.fromarray(np.ascontiguousarray(image[top : top + side, left : left + side]))
+        out.append((f"{name}#{i}", np.asarray(window.resize((size, size), Image.Resampling.LANCZOS))))
+    return out
+
+
+def run(args: argparse.Namespace) -> Path:
+    torch.set_num_threads(1)
+    mode = "bound" if args.content_bits else "legacy"
+    key = WatermarkKey(hashlib.sha256(b"watermark-attack-suite").digest())
+    wm = Watermarker(key, model=load_model(args.checkpoint), content_bits=args.content_bits)
+    photos = load_photos(bundled_photos())
+    held = [p for p in photos if p[0] in HELD_OUT]
+    other = [p for p in photos if p[0] not in HELD_OUT]
+    images = crops(held, args.n, args.size, seed=0)
+    attacker = [
+        wm.embed_array(x, PAYLOAD, args.psnr) for _, x in crops(other, args.attacker_images, args.size, 1)
+    ]
+    estimate = attacks.averaged_residual(attacker)
+    rows = []
+
+    def check(attack, family, name, image, original, truth):
+        start = time.perf_counter()
+        result = wm.detect_array(image)
+        seconds = time.perf_counter() - start
+        bits = np.frombuffer(result.bits.encode(), np.uint8) - ord("0")
+        acc = float((bits == truth).mean()) if truth is not None else None
+        same = (
+            original is not None
+            and image.shape == original.shape
+            and family != "marked"
+            or (attack in PIXEL_ATTACKS)
+        )
+        rows.append(
+            {
+                "attack": attack,
+                "family": family,
+                "image": name,
+                "status": result.status,
+                "payload_ok": result.payload == PAYLOAD,
+                "bit_accuracy": None if acc is None else round(acc, 4),
+                "psnr": round(attacks.psnr(image, original), 2) if same else None,
+                "seconds": round(seconds, 3),
+            }
+        )
+
+    only = set(re.split(r",(?![^()]*\))", args.only)) if args.only else None  # commas inside (...) stay
+    unknown = (only or set()) - set(attacks.TRANSFORMS)
+    if unknown:
+        raise SystemExit(f"--only: unknown attack(s) {sorted(unknown)}; known: {list(attacks.TRANSFORMS)}")
+    for i, (name, clean) in enumerate(images):
+        truth = wm.codec.encode(PAYLOAD, wm.content_of(clean))
+        marked = wm.embed_array(clean, PAYLOAD, args.psnr)
+        if only:  # rerun some single-image attacks only; the other rows are kept from the last full run
+            for attack in only:
+                check(attack, "marked", name, attacks.TRANSFORMS[attack](marked), marked, truth)
+            continue
+        check("clean", "clean", name, clean, clean, None)
+        for attack, fn in attacks.TRANSFORMS.items():
+            check(attack, "marked", name, fn(marked), marked if attack != "none" else clean, truth)
+        single = attacks.residual(attacker[i % len(attacker)])
+        for a in COPY_ALPHAS:
+            check(f"copy1 x{a:g}", "copy", name, attacks.add_estimate(clean, single, a), clean, None)
+        for a in AVG_COPY_ALPHAS:
+            check(f"copy-avg x{a:g}", "copy", name, attacks.add_estimate(clean, estimate, a), clean, None)
+        for a in SUB_ALPHAS:
+            check(
+                f"subtract-avg x{a:g}",
+                "subtract",
+                name,
+                attacks.add_estimate(marked, estimate, -a),
+                marked,
+                truth,
+            )
+        print(f"[{i + 1}/{len(images)}] {name}", file=sys.stderr, flush=True)
+
+    out = HERE / f"results_{mode}.csv"
+    if only and out.is_file():
+        fresh = {(r["attack"], r["image"]): r for r in rows}
+        old = read_csv(out)
+        kept = {(r["attack"], r["image"]) for r in old}
+        rows = [fresh.get((r["attack"], r["image"]), r) for r in old] + [
+            r for r in rows if (r["attack"], r["image"]) not in kept
+        ]
+    write_csv(out, rows, FIELDS)
+    return out
+
+
+def write_csv(path: Path, rows: list[dict], fields) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per attack: the share of images per status, TPR (watermarked with the right payload), bit accuracy, PSNR."""
+    out = []
+    for attack in dict.fromkeys(r["attack"] for r in rows):
+        group = [r for r in rows if r["attack"] == attack]
+        n = len(group)
+        share = {
+            s: sum(r["status"] == s for r in group) / n
+            for s in ("watermarked", "forged", "inverted", "absent")
+        }
+        accs = [float(r["bit_accuracy"]) for r in group if r["bit_accuracy"]]
+        psnrs = [float(r["psnr"]) for r in group if r["psnr"] not in ("", "None", "inf")]
+        out.append(
+            {
+                "attack": attack,
+                "family": group[0]["family"],
+                "n": n,
+                "tpr": round(
+                    sum(r["status"] == "watermarked" and r["payload_ok"] == "True" for r in group) / n, 3
+                ),
+                **{k: round(v, 3) for k, v in share.items()},
+                "bit_accuracy": round(float(np.mean(accs)), 3) if accs else None,
+                "psnr": round(float(np.mean(psnrs)), 2) if psnrs else None,
+                "seconds": round(float(np.mean([float(r["seconds"]) for r in group])), 3),
+            }
+        )
+    return out
+
+
+def table(summary: list[dict], families: tuple[str, ...], columns: tuple[str, ...]) -> str:
+    lines = ["| attack | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    for s in summary:
+        if s["family"] in families:
+            lines.append(
+                f"| {s['attack']} | " + " | ".join("-" if s[c] is None else str(s[c]) for c in columns) + " |"
+            )
+    return "\n".join(lines)
+
+
+#: The issue's robustness targets (TPR >= 0.95 at FPR 1e-6).
+TARGETS = (
+    *(f"resize{f:.1f}" for f in np.round(np.arange(0.3, 2.01, 0.1), 1)),
+    "aspect512x384",
+    *(f"rotate{d}" for d in range(5, 31, 5)),
+    "hflip",
+    "screenshot",
+    "crop10%",
+    "jpeg50",
+    "webp50",
+    "nlm",
+)
+
+
+def checks(summary: list[dict]) -> list[str]:
+    """The issue's done-when items that this run measures, met or not, with the figures."""
+    by = {s["attack"]: s for s in summary}
+    met = [a for a in TARGETS if a in by and by[a]["tpr"] >= 0.95]
+    missed = [f"{a} ({by[a]['tpr']:.2f})" for a in TARGETS if a in by and by[a]["tpr"] < 0.95]
+    subs = [s for s in summary if s["family"] == "subtract"]
+    failing = [s for s in subs if s["tpr"] < 0.95]
+    first = max(failing, key=lambda s: s["psnr"] or 0) if failing else None
+    removal = (
+        f"detection first fails at {first['attack']} (TPR {first['tpr']:.2f}), attacked PSNR {first['psnr']} dB"
+        if first
+        else "never fails in the strengths tried"
+    )
+    return [
+        "### Against the issue's targets (TPR >= 0.95)",
+        "",
+        f"- Met ({len(met)}): {', '.join(met) or '-'}.",
+        f"- Missed ({len(missed)}): {', '.join(missed) or '-'}.",
+        f"- Removal by subtracting the averaged estimate: {removal} (target: only below 30 dB).",
+        f"- Detection time on a clean image (the common case, full search): "
+        f"{by['clean']['seconds']} s mean on this run's machine.",
+        "",
+    ]
+
+
+def report(args: argparse.Namespace) -> None:
+    parts = [
+        "# Watermark attack suite",
+        "",
+        "Commands (each run writes its CSVs; the report is rebuilt from whatever CSVs exist). The tables below",
+        "come from the two full runs, then `--only` reruns (same images) of the rows that a later decoder change",
+        "touched (the 1.25 px grid for images <= 200 px) or that were added later (the resize-then-JPEG chains):",
+        "",
+        "```bash",
+        "python experiments/watermark_attacks/run.py                          # content binding on (the default)",
+        "python experiments/watermark_attacks/run.py --content-bits 0 --n 8   # the legacy unbound mark",
+        'ONLY="resize0.3,resize0.4,resize0.5,crop10%,chain(rot3,resize0.6,jpeg60,crop70%)"',
+        'ONLY="$ONLY,resize0.75+jpeg80,resize0.5+jpeg80"',
+        'python experiments/watermark_attacks/run.py --only "$ONLY"',
+        'python experiments/watermark_attacks/run.py --only "$ONLY" --content-bits 0 --n 8',
+        "python experiments/watermark_attacks/run.py --report-only",
+        "```",
+        "",
+        "Shipped checkpoint at its default strength (PSNR 41 dB). Images: square crops of the five photos held",
+        "out of the checkpoint's training, resized to the run's size; the attacker's marked images (same key and",
+        "payload, i.e. one generator's output) are crops of the other bundled photos. Statuses are the API's at",
+        "FPR 1e-6: `watermarked` (found and bound to the content), `forged` (a mark of the key made for other",
+        "content), `inverted` (the complement of a mark: a removal attempt), `absent`. TPR = `watermarked` with",
+        "the right payload. Bit accuracy: decoded bits against the word embedded in that image. PSNR: attacked",
+        "image against the marked one (copy attacks: against the clean photo), where the size is unchanged.",
+        "Seconds: wall time of one detection on our shared 2-core machine, which ran at a load of about 8",
+        "during these runs (an idle core takes about a quarter of that).",
+        "",
+        "Only five photos held out of training exist offline, so the images are several crops of each",
+        "(correlated views, not independent photos): the issue's '>= 50 photos' is not met by `--n`, which",
+        "adds crops, not photos. Peers (invisible-watermark, blind-watermark) and regeneration/purification",
+        "attacks are not in this suite yet (see experiments/watermark_vs_peers for the peers on the old grid).",
+        "",
+    ]
+    for mode, title in (
+        ("bound", "Content binding on (default)"),
+        ("legacy", "Legacy unbound mark (`--content-bits 0`)"),
+    ):
+        path = HERE / f"results_{mode}.csv"
+        if not path.is_file():
+            continue
+        rows = read_csv(path)
+        summary = summarise(rows)
+        write_csv(HERE / f"summary_{mode}.csv", summary, summary[0].keys())
+        n_img = len({r["image"] for r in rows})
+        parts += [f"## {title}: {n_img} images", ""]
+        parts += ["### Robustness (marked images)", ""]
+        parts += [
+            table(
+                summary,
+                ("marked", "clean"),
+                ("n", "tpr", "forged", "inverted", "absent", "bit_accuracy", "psnr", "seconds"),
+            ),
+            "",
+        ]
+        parts += ["### Forgery: copy attacks on clean photos (declared `watermarked` = spoofed)", ""]
+        parts += [table(summary, ("copy",), ("n", "watermarked", "forged", "absent", "psnr")), ""]
+        parts += ["### Removal: subtracting the averaged estimate from marked images", ""]
+        parts += [
+            table(
+                summary, ("subtract",), ("n", "tpr", "forged", "inverted", "absent", "bit_accuracy", "psnr")
+            ),
+            "",
+        ]
+        parts += checks(summary)
+        spoof = [r for r in rows if r["family"] == "copy" and r["psnr"] and float(r["psnr"]) >= 30]
+        fooled = sum(r["status"] == "watermarked" for r in spoof)
+        parts += [
+            f"Spoof rate (copy attacks keeping >= 30 dB): **{fooled} of {len(spoof)}** forged images declared"
+            f" `watermarked`; clean photos declared anything but `absent`: "
+            f"{sum(r['status'] != 'absent' for r in rows if r['family'] == 'clean')} of {n_img}.",
+            "",
+        ]
+    atomic_write_text(HERE / "RESULTS.md", "\n".join(parts) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=15, help="evaluation images (crops of the held-out photos)")
+    parser.add_argument("--size", type=int, default=384)
+    parser.add_argument("--attacker-images", type=int, default=8)
+    parser.add_argument("--psnr", type=float, default=None, help="embedding strength (default: the model's)")
+    parser.add_argument("--content-bits", type=int, default=16, help="0: the legacy unbound mark")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--only", default="", help="comma-separated single-image attacks to rerun into the CSV"
+    )
+    args = parser.parse_args()
+    if not args.report_only:
+        print(f"wrote {run(args)}", file=sys.stderr)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()

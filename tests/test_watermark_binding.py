@@ -1,0 +1,148 @@
+"""Watermark content binding (copy attack -> forged), inverted marks, geometric synchronisation, verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.fusion import FusionConfig, fuse
+from detector.result import FORGED, WATERMARKED, ProvenanceResult, WatermarkEvidence
+from detector.watermark import PayloadCodec, Watermarker, WatermarkKey, WatermarkModel, default_checkpoint
+from detector.watermark.binding import content_hash, hash_to_int
+
+KEY = WatermarkKey(bytes(range(32)))
+
+
+@pytest.fixture(scope="module")
+def photos() -> tuple[np.ndarray, np.ndarray]:
+    """Two 256x256 crops of held-out photos (the model never saw them)."""
+    from detector.corpus.photos import bundled_photos, load_photos
+
+    loaded = dict(
+        load_photos([p for p in bundled_photos() if p.name in ("skimage-astronaut", "skimage-coffee")])
+    )
+    a = np.ascontiguousarray(loaded["skimage-astronaut"][100:356, 150:406])
+    b = np.ascontiguousarray(loaded["skimage-coffee"][100:356, 200:456])
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def wm() -> Watermarker:
+    return Watermarker(KEY, model=WatermarkModel.load(default_checkpoint()))
+
+
+def _noisy(word: np.ndarray, flips: int, seed: int = 0) -> np.ndarray:
+    out = word.copy()
+    out[np.random.default_rng(seed).choice(out.size, flips, replace=False)] ^= 1
+    return out
+
+
+def test_bound_codec_reads_payload_and_hash_and_separates_watermarked_from_forged():
+    codec = PayloadCodec(KEY, 64, 16, content_bits=16, tolerance=2)
+    h = np.random.default_rng(1).integers(0, 2, 16).astype(np.uint8)
+    word = codec.encode(513, hash_to_int(h))
+    own = codec.decode(_noisy(word, 2), fpr=1e-6, content_hash=h)
+    assert own.watermarked and not own.forged and own.payload == 513 and own.distance == 0
+    near = h.copy()
+    near[:2] ^= 1  # within the tolerance: still this image (a benign edit moved two hash bits)
+    assert codec.decode(word, fpr=1e-6, content_hash=near).watermarked
+    other = 1 - h  # a mark made for other content
+    moved = codec.decode(word, fpr=1e-6, content_hash=other)
+    assert moved.forged and not moved.watermarked and moved.distance == 16
+    # The corrections: every payload times the hashes each claim may accept.
+    assert codec.threshold(1e-6, bound=True) == 60 and codec.threshold(1e-6, bound=False) == 62
+    assert codec.p_value(62, bound=False) == pytest.approx(
+        2**32 * sum(__import__("math").comb(64, i) for i in range(62, 65)) / 2**64
+    )
+    # A weak forged mark (61 matches) is below the any-hash threshold: neither claim is made.
+    weak = codec.decode(_noisy(word, 3, seed=2), fpr=1e-6, content_hash=other)
+    assert not weak.watermarked and not weak.forged
+
+
+def test_random_words_never_make_either_claim():
+    codec = PayloadCodec(KEY, 64, 16, content_bits=16)
+    rng = np.random.default_rng(0)
+    h = rng.integers(0, 2, 16).astype(np.uint8)
+    for _ in range(200):
+        d = codec.decode(rng.integers(0, 2, 64).astype(np.uint8), fpr=1e-6, content_hash=h)
+        assert not d.watermarked and not d.forged
+
+
+def test_content_hash_survives_benign_edits_and_separates_photos(photos):
+    a, b = photos
+    ha = content_hash(a, KEY, 16)
+    small = np.asarray(Image.fromarray(a).resize((160, 120), Image.Resampling.LANCZOS))
+    for edited in (np.ascontiguousarray(a[:, ::-1]), small, np.clip(a * 1.2, 0, 255).astype(np.uint8)):
+        assert int((content_hash(edited, KEY, 16) != ha).sum()) <= 2
+    assert int((content_hash(b, KEY, 16) != ha).sum()) > 2
+    assert not np.array_equal(content_hash(a, WatermarkKey(b"\x01" * 32), 16), ha)  # keyed
+
+
+def test_copied_mark_is_forged_subtracted_mark_is_inverted(wm, photos):
+    a, b = photos
+    marked = wm.embed_array(a, 777)
+    assert wm.detect_array(marked).status == "watermarked"
+    mark = marked.astype(np.float32) - a.astype(np.float32)  # the attacker's best possible estimate
+    forged = np.clip(b + mark + 0.5, 0, 255).astype(np.uint8)
+    result = wm.detect_array(forged)
+    assert result.status == "forged" and not result.watermarked and result.content_distance > 2
+    removed = np.clip(marked - 2.5 * mark + 0.5, 0, 255).astype(np.uint8)
+    result = wm.detect_array(removed)
+    assert result.status == "inverted" and not result.watermarked and result.bit_accuracy < 0.1
+    assert wm.detect_array(b).status == "absent"
+
+
+@pytest.mark.parametrize("edit", ["hflip", "resize1.3", "rotate15"])
+def test_synchronised_search_reads_resized_rotated_and_mirrored_marks(wm, photos, edit):
+    a, _ = photos
+    marked = Image.fromarray(wm.embed_array(a, 4321))
+    attacked = {
+        "hflip": marked.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        "resize1.3": marked.resize((333, 333), Image.Resampling.LANCZOS),
+        "rotate15": marked.rotate(15, resample=Image.Resampling.BICUBIC),
+    }[edit]
+    result = wm.detect_array(np.asarray(attacked))
+    assert result.status == "watermarked" and result.payload == 4321
+
+
+def test_forged_mark_is_never_evidence_of_ai():
+    cfg = FusionConfig()
+    forged = WatermarkEvidence(detected=True, p_value=1e-9, bit_accuracy=1.0, status="forged")
+    result = fuse("x.png", {"clip": 0.2}, None, cfg, watermark=forged)
+    assert result.verdict == FORGED and result.p_ai == pytest.approx(0.2) and not result.watermark.detected
+    inverted = WatermarkEvidence(detected=False, p_value=1e-9, bit_accuracy=0.0, status="inverted")
+    assert fuse("x.png", {"clip": 0.9}, None, cfg, watermark=inverted).verdict == FORGED
+    bound = WatermarkEvidence(detected=True, p_value=1e-9, bit_accuracy=1.0, status="watermarked")
+    assert fuse("x.png", {"clip": 0.2}, None, cfg, watermark=bound).verdict == WATERMARKED
+    back = ProvenanceResult.from_json(result.to_json())
+    assert back.verdict == FORGED and back.watermark.status == "forged"
+    assert result.to_row()["watermark.status"] == "forged"
+
+
+def test_registry_records_the_binding_and_upgrades_an_old_registry(tmp_path, wm):
+    import sqlite3
+
+    from detector.watermark import PayloadRegistry
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # a registry made before content binding
+        conn.execute(
+            "CREATE TABLE payloads (key_id TEXT NOT NULL, payload_id INTEGER NOT NULL, generator TEXT NOT NULL,"
+            " model_version TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL, content_hash TEXT,"
+            " PRIMARY KEY (key_id, payload_id))"
+        )
+        conn.execute("INSERT INTO payloads VALUES ('k', 0, 'old-gen', '', '2024-01-01', NULL)")
+    with PayloadRegistry(path) as reg:
+        assert reg.lookup("k", 0).binding is None
+        bound = Watermarker(KEY, model=wm.model, registry=reg)
+        record = bound.register("new-gen")
+        assert record.binding == "dct-simhash-v1/16/2" == reg.lookup(KEY.key_id, record.payload_id).binding
+
+
+def test_large_image_is_hashed_whole_not_by_its_decoding_window(wm, photos):
+    a, _ = photos
+    big = np.asarray(Image.fromarray(a).resize((1100, 1100), Image.Resampling.BILINEAR))
+    marked = wm.embed_array(big, 99)
+    result = wm.detect_array(marked)
+    assert result.status == "watermarked" and result.content_distance == 0
