@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from detector.corpus import Corpus, load_corpus
 from detector.corpus.dataset import CorpusDataset, collate_skip_errors
+from detector.corpus.shards import split_member
 from detector.features.cache import DEFAULT_SHARD_SIZE, FeatureCache
 from detector.io import file_sha256
 
@@ -62,7 +63,7 @@ def hash_records(corpus: Corpus, progress: ProgressFactory = _no_progress):
         for record in corpus.records:
             path = corpus.resolve(record)
             try:
-                if path.stat().st_size == 0:
+                if split_member(path) is None and path.stat().st_size == 0:
                     raise OSError("empty file (0 bytes)")
                 hashes.append(file_sha256(path))
             except FileNotFoundError:

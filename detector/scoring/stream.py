@@ -30,11 +30,14 @@ from pathlib import Path
 from PIL import Image
 
 from detector.corpus import CorpusError, read_manifest
+from detector.corpus.shards import is_sharded_corpus, shard_member_paths
 from detector.io import DEFAULT_MAX_PIXELS, ImageLoadError, atomic_writer, iter_image_files, load_image
 from detector.result import ProvenanceResult, csv_columns
 from detector.scoring.pipeline import Batch, Pipeline
 
 FORMATS = ("jsonl", "csv")
+#: Every output format a scoring run can write (Parquet: a folder of part files, needs pyarrow).
+OUTPUT_FORMATS = (*FORMATS, "parquet")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
 
@@ -53,7 +56,9 @@ def expand_inputs(sources: Iterable[str | os.PathLike]) -> Iterator[str]:
     for source in sources:
         text = os.fspath(source)
         path = Path(text)
-        if path.is_dir():
+        if is_sharded_corpus(path):
+            yield from shard_member_paths(path)
+        elif path.is_dir():
             yield from (str(p) for p in iter_image_files(path))
         elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             try:
@@ -199,6 +204,15 @@ class ResultWriter:
             os.replace(self.partial, self.out)
 
 
+def open_writer(out: str | os.PathLike, fmt: str, columns: Sequence[str]):
+    """The writer for ``fmt``: :class:`ResultWriter` (jsonl, csv) or the Parquet folder writer."""
+    if fmt == "parquet":
+        from detector.scoring.parquet import ParquetResultWriter
+
+        return ParquetResultWriter(out, columns)
+    return ResultWriter(out, fmt, columns)
+
+
 def _decode(path: str, max_pixels: int | None) -> Image.Image | ImageLoadError:
     try:
         return load_image(path, max_pixels=max_pixels)
@@ -235,7 +249,7 @@ def score_stream(
     rank, world = shard
     if not 0 <= rank < world:
         raise ScoringError(f"shard rank {rank} is not in [0, {world})")
-    writer = ResultWriter(out, fmt, csv_columns(pipeline.branch_names, pipeline.versions))
+    writer = open_writer(out, fmt, csv_columns(pipeline.branch_names, pipeline.versions))
     done = writer.open(resume)
     summary = ScoreSummary(total=len(done))
     start = time.perf_counter()
