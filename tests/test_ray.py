@@ -162,3 +162,37 @@ def test_killed_ray_driver_resumes_without_losing_or_repeating_lines(bundle, tmp
     paths = [json.loads(line)["path"] for line in out.read_text().splitlines()]
     assert len(paths) == 31 and len(set(paths)) == 31
     assert f"skipped {done_before} already done" in " ".join(result.stderr.split())
+
+
+def test_features_extract_on_ray_fills_the_same_cache_as_the_local_engine(folder_corpus, tmp_path):
+    from detector.backbones import create_backbone
+    from detector.features import ExtractionReport, FeatureCache, extract_features
+    from detector.features.ray_extract import BackboneRecipe, RayCompute
+
+    (folder_corpus / "real" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    backbone = create_backbone("clip:tiny-vit")  # random weights: the workers get these very ones
+    on_ray = RayCompute(BackboneRecipe("clip:tiny-vit"), workers=2, cpus_per_worker=0.25, shard_size=5)
+    first = ExtractionReport()
+    from_ray, valid_ray, failed = extract_features(
+        folder_corpus, backbone, tmp_path / "ray-cache", batch_size=4, report=first, compute=on_ray
+    )
+    assert first.computed == 16 and [Path(p).name for p, _ in failed] == ["broken.png"]
+    local, valid, _ = extract_features(folder_corpus, backbone, tmp_path / "local-cache", batch_size=4)
+    assert valid_ray == valid
+    np.testing.assert_allclose(from_ray, local, rtol=1e-4, atol=1e-5)
+    again = ExtractionReport()
+    cached, _, _ = extract_features(folder_corpus, backbone, tmp_path / "ray-cache", report=again)
+    assert (again.cached, again.computed) == (16, 0)  # every shard a worker wrote was indexed
+    np.testing.assert_array_equal(cached, from_ray)
+    with FeatureCache.for_extractor(tmp_path / "ray-cache", backbone) as cache:
+        assert cache.stats().problems == [] and cache.stats().shards == 4  # 16 rows, 5 a shard
+
+    args = ["features", "extract", str(folder_corpus), "--backbone", "clip:tiny-vit", "--batch-size", "4"]
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, [*args, "--cache-dir", str(tmp_path / "cli"), "--out", str(out), *RAY_ARGS[:6]]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert (report["total"], report["computed"], len(report["failed"])) == (17, 16, 1)
+    assert np.load(out / "features.npy").shape[0] == 16

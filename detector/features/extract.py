@@ -123,6 +123,7 @@ def extract_features(
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: ProgressFactory = _no_progress,
     report: ExtractionReport | None = None,
+    compute: Callable[..., list[tuple[str, str]]] = compute_missing,
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Features of every loadable record of ``corpus`` with ``extractor`` (a :class:`Backbone` or any
     object with ``name, weights_id, preprocess, feature_dim, transform(), encode()``).
@@ -130,6 +131,8 @@ def extract_features(
     Returns ``(features [n_valid, D] float32, valid record indices, [(path, reason)] failures)``; row
     ``i`` of the matrix belongs to ``corpus.records[valid[i]]``. A second call is a cache lookup. With
     ``out`` the matrix is a memory-mapped ``.npy`` file there (flat memory for any corpus size).
+    ``compute`` fills the cache for the missing records (:func:`compute_missing`'s signature; the Ray
+    engine passes its own).
     """
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus)
@@ -149,9 +152,7 @@ def extract_features(
                 first_for_key.setdefault(key, index)
         report.cached = sum(1 for h in hashes if h is not None and h in locations)
         missing = sorted(first_for_key.values())
-        new_failures = compute_missing(
-            corpus, missing, hashes, extractor, cache, batch_size, num_workers, progress
-        )
+        new_failures = compute(corpus, missing, hashes, extractor, cache, batch_size, num_workers, progress)
         failed += new_failures
         report.computed = len(missing) - len(new_failures)
         first_index = {}
@@ -190,7 +191,7 @@ def extract_features(
                 valid = [valid[row] for row in keep]
                 matrix = np.asarray(matrix)[keep]
                 break
-            failed += compute_missing(
+            failed += compute(
                 corpus, sorted(broken), hashes, extractor, cache, batch_size, num_workers, progress
             )
             report.computed += len(broken)
