@@ -281,18 +281,6 @@ class ProvenanceDetector:
         use :meth:`score_files` (``detector score``)."""
         from detector.scoring import expand_inputs
 
-        def flush(paths, decoded):
-            good = [i for i, item in enumerate(decoded) if isinstance(item, Image.Image)]
-            results: list[ProvenanceResult | None] = [None] * len(paths)
-            for i, item in enumerate(decoded):
-                if isinstance(item, ImageLoadError):
-                    results[i] = ProvenanceResult.failed(paths[i], item.reason, self.versions)
-            if good:
-                batch = Batch([paths[i] for i in good], [decoded[i] for i in good])
-                for i, result in zip(good, self.pipeline.score_batch(batch), strict=True):
-                    results[i] = result
-            return results
-
         paths: list[str] = []
         decoded: list[Any] = []
         for path in expand_inputs([images] if isinstance(images, (str, os.PathLike)) else images):
@@ -302,10 +290,10 @@ class ProvenanceDetector:
                 decoded.append(exc)
             paths.append(path)
             if len(paths) == batch_size:
-                yield from flush(paths, decoded)
+                yield from self.pipeline.score_decoded(paths, decoded)
                 paths, decoded = [], []
         if paths:
-            yield from flush(paths, decoded)
+            yield from self.pipeline.score_decoded(paths, decoded)
 
     def score_files(self, sources, out, **kwargs):
         """:func:`detector.scoring.score_stream` (or ``score_distributed`` under torchrun) with this

@@ -139,7 +139,7 @@ class RayCompute:
         num_workers: int = 0,
         progress=None,
     ) -> list[tuple[str, str]]:
-        from detector.scoring.ray_engine import require_ray
+        from detector.scoring.ray_engine import check_resources, require_ray
 
         failed: list[tuple[str, str]] = []
         if not indices:
@@ -148,6 +148,7 @@ class RayCompute:
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=self.address)
+        check_resources(ray, self.workers, self.cpus_per_worker, self.num_gpus_per_worker, self.decode_cpus)
         ray.data.DataContext.get_current().enable_progress_bars = False
         recipe = self.recipe
         if isinstance(recipe, BackboneRecipe):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -148,6 +149,20 @@ class ScoreActor:
         return {"index": batch["index"], "lines": lines}
 
 
+def check_resources(ray, workers: int, cpus_per_worker: float, num_gpus: float, decode_cpus: float) -> None:
+    """Warn when the cluster, as it is now, cannot hold the actors and still run a decoding task: Ray
+    would wait (for an autoscaler to add nodes, or for ever)."""
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    if workers * cpus_per_worker + decode_cpus > cpus or workers * num_gpus > gpus:
+        warnings.warn(
+            f"the Ray cluster has {cpus:g} CPU(s) and {gpus:g} GPU(s) now; {workers} actor(s) x "
+            f"({cpus_per_worker:g} CPU, {num_gpus:g} GPU) plus decoding tasks of {decode_cpus:g} CPU do not fit: "
+            "the run waits until nodes are added (lower --workers / --cpus-per-worker otherwise)",
+            stacklevel=3,
+        )
+
+
 def _chunks(paths: Iterator[str], size: int, window: int) -> Iterator[list[list[str]]]:
     """Windows of batches of paths: ``window`` paths at most per window, ``size`` per batch."""
     batches: list[list[str]] = []
@@ -201,6 +216,7 @@ def score_ray(
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, log_to_driver=True)
+    check_resources(ray, workers, cpus_per_worker, num_gpus_per_worker, decode_cpus)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # lines in input order, as the local engine writes
     context.enable_progress_bars = False

@@ -33,7 +33,7 @@ from detector.corpus import CorpusError, read_manifest
 from detector.corpus.shards import is_sharded_corpus, shard_member_paths
 from detector.io import DEFAULT_MAX_PIXELS, ImageLoadError, atomic_writer, iter_image_files, load_image
 from detector.result import ProvenanceResult, csv_columns
-from detector.scoring.pipeline import Batch, Pipeline
+from detector.scoring.pipeline import Pipeline
 
 FORMATS = ("jsonl", "csv")
 #: Every output format a scoring run can write (Parquet: a folder of part files, needs pyarrow).
@@ -282,15 +282,7 @@ def score_stream(
             upcoming = next(batches, None)
             queued = submit(upcoming) if upcoming else []  # decode ahead while this batch is scored
             decoded = [item.result() if isinstance(item, Future) else item for item in pending]
-            results: list[ProvenanceResult | None] = [None] * len(current)
-            good = [i for i, item in enumerate(decoded) if isinstance(item, Image.Image)]
-            for i, item in enumerate(decoded):
-                if isinstance(item, ImageLoadError):
-                    results[i] = ProvenanceResult.failed(current[i], item.reason, pipeline.versions)
-            if good:
-                scored = pipeline.score_batch(Batch([current[i] for i in good], [decoded[i] for i in good]))
-                for i, result in zip(good, scored, strict=True):
-                    results[i] = result
+            results = pipeline.score_decoded(current, decoded)
             writer.write(results)
             for result in results:
                 summary.add(result)
