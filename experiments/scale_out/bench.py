@@ -9,10 +9,11 @@ experiments/throughput), trained one epoch on crops of the bundled photos (label
 cost matters), attribution head and fusion fitted by ``build_bundle``; scored with its core branches
 (no watermark decoder, RIGID or inversion). Images: JPEG crops (``--side`` px) of the bundled photos.
 
-Each engine runs ``--rounds`` times, interleaved. Two rates per run: ``overall`` (from the call to the
-last line written: a Ray run includes starting its actors and loading the bundle in each) and ``steady``
-(after the first batch came back). The Ray cluster is started once, before, and its start time is
-reported apart. Torch uses 1 thread everywhere; Ray actors reserve 0.75 CPU each and decode tasks 0.25, so
+Each engine runs ``--rounds`` times, interleaved, each time twice: on one batch (``one_batch_s``: what
+a run costs besides its images; for Ray, starting the actors and loading the bundle in each) and on all
+images. Rates: ``overall`` (images / wall time of the full run) and ``marginal`` (the images beyond the
+first batch / the time the full run took beyond the one-batch run: the rate a long run approaches). The
+Ray cluster is started once, before, and its start time is reported apart. Torch uses 1 thread everywhere; Ray actors reserve 0.75 CPU each and decode tasks 0.25, so
 that two actors leave room for decoding on the 2-CPU cluster (with 1 CPU each, two actors take both
 CPUs and no decoding task can ever be scheduled: ``score_ray`` warns about that).
 """
@@ -110,17 +111,6 @@ def per_image_costs(det: ProvenanceDetector, paths: list[Path], batch_size: int,
     return best
 
 
-def rates(start: float, stamps: list[tuple[float, int]]) -> dict:
-    """Images/s over the whole run (start-up included) and after the first batch came back (steady)."""
-    total = sum(n for _, n in stamps)
-    first_time, first_n = stamps[0]
-    return {
-        "overall": total / (stamps[-1][0] - start),
-        "steady": (total - first_n) / (stamps[-1][0] - first_time),
-        "first_batch_s": first_time - start,
-    }
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=192)
@@ -162,37 +152,39 @@ def main(argv: list[str] | None = None) -> dict:
         runs: dict[str, list[dict]] = {name: [] for name in names}
         outputs = {}
         scorer = BundleScorer(str(bundle), **LOAD)
+        (tmp / "probe").mkdir()
+        for path in paths[: args.batch_size]:  # one batch: what a run costs besides its images
+            (tmp / "probe" / path.name).write_bytes(path.read_bytes())
+
+        def run(name: str, folder: Path, out: Path) -> float:
+            start = time.perf_counter()
+            if name == "local":
+                score_stream([folder], det.pipeline, out, batch_size=args.batch_size, workers=1)
+            else:
+                score_ray(
+                    [folder],
+                    scorer,
+                    out,
+                    batch_size=args.batch_size,
+                    workers=int(name.split(",")[1].split()[0]),
+                    cpus_per_worker=args.cpus_per_worker,
+                    decode_cpus=0.25,
+                )
+            return time.perf_counter() - start
+
         for round_ in range(args.rounds):
             for name in names:
-                out = tmp / f"{name.replace(' ', '').replace(',', '-')}-{round_}.jsonl"
-                stamps: list[tuple[float, int]] = []
-
-                def progress(n: int, stamps=stamps) -> None:
-                    stamps.append((time.perf_counter(), n))
-
-                start = time.perf_counter()
-                if name == "local":
-                    score_stream(
-                        [tmp / "images"],
-                        det.pipeline,
-                        out,
-                        batch_size=args.batch_size,
-                        workers=1,
-                        progress=progress,
-                    )
-                else:
-                    score_ray(
-                        [tmp / "images"],
-                        scorer,
-                        out,
-                        batch_size=args.batch_size,
-                        workers=int(name.split(",")[1].split()[0]),
-                        cpus_per_worker=args.cpus_per_worker,
-                        decode_cpus=0.25,
-                        progress=progress,
-                    )
-                runs[name].append(rates(start, stamps))
-                outputs[name] = out.read_text()
+                tag = f"{name.replace(' ', '').replace(',', '-')}-{round_}"
+                probe = run(name, tmp / "probe", tmp / f"{tag}-probe.jsonl")
+                full = run(name, tmp / "images", tmp / f"{tag}.jsonl")
+                runs[name].append(
+                    {
+                        "overall": args.images / full,
+                        "marginal": (args.images - args.batch_size) / (full - probe),
+                        "one_batch_s": probe,
+                    }
+                )
+                outputs[name] = (tmp / f"{tag}.jsonl").read_text()
                 print(f"round {round_}: {name}: {runs[name][-1]}", flush=True)
         ray.shutdown()
         results["identical_output"] = len(set(outputs.values())) == 1
