@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,8 +23,9 @@ stdout = Console()
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error and exit (no traceback for user errors)."""
-    console.print(f"[bold red]error:[/] {message}")
+    """Print a one-line error and exit (no traceback for user errors). The message is plain text: square
+    brackets in it (``detector[ray]``, a file name) are printed, not read as markup."""
+    console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
