@@ -118,3 +118,34 @@ def test_parquet_output_of_the_local_engine_resumes_and_never_overwrites(tmp_pat
     assert (again.skipped, again.scored, again.total) == (6, 1, 7)
     paths = read_results(out).column("path").to_pylist()
     assert len(paths) == 7 == len(set(paths))
+
+
+@pytest.mark.slow
+def test_train_and_eval_read_a_sharded_corpus(tmp_path):
+    """`detector train` and `detector eval` on the shards of a split corpus, end to end through the CLI."""
+    from detector.corpus import SplitConfig, assign_splits
+    from tests.conftest import write_rgb
+
+    root = tmp_path / "corpus"
+    for i in range(12):
+        write_rgb(root / "real" / f"photo{i // 2}_crop{i % 2}.png", size=(32, 32), seed=i)
+    for g, gen in enumerate(["gen_a", "gen_b"]):
+        for i in range(6):
+            write_rgb(root / "fake" / gen / f"{gen}{i}.png", size=(32, 32), seed=100 + 10 * g + i)
+    records = records_from_folder(root, group_regex=r"^(.+?)_crop")
+    assign_splits(records, SplitConfig(seed=0, train=0.5, val=0.25, test=0.25))
+    write_manifest(records, root / "manifest.csv")
+    shards = tmp_path / "shards"
+    assert (
+        runner.invoke(app, ["corpus", "shard", str(root / "manifest.csv"), "--out", str(shards)]).exit_code
+        == 0
+    )
+    run = tmp_path / "run"
+    args = ["train", "--corpus", str(shards), "--out", str(run), "--method", "linear-probe"]
+    args += ["--backbone", "timm:test_efficientnet", "--set", "data.image_size=32", "--set", "optim.epochs=1"]
+    result = runner.invoke(app, [*args, "--set", "wandb.mode=disabled", "--set", "data.batch_size=8"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["eval", str(run), str(shards), "-p", "clean", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    predictions = (run / "eval-test" / "predictions.csv").read_text()
+    assert ".parquet::" in predictions and len(predictions.splitlines()) > 1
