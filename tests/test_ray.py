@@ -185,7 +185,7 @@ def test_features_extract_on_ray_fills_the_same_cache_as_the_local_engine(folder
     assert (again.cached, again.computed) == (16, 0)  # every shard a worker wrote was indexed
     np.testing.assert_array_equal(cached, from_ray)
     with FeatureCache.for_extractor(tmp_path / "ray-cache", backbone) as cache:
-        assert cache.stats().problems == [] and cache.stats().shards == 4  # 16 rows, 5 a shard
+        assert cache.stats().problems == [] and cache.stats().shards >= 4  # 16 rows, at most 5 a shard
 
     args = ["features", "extract", str(folder_corpus), "--backbone", "clip:tiny-vit", "--batch-size", "4"]
     out = tmp_path / "out"

@@ -139,7 +139,7 @@ class RayCompute:
         num_workers: int = 0,
         progress=None,
     ) -> list[tuple[str, str]]:
-        from detector.scoring.ray_engine import check_resources, require_ray
+        from detector.scoring.ray_engine import block_count, check_resources, require_ray
 
         failed: list[tuple[str, str]] = []
         if not indices:
@@ -156,7 +156,9 @@ class RayCompute:
         rows = [{"key": hashes[i], "path": os.fspath(corpus.resolve(corpus.records[i]))} for i in indices]
         try:
             dataset = (
-                ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 16, 4 * self.workers)))
+                ray.data.from_items(
+                    rows, override_num_blocks=block_count(len(rows), self.workers, per_block=1024)
+                )
                 .map_batches(
                     transform_batch,
                     fn_kwargs={"transform": extractor.transform()},

@@ -163,6 +163,12 @@ def check_resources(ray, workers: int, cpus_per_worker: float, num_gpus: float, 
         )
 
 
+def block_count(rows: int, workers: int, per_block: int) -> int:
+    """How many blocks to cut ``rows`` into: enough for every actor to have work queued, and no more than
+    ``per_block`` rows a block (a decoding task's unit of work, and of retry)."""
+    return max(1, min(rows, max(4 * workers, -(-rows // per_block))))
+
+
 def _chunks(paths: Iterator[str], size: int, window: int) -> Iterator[list[list[str]]]:
     """Windows of batches of paths: ``window`` paths at most per window, ``size`` per batch."""
     batches: list[list[str]] = []
@@ -241,7 +247,7 @@ def score_ray(
         for window_batches in _chunks(todo(), batch_size, window):
             rows = [{"index": i, "paths": paths} for i, paths in enumerate(window_batches)]
             dataset = (
-                ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * workers)))
+                ray.data.from_items(rows, override_num_blocks=block_count(len(rows), workers, per_block=64))
                 .map(decode_batch, fn_kwargs={"max_pixels": max_pixels}, num_cpus=decode_cpus)
                 .map_batches(
                     ScoreActor,
