@@ -50,7 +50,8 @@ def _is_glob(text: str) -> bool:
 
 
 def expand_inputs(sources: Iterable[str | os.PathLike]) -> Iterator[str]:
-    """Image paths from files, folders (recursively), globs and manifests (.csv/.jsonl), in order.
+    """Image paths from files, folders (recursively), globs, manifests (.csv/.jsonl) and sharded corpus
+    folders (member paths, see :mod:`detector.corpus.shards`), in order.
 
     A source that exists as none of these is passed through, so it gets its own "file not found" line."""
     for source in sources:
