@@ -196,3 +196,18 @@ def test_features_extract_on_ray_fills_the_same_cache_as_the_local_engine(folder
     report = json.loads((out / "report.json").read_text())
     assert (report["total"], report["computed"], len(report["failed"])) == (17, 16, 1)
     assert np.load(out / "features.npy").shape[0] == 16
+
+
+def test_ray_engine_scores_a_sharded_corpus_like_the_local_engine(folder_corpus, tmp_path):
+    from detector.corpus.shards import write_shards
+    from detector.scoring.ray_engine import score_ray
+
+    (folder_corpus / "real" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    shards = tmp_path / "shards"
+    write_shards(folder_corpus, shards, images_per_shard=5, row_group_size=2)
+    score_stream([shards], plain(), tmp_path / "local.jsonl", batch_size=4)
+    score_ray([shards], plain, tmp_path / "ray.jsonl", batch_size=4, workers=2, cpus_per_worker=0.25)
+    lines = (tmp_path / "ray.jsonl").read_text().splitlines()
+    assert lines == (tmp_path / "local.jsonl").read_text().splitlines() and len(lines) == 17
+    assert sum(json.loads(line)["error"] is not None for line in lines) == 1
+    assert all(".parquet::" in json.loads(line)["path"] for line in lines)
