@@ -91,6 +91,13 @@ def test_cli_ray_engine_writes_the_local_engines_lines_including_bad_files(bundl
         "empty.png",
         "broken.jpg",
     }
+    from detector.scoring.parquet import read_results
+
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "ray.parquet"), "-f", "parquet", *RAY_ARGS])
+    assert result.exit_code == 0, result.output
+    rows = read_results(tmp_path / "ray.parquet").to_pylist()
+    assert [row["path"] for row in rows] == [json.loads(line)["path"] for line in lines]
+    assert [row["p_ai"] for row in rows] == [json.loads(line)["p_ai"] for line in lines]
 
 
 def test_actor_killed_mid_run_is_retried_without_losing_or_repeating_a_line(tmp_path):
