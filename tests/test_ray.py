@@ -181,7 +181,13 @@ def test_features_extract_on_ray_fills_the_same_cache_as_the_local_engine(folder
     on_ray = RayCompute(BackboneRecipe("clip:tiny-vit"), workers=2, cpus_per_worker=0.25, shard_size=5)
     first = ExtractionReport()
     from_ray, valid_ray, failed = extract_features(
-        folder_corpus, backbone, tmp_path / "ray-cache", batch_size=4, report=first, compute=on_ray
+        folder_corpus,
+        backbone,
+        tmp_path / "ray-cache",
+        batch_size=4,
+        report=first,
+        compute=on_ray,
+        hasher=on_ray.hash,
     )
     assert first.computed == 16 and [Path(p).name for p, _ in failed] == ["broken.png"]
     local, valid, _ = extract_features(folder_corpus, backbone, tmp_path / "local-cache", batch_size=4)

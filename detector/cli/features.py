@@ -156,7 +156,7 @@ def extract(
     decode_cpus: float = typer.Option(0.25, help="ray: CPUs per decoding task."),
 ) -> None:
     """Compute (or look up) features for every image of a corpus; a second run is a cache lookup."""
-    from detector.features.extract import ExtractionReport, compute_missing, extract_features
+    from detector.features.extract import ExtractionReport, compute_missing, extract_features, hash_records
 
     config = ExtractConfig(
         corpus=str(corpus),
@@ -171,7 +171,7 @@ def extract(
         device=device,
         dtype=dtype,
     )
-    compute = compute_missing
+    compute, hasher = compute_missing, hash_records
     if engine not in ("local", "ray"):
         fail(f"--engine must be local or ray, got {engine!r}")
     if engine == "ray":
@@ -194,6 +194,7 @@ def extract(
             decode_cpus=decode_cpus,
             address=address,
         )
+        hasher = compute.hash
         device = "cpu"  # the driver's copy only names the cache namespace and the transform
     data = _load_corpus(corpus)
     if inversion is not None:
@@ -211,6 +212,7 @@ def extract(
         progress=progress_bar,
         report=report,
         compute=compute,
+        hasher=hasher,
     )
     _report_failures(failed)
     for problem in report.cache_problems:

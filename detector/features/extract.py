@@ -55,6 +55,19 @@ class ExtractionReport:
         }
 
 
+def hash_file(path: str | Path) -> tuple[str | None, str | None]:
+    """``(sha256, None)`` for a readable file (or shard member), ``(None, reason)`` otherwise."""
+    path = Path(path)
+    try:
+        if split_member(path) is None and path.stat().st_size == 0:
+            raise OSError("empty file (0 bytes)")
+        return file_sha256(path), None
+    except FileNotFoundError:
+        return None, "file not found"
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+
+
 def hash_records(corpus: Corpus, progress: ProgressFactory = _no_progress):
     """Content hash per record (None when unreadable) plus ``(path, reason)`` for failures."""
     hashes: list[str | None] = []
@@ -62,16 +75,10 @@ def hash_records(corpus: Corpus, progress: ProgressFactory = _no_progress):
     with progress("hashing", len(corpus.records)) as advance:
         for record in corpus.records:
             path = corpus.resolve(record)
-            try:
-                if split_member(path) is None and path.stat().st_size == 0:
-                    raise OSError("empty file (0 bytes)")
-                hashes.append(file_sha256(path))
-            except FileNotFoundError:
-                hashes.append(None)
-                failed.append((str(path), "file not found"))
-            except OSError as exc:
-                hashes.append(None)
-                failed.append((str(path), exc.strerror or str(exc)))
+            sha, reason = hash_file(path)
+            hashes.append(sha)
+            if reason is not None:
+                failed.append((str(path), reason))
             advance(1)
     return hashes, failed
 
@@ -124,6 +131,7 @@ def extract_features(
     progress: ProgressFactory = _no_progress,
     report: ExtractionReport | None = None,
     compute: Callable[..., list[tuple[str, str]]] = compute_missing,
+    hasher: Callable[..., tuple[list[str | None], list[tuple[str, str]]]] = hash_records,
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Features of every loadable record of ``corpus`` with ``extractor`` (a :class:`Backbone` or any
     object with ``name, weights_id, preprocess, feature_dim, transform(), encode()``).
@@ -131,8 +139,8 @@ def extract_features(
     Returns ``(features [n_valid, D] float32, valid record indices, [(path, reason)] failures)``; row
     ``i`` of the matrix belongs to ``corpus.records[valid[i]]``. A second call is a cache lookup. With
     ``out`` the matrix is a memory-mapped ``.npy`` file there (flat memory for any corpus size).
-    ``compute`` fills the cache for the missing records (:func:`compute_missing`'s signature; the Ray
-    engine passes its own).
+    ``compute`` fills the cache for the missing records and ``hasher`` hashes the files
+    (:func:`compute_missing`'s and :func:`hash_records`'s signatures; the Ray engine passes its own).
     """
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus)
@@ -140,7 +148,7 @@ def extract_features(
         extractor = extractor.to(device)
     report = report if report is not None else ExtractionReport()
     report.total = len(corpus.records)
-    hashes, failed = hash_records(corpus, progress)
+    hashes, failed = hasher(corpus, progress)
     cache = FeatureCache.for_extractor(cache_dir, extractor, shard_size=shard_size)
     report.cache_dir = str(cache.folder)
     try:

@@ -1,7 +1,8 @@
 """`detector features extract --engine ray`: the cache's missing features computed on a Ray cluster.
 
-Everything but the compute step is :func:`detector.features.extract.extract_features` (hashing, cache
-lookup, the aligned matrix, recomputing an unreadable shard). The compute step here: CPU tasks decode and
+Everything but hashing and computing is :func:`detector.features.extract.extract_features` (cache
+lookup, the aligned matrix, recomputing an unreadable shard). Hashing here: CPU tasks read and hash the
+files (:meth:`RayCompute.hash`). Computing: CPU tasks decode and
 transform the missing images with the extractor's own transform (the local engine's dataset code),
 a pool of actors that each build the extractor once encodes them and writes each Ray batch of
 ``shard_size`` rows as one cache shard, atomically, into the cache folder (which must be on a disk every
@@ -21,6 +22,7 @@ import numpy as np
 
 from detector.features.cache import DEFAULT_SHARD_SIZE, FeatureCache, write_shard
 from detector.features.extract import _no_progress
+from detector.scoring.ray_engine import block_count
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,14 @@ def transform_batch(batch: dict, transform, max_pixels: int | None = None) -> di
         else:
             errors.append(sample["error"].partition(": ")[2] or sample["error"])
     return {"key": batch["key"], "path": paths, "image": images, "error": errors}
+
+
+def hash_batch(batch: dict) -> dict:
+    """Content hashes of a batch of paths (a CPU task): ``sha`` or the ``reason`` it failed."""
+    from detector.features.extract import hash_file
+
+    pairs = [hash_file(str(p)) for p in batch["path"]]
+    return {"sha": [s or "" for s, _ in pairs], "reason": [r or "" for _, r in pairs]}
 
 
 class EncodeActor:
@@ -128,6 +138,45 @@ class RayCompute:
     shard_size: int = 256
     address: str | None = None
 
+    def _start(self):
+        from detector.scoring.ray_engine import require_ray
+
+        ray = require_ray()
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=self.address)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        return ray, started_here
+
+    def hash(self, corpus, progress=None) -> tuple[list[str | None], list[tuple[str, str]]]:
+        """:func:`~detector.features.extract.hash_records` with the files read by CPU tasks on the cluster
+        (pass as ``extract_features(..., hasher=...)``): every file is read once, by a worker."""
+        paths = [os.fspath(corpus.resolve(record)) for record in corpus.records]
+        hashes: list[str | None] = []
+        failed: list[tuple[str, str]] = []
+        if not paths:
+            return hashes, failed
+        ray, started_here = self._start()
+        try:
+            dataset = ray.data.from_items(
+                [{"path": p} for p in paths], override_num_blocks=block_count(len(paths), self.workers, 1024)
+            ).map_batches(hash_batch, batch_size=256, num_cpus=self.decode_cpus)
+            with (progress or _no_progress)("hashing (ray)", len(paths)) as advance:
+                for batch in dataset.iter_batches(batch_size=1024, batch_format="numpy"):
+                    for sha, reason in zip(batch["sha"], batch["reason"], strict=True):
+                        path = paths[len(hashes)]
+                        hashes.append(str(sha) or None)
+                        if reason:
+                            failed.append((path, str(reason)))
+                    advance(len(batch["sha"]))
+        finally:
+            if started_here:
+                ray.shutdown()
+        if len(hashes) != len(paths):
+            raise RuntimeError(f"Ray hashed {len(hashes)} of {len(paths)} files")
+        return hashes, failed
+
     def __call__(
         self,
         corpus,
@@ -139,17 +188,13 @@ class RayCompute:
         num_workers: int = 0,
         progress=None,
     ) -> list[tuple[str, str]]:
-        from detector.scoring.ray_engine import block_count, check_resources, require_ray
+        from detector.scoring.ray_engine import check_resources
 
         failed: list[tuple[str, str]] = []
         if not indices:
             return failed
-        ray = require_ray()
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=self.address)
+        ray, started_here = self._start()
         check_resources(ray, self.workers, self.cpus_per_worker, self.num_gpus_per_worker, self.decode_cpus)
-        ray.data.DataContext.get_current().enable_progress_bars = False
         recipe = self.recipe
         if isinstance(recipe, BackboneRecipe):
             recipe = recipe.carrying_weights_of(extractor)
