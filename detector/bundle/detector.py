@@ -344,10 +344,7 @@ class ProvenanceDetector:
         unreadable file yields a result with ``error`` set. For millions of images and resumable output
         use :meth:`score_files` (``detector score``)."""
         from detector.scoring import expand_inputs
-        from detector.scoring.stream import _decode, _score_decoded
-
-        def flush(paths, decoded):
-            return _score_decoded(self.pipeline, paths, decoded)
+        from detector.scoring.stream import _decode
 
         seen: set[str] = set()  # canonical paths: another spelling of a file already scored is skipped
         paths: list[str] = []
@@ -360,10 +357,10 @@ class ProvenanceDetector:
             decoded.append(_decode(path, DEFAULT_MAX_PIXELS, self.pipeline))
             paths.append(path)
             if len(paths) == batch_size:
-                yield from flush(paths, decoded)
+                yield from self.pipeline.score_decoded(paths, decoded)
                 paths, decoded = [], []
         if paths:
-            yield from flush(paths, decoded)
+            yield from self.pipeline.score_decoded(paths, decoded)
 
     def score_files(self, sources, out, **kwargs):
         """:func:`detector.scoring.score_stream` (or ``score_distributed`` under torchrun) with this

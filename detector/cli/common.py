@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,7 +25,6 @@ stdout = Console()
 def plain(text) -> str:
     """A file name or message for rich output: undecodable bytes as ``\\xNN``, brackets escaped (a file
     named ``[/].png`` must print as itself, not break the markup)."""
-    from rich.markup import escape
 
     from detector.io import printable
 

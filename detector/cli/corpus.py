@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from detector.cli.common import console, fail, parse_list, plain, progress_bar, stdout, write_json
@@ -368,3 +369,30 @@ def report(
         written = make_report(loaded, out, per_generator, max_stats, seed, progress=advance)
     for path in written:
         console.print(f"wrote {path}")
+
+
+@app.command()
+def shard(
+    source: Path = typer.Argument(..., help="Manifest (.csv/.jsonl) or corpus folder to pack."),
+    out: Path = typer.Option(..., "--out", "-o", help="New folder for the sharded corpus."),
+    images_per_shard: int = typer.Option(1000, min=1, help="Images per Parquet shard file."),
+    row_group_size: int = typer.Option(
+        64, min=1, help="Images per row group (the unit a random read loads; keep small for training)."
+    ),
+) -> None:
+    """Pack a corpus into Parquet shards that carry the image bytes with the records (splits, groups,
+    generators). `train`, `eval`, `features` and `score` read the folder as they read a manifest."""
+    from detector.corpus.shards import write_shards
+
+    try:
+        corpus = load_corpus(source)
+        with progress_bar("sharding", len(corpus)) as advance:
+            index = write_shards(corpus, out, images_per_shard, row_group_size, progress=advance)
+    except CorpusError as exc:
+        fail(str(exc))
+    for path, reason in index["skipped"][:20]:
+        console.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}")
+    console.print(
+        f"wrote {out}: {index['records']} images in {len(index['shards'])} shard(s), "
+        f"{len(index['skipped'])} skipped"
+    )

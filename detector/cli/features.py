@@ -138,15 +138,25 @@ def extract(
     steps: int = typer.Option(20, help="DDIM inversion steps (dire/fakeinversion/all)."),
     cache_dir: Path = typer.Option(DEFAULT_CACHE, help="Feature cache folder (shared by all runs)."),
     batch_size: int = typer.Option(32, min=1),
-    workers: int = typer.Option(0, min=0, help="DataLoader worker processes."),
+    workers: int = typer.Option(
+        0, min=0, help="local: DataLoader worker processes; ray: encoding actors (default 1)."
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ... (mixed precision on CUDA)."),
     dtype: str = typer.Option(None, help="Model dtype, e.g. float16 or bfloat16 (default float32)."),
     out: Path = typer.Option(
         None, help="Also write features.npy (memory-mapped), records.csv, errors.json, config.yaml here."
     ),
+    engine: str = typer.Option(
+        "local",
+        help="local, or ray: decode and encode on a Ray cluster (the cache must be on a shared disk).",
+    ),
+    address: str = typer.Option(None, help="ray: cluster to join (auto, ray://HOST:10001)."),
+    cpus_per_worker: float = typer.Option(1.0, help="ray: CPUs per encoding actor."),
+    num_gpus_per_worker: float = typer.Option(0.0, help="ray: GPUs per encoding actor."),
+    decode_cpus: float = typer.Option(0.25, help="ray: CPUs per decoding task."),
 ) -> None:
     """Compute (or look up) features for every image of a corpus; a second run is a cache lookup."""
-    from detector.features.extract import ExtractionReport, extract_features
+    from detector.features.extract import ExtractionReport, compute_missing, extract_features, hash_records
 
     config = ExtractConfig(
         corpus=str(corpus),
@@ -161,6 +171,31 @@ def extract(
         device=device,
         dtype=dtype,
     )
+    compute, hasher = compute_missing, hash_records
+    if engine not in ("local", "ray"):
+        fail(f"--engine must be local or ray, got {engine!r}")
+    if engine == "ray":
+        from detector.features.ray_extract import BackboneRecipe, RayCompute
+        from detector.scoring import ScoringError
+        from detector.scoring.ray_engine import require_ray
+
+        if inversion is not None:
+            fail("--engine ray extracts backbone features; run inversion features with --engine local")
+        try:
+            require_ray()
+        except ScoringError as exc:
+            fail(str(exc))
+        gpu_device = "cuda" if num_gpus_per_worker > 0 and device == "cpu" else device
+        compute = RayCompute(
+            BackboneRecipe(backbone, pretrained, gpu_device, dtype),
+            workers=max(1, workers),
+            cpus_per_worker=cpus_per_worker,
+            num_gpus_per_worker=num_gpus_per_worker,
+            decode_cpus=decode_cpus,
+            address=address,
+        )
+        hasher = compute.hash
+        device = "cpu"  # the driver's copy only names the cache namespace and the transform
     data = _load_corpus(corpus)
     if inversion is not None:
         extractor = _build_inversion(str(inversion), mode, steps, device, dtype)
@@ -176,6 +211,8 @@ def extract(
         out=out / "features.npy" if out else None,
         progress=progress_bar,
         report=report,
+        compute=compute,
+        hasher=hasher,
     )
     _report_failures(failed)
     for problem in report.cache_problems:

@@ -9,7 +9,8 @@ import typer
 
 from detector.cli.common import console, fail, plain, progress_bar, stdout, write_json
 
-FORMATS = ("jsonl", "csv", "table")
+FORMATS = ("jsonl", "csv", "parquet", "table")
+ENGINES = ("local", "ray")
 
 
 def score_command(
@@ -24,10 +25,23 @@ def score_command(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Results file (one line per image). Default: print to stdout."
     ),
-    fmt: str = typer.Option("jsonl", "--format", "-f", help="jsonl | csv | table (a table on stdout)."),
+    fmt: str = typer.Option(
+        "jsonl", "--format", "-f", help="jsonl | csv | parquet (a folder of parts) | table (on stdout)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Skip images already in --out (after a kill)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
-    workers: int = typer.Option(0, "--workers", help="Decode threads (0: decode in the main thread)."),
+    workers: int = typer.Option(
+        0, "--workers", help="local: decode threads (0: the main thread); ray: scoring actors (default 1)."
+    ),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster)."),
+    address: str | None = typer.Option(
+        None, "--address", help="ray: cluster to join (auto, ray://HOST:10001); default: start a local one."
+    ),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="ray: CPUs per scoring actor."),
+    num_gpus_per_worker: float = typer.Option(
+        0.0, "--num-gpus-per-worker", help="ray: GPUs per scoring actor (fractions share a GPU)."
+    ),
+    decode_cpus: float = typer.Option(0.25, "--decode-cpus", help="ray: CPUs per decoding task."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
     no_watermark: bool = typer.Option(False, "--no-watermark", help="Skip the bundle's watermark decoder."),
     watermark_search: str | None = typer.Option(
@@ -56,13 +70,15 @@ def score_command(
 
     Every input gets one line, an unreadable file a line with its error (the run goes on). Output is
     written to OUT.partial and renamed when complete; --resume continues a killed run. Under torchrun
-    each rank scores a shard and rank 0 merges them into OUT. A branch switched off (--no-rigid,
+    each rank scores a shard and rank 0 merges them into OUT; --engine ray scores on a Ray cluster
+    (same lines, same --resume; pip install "detector[ray]"). A branch switched off (--no-rigid,
     --no-inversion) is scored with the fusion model the bundle fitted without it.
     """
     from detector.bundle import ProvenanceDetector, resolve_model
     from detector.errors import DetectorError
     from detector.io import printable
-    from detector.scoring import count_inputs
+    from detector.scoring import ScoringError, count_inputs
+    from detector.scoring.ray_engine import BundleScorer
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -70,14 +86,28 @@ def score_command(
         fail("--resume needs --out (the file to continue)")
     if fmt == "table" and out is not None:
         fail("--format table prints to stdout; use jsonl or csv with --out")
+    if fmt == "parquet" and out is None:
+        fail("--format parquet writes a folder: give it with --out")
+    if engine not in ENGINES:
+        fail(f"--engine must be local or ray, got {engine!r}")
+    if engine == "ray":
+        from detector.scoring.ray_engine import require_ray
+
+        try:
+            require_ray()
+        except ScoringError as exc:
+            fail(str(exc))
+        if num_gpus_per_worker > 0 and device == "cpu":
+            device = "cuda"  # Ray gives each actor its GPU(s) through CUDA_VISIBLE_DEVICES
     if watermark_search not in (None, "full", "fast"):
         fail(f"--watermark-search must be full or fast, got {watermark_search!r}")
     if out is not None and out.is_dir():
         fail(f"--out {printable(out)} is a folder; name the results file")
     try:
+        model_path = resolve_model(model)
         det = ProvenanceDetector.load(
-            resolve_model(model),
-            device=device,
+            model_path,
+            device="cpu" if engine == "ray" else device,  # ray: the driver only checks it and reads columns
             watermark=not no_watermark,
             rigid=not no_rigid,
             inversion=not no_inversion,
@@ -88,20 +118,44 @@ def score_command(
         fail(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
         target = out or Path(tmp) / ("scores.csv" if fmt == "csv" else "scores.jsonl")
-        file_fmt = "csv" if fmt == "csv" else "jsonl"
+        file_fmt = "jsonl" if fmt == "table" else fmt
         try:
             total = count_inputs(paths, confine=confine)
             with progress_bar("score", total) as advance:
-                summary = det.score_files(
-                    paths,
-                    target,
-                    fmt=file_fmt,
-                    resume=resume,
-                    batch_size=batch_size,
-                    workers=workers,
-                    progress=advance,
-                    confine=confine,
-                )
+                if engine == "ray":
+                    summary = _score_on_ray(
+                        paths,
+                        det,
+                        BundleScorer(
+                            str(model_path),
+                            device=device,
+                            watermark=not no_watermark,
+                            rigid=not no_rigid,
+                            inversion=not no_inversion,
+                            watermark_search=watermark_search,
+                        ),
+                        target,
+                        fmt=file_fmt,
+                        resume=resume,
+                        batch_size=batch_size,
+                        workers=max(1, workers),
+                        cpus_per_worker=cpus_per_worker,
+                        num_gpus_per_worker=num_gpus_per_worker,
+                        decode_cpus=decode_cpus,
+                        address=address,
+                        progress=advance,
+                    )
+                else:
+                    summary = det.score_files(
+                        paths,
+                        target,
+                        fmt=file_fmt,
+                        resume=resume,
+                        batch_size=batch_size,
+                        workers=workers,
+                        progress=advance,
+                        confine=confine,
+                    )
         except (DetectorError, ValueError) as exc:
             fail(str(exc))
         if out is None and fmt != "table":
@@ -114,6 +168,17 @@ def score_command(
         write_json(summary_json, summary.to_dict())
     if summary.total == 0:
         fail("no image to score in the inputs (see the files passed by above)", code=1)
+
+
+def _score_on_ray(paths, det, scorer, out, **kwargs):
+    """The Ray engine with the CSV/Parquet columns of the detector the driver loaded."""
+    from detector.result import csv_columns
+    from detector.scoring.ray_engine import score_ray
+    from detector.scoring.stream import expectations
+
+    pipeline = det.pipeline
+    columns = csv_columns(pipeline.branch_names, pipeline.versions)
+    return score_ray(paths, scorer, out, columns=columns, expect=expectations(pipeline), **kwargs)
 
 
 def _print_results(path: Path) -> None:

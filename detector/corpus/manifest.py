@@ -267,10 +267,15 @@ def write_manifest(records: Iterable[Record], path: str | Path, root: str | Path
 
 
 def load_corpus(source: str | Path, group_regex: str | None = None, confine: bool = False) -> Corpus:
-    """A corpus from a folder (folder layout; uses ``ROOT/manifest.csv`` or ``.jsonl`` if present)
-    or from a manifest file (``confine``: its paths must stay inside its folder). Files a folder scan
-    passes by are listed in ``skipped``."""
+    """A corpus from a folder (folder layout; uses ``ROOT/manifest.csv`` or ``.jsonl`` if present), a
+    sharded corpus folder (``corpus.json``, see :mod:`detector.corpus.shards`) or a manifest file
+    (``confine``: its paths must stay inside its folder). Files a folder scan passes by are listed in
+    ``skipped``."""
     source = Path(source)
+    if source.is_dir() and (source / "corpus.json").is_file():
+        from detector.corpus.shards import load_sharded
+
+        return load_sharded(source)
     if source.is_dir():
         for name in ("manifest.csv", "manifest.jsonl"):
             if (source / name).is_file() and group_regex is None:

@@ -76,6 +76,16 @@ class CacheStats:
     problems: list[str] = field(default_factory=list)
 
 
+def write_shard(folder: str | Path, features: np.ndarray) -> str:
+    """Write one shard file atomically (not yet indexed); returns its name in ``folder``."""
+    from safetensors.numpy import save
+
+    matrix = np.ascontiguousarray(features, dtype=np.float32)
+    shard = f"shard-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.safetensors"
+    atomic_write_bytes(Path(folder) / shard, save({"features": matrix}))
+    return shard
+
+
 class FeatureCache:
     """One namespace of the cache. Use :meth:`for_extractor` to open the right one."""
 
@@ -175,18 +185,17 @@ class FeatureCache:
         """Write buffered rows as one shard, then index them in one transaction."""
         if not self._pending_rows:
             return
-        from safetensors.numpy import save
+        shard = write_shard(self.folder, np.concatenate(self._pending, axis=0))
+        self.index_shard(shard, self._pending_keys)
+        self._pending_keys, self._pending, self._pending_rows = [], [], 0
 
-        matrix = np.ascontiguousarray(np.concatenate(self._pending, axis=0))
-        keys = self._pending_keys
-        shard = f"shard-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.safetensors"
-        atomic_write_bytes(self.folder / shard, save({"features": matrix}))
+    def index_shard(self, shard: str, keys: list[str]) -> None:
+        """Index a complete shard file (written by :func:`write_shard`, here or on another machine)."""
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO entries (sha, shard, row) VALUES (?, ?, ?)",
                 [(key, shard, row) for row, key in enumerate(keys)],
             )
-        self._pending_keys, self._pending, self._pending_rows = [], [], 0
 
     def close(self) -> None:
         self.flush()

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from detector.corpus import Corpus, load_corpus
 from detector.corpus.dataset import CorpusDataset, collate_skip_errors
+from detector.corpus.shards import split_member
 from detector.features.cache import DEFAULT_SHARD_SIZE, FeatureCache
 from detector.io import file_sha256
 
@@ -54,6 +55,19 @@ class ExtractionReport:
         }
 
 
+def hash_file(path: str | Path) -> tuple[str | None, str | None]:
+    """``(sha256, None)`` for a readable file (or shard member), ``(None, reason)`` otherwise."""
+    path = Path(path)
+    try:
+        if split_member(path) is None and path.stat().st_size == 0:
+            raise OSError("empty file (0 bytes)")
+        return file_sha256(path), None
+    except FileNotFoundError:
+        return None, "file not found"
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+
+
 def hash_records(corpus: Corpus, progress: ProgressFactory = _no_progress):
     """Content hash per record (None when unreadable) plus ``(path, reason)`` for failures."""
     hashes: list[str | None] = []
@@ -61,16 +75,10 @@ def hash_records(corpus: Corpus, progress: ProgressFactory = _no_progress):
     with progress("hashing", len(corpus.records)) as advance:
         for record in corpus.records:
             path = corpus.resolve(record)
-            try:
-                if path.stat().st_size == 0:
-                    raise OSError("empty file (0 bytes)")
-                hashes.append(file_sha256(path))
-            except FileNotFoundError:
-                hashes.append(None)
-                failed.append((str(path), "file not found"))
-            except OSError as exc:
-                hashes.append(None)
-                failed.append((str(path), exc.strerror or str(exc)))
+            sha, reason = hash_file(path)
+            hashes.append(sha)
+            if reason is not None:
+                failed.append((str(path), reason))
             advance(1)
     return hashes, failed
 
@@ -122,6 +130,8 @@ def extract_features(
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: ProgressFactory = _no_progress,
     report: ExtractionReport | None = None,
+    compute: Callable[..., list[tuple[str, str]]] = compute_missing,
+    hasher: Callable[..., tuple[list[str | None], list[tuple[str, str]]]] = hash_records,
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Features of every loadable record of ``corpus`` with ``extractor`` (a :class:`Backbone` or any
     object with ``name, weights_id, preprocess, feature_dim, transform(), encode()``).
@@ -129,6 +139,8 @@ def extract_features(
     Returns ``(features [n_valid, D] float32, valid record indices, [(path, reason)] failures)``; row
     ``i`` of the matrix belongs to ``corpus.records[valid[i]]``. A second call is a cache lookup. With
     ``out`` the matrix is a memory-mapped ``.npy`` file there (flat memory for any corpus size).
+    ``compute`` fills the cache for the missing records and ``hasher`` hashes the files
+    (:func:`compute_missing`'s and :func:`hash_records`'s signatures; the Ray engine passes its own).
     """
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus)
@@ -136,7 +148,7 @@ def extract_features(
         extractor = extractor.to(device)
     report = report if report is not None else ExtractionReport()
     report.total = len(corpus.records)
-    hashes, failed = hash_records(corpus, progress)
+    hashes, failed = hasher(corpus, progress)
     cache = FeatureCache.for_extractor(cache_dir, extractor, shard_size=shard_size)
     report.cache_dir = str(cache.folder)
     try:
@@ -148,9 +160,7 @@ def extract_features(
                 first_for_key.setdefault(key, index)
         report.cached = sum(1 for h in hashes if h is not None and h in locations)
         missing = sorted(first_for_key.values())
-        new_failures = compute_missing(
-            corpus, missing, hashes, extractor, cache, batch_size, num_workers, progress
-        )
+        new_failures = compute(corpus, missing, hashes, extractor, cache, batch_size, num_workers, progress)
         failed += new_failures
         report.computed = len(missing) - len(new_failures)
         first_index = {}
@@ -189,7 +199,7 @@ def extract_features(
                 valid = [valid[row] for row in keep]
                 matrix = np.asarray(matrix)[keep]
                 break
-            failed += compute_missing(
+            failed += compute(
                 corpus, sorted(broken), hashes, extractor, cache, batch_size, num_workers, progress
             )
             report.computed += len(broken)

@@ -193,11 +193,36 @@ def _open_file(name: str, path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+def _is_member(path: str | os.PathLike) -> bool:
+    """A path into a sharded corpus (``DIR/shard-00000.parquet::KEY``) rather than a file."""
+    text = os.fspath(path)
+    return ".parquet::" in text and not os.path.exists(text)
+
+
+def _member_bytes(path: str | os.PathLike) -> bytes:
+    from detector.corpus.shards import read_member
+
+    name = os.fspath(path)
+    try:
+        data = read_member(path)
+    except KeyError:
+        raise ImageLoadError(name, "file not found (no such image in its shard)") from None
+    except FileNotFoundError:
+        raise ImageLoadError(name, "file not found (its shard is missing)") from None
+    except OSError as exc:
+        raise ImageLoadError(name, f"cannot read file ({exc})") from None
+    if not data:
+        raise ImageLoadError(name, "empty file (0 bytes)")
+    return data
+
+
 def _open(
     source: ImageSource, max_pixels: int | None, max_aspect: float | None = MAX_ASPECT
 ) -> tuple[Image.Image, str | None]:
     """Open lazily (header only) and enforce the pixel and aspect budgets before any decoding."""
     name = _describe(source)
+    if isinstance(source, (str, os.PathLike)) and _is_member(source):
+        source = _member_bytes(source)
     if isinstance(source, (str, os.PathLike)):
         handle: BinaryIO = _open_file(name, Path(source))
     elif isinstance(source, bytes):
@@ -408,6 +433,14 @@ def iter_image_files(
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Content hash of a file: identifies an image independent of its name or location."""
     digest = hashlib.sha256()
+    if _is_member(path):  # a member of a sharded corpus: hash the stored bytes
+        from detector.corpus.shards import read_member
+
+        try:
+            digest.update(read_member(path))
+        except KeyError:
+            raise FileNotFoundError(os.fspath(path)) from None
+        return digest.hexdigest()
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)

@@ -166,6 +166,21 @@ class Pipeline:
                 results.append(ProvenanceResult.failed(path, f"fusion failed: {exc}", self.versions))
         return results
 
+    def score_decoded(
+        self, paths: Sequence[str], decoded: Sequence[Image.Image | ImageLoadError]
+    ) -> list[ProvenanceResult]:
+        """One result per path, in order, from what decoding gave: an image, or the error to report."""
+        results: list[ProvenanceResult | None] = [None] * len(paths)
+        good = [i for i, item in enumerate(decoded) if isinstance(item, Image.Image)]
+        for i, item in enumerate(decoded):
+            if isinstance(item, ImageLoadError):
+                results[i] = ProvenanceResult.failed(paths[i], item.reason, self.versions)
+        if good:
+            scored = self.score_batch(Batch([paths[i] for i in good], [decoded[i] for i in good]))
+            for i, result in zip(good, scored, strict=True):
+                results[i] = result
+        return results
+
     def score(
         self, image: str | os.PathLike | Image.Image | np.ndarray, path: str | None = None
     ) -> ProvenanceResult:

@@ -38,6 +38,7 @@ from pathlib import Path
 from PIL import Image
 
 from detector.corpus import CorpusError, read_manifest
+from detector.corpus.shards import is_sharded_corpus, shard_member_paths
 from detector.errors import DetectorError
 from detector.io import (
     DEFAULT_MAX_PIXELS,
@@ -52,9 +53,11 @@ from detector.io import (
     printable,
 )
 from detector.result import ProvenanceResult, csv_columns
-from detector.scoring.pipeline import Batch, Pipeline
+from detector.scoring.pipeline import Pipeline
 
 FORMATS = ("jsonl", "csv")
+#: Every output format a scoring run can write (Parquet: a folder of part files, needs pyarrow).
+OUTPUT_FORMATS = (*FORMATS, "parquet")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
 
@@ -73,7 +76,8 @@ EMPTY_FOLDER = "named folder holds no image file"
 def expand_inputs(
     sources: Iterable[str | os.PathLike], on_skip: SkipHandler | None = None, confine: bool = False
 ) -> Iterator[str]:
-    """Image paths from files, folders (recursively), globs and manifests (.csv/.jsonl), in order.
+    """Image paths from files, folders (recursively), globs, manifests (.csv/.jsonl) and sharded corpus
+    folders (member paths, see :mod:`detector.corpus.shards`), in order.
 
     A source that exists as none of these is passed through, so it gets its own "file not found" line.
     ``on_skip(path, reason)`` hears of every file a folder scan passes by and of every named folder or
@@ -90,7 +94,9 @@ def expand_inputs(
     for source in sources:
         text = os.fspath(source)
         path = Path(text)
-        if path.is_dir():
+        if is_sharded_corpus(path):
+            yield from shard_member_paths(path)
+        elif path.is_dir():
             yield from scan(path)
         elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             try:
@@ -338,6 +344,15 @@ def expectations(pipeline: Pipeline) -> dict:
     }
 
 
+def open_writer(out: str | os.PathLike, fmt: str, columns: Sequence[str], expect: dict | None = None):
+    """The writer for ``fmt``: :class:`ResultWriter` (jsonl, csv) or the Parquet folder writer."""
+    if fmt == "parquet":
+        from detector.scoring.parquet import ParquetResultWriter
+
+        return ParquetResultWriter(out, columns)
+    return ResultWriter(out, fmt, columns, expect=expect)
+
+
 def _decode(path: str, max_pixels: int | None, pipeline: Pipeline) -> Image.Image | ImageLoadError:
     """Decode one input as the pipeline reads it: refused below its minimum side, reduced right after
     decoding to the pixels it keeps (so a batch's memory does not depend on the files' sizes)."""
@@ -349,20 +364,6 @@ def _decode(path: str, max_pixels: int | None, pipeline: Pipeline) -> Image.Imag
         return exc
     except Exception as exc:  # a decoder bug on a hostile file costs that file's line, not the run
         return ImageLoadError(path, f"cannot decode ({type(exc).__name__}: {exc})")
-
-
-def _score_decoded(pipeline: Pipeline, paths: list[str], decoded: list) -> list[ProvenanceResult]:
-    """One result per path: the load error where decoding failed, the pipeline's result elsewhere."""
-    results: list[ProvenanceResult | None] = [None] * len(paths)
-    good = [i for i, item in enumerate(decoded) if isinstance(item, Image.Image)]
-    for i, item in enumerate(decoded):
-        if isinstance(item, ImageLoadError):
-            results[i] = ProvenanceResult.failed(paths[i], item.reason, pipeline.versions)
-    if good:
-        scored = pipeline.score_batch(Batch([paths[i] for i in good], [decoded[i] for i in good]))
-        for i, result in zip(good, scored, strict=True):
-            results[i] = result
-    return results
 
 
 def _batches(paths: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -396,7 +397,7 @@ def score_stream(
     rank, world = shard
     if not 0 <= rank < world:
         raise ScoringError(f"shard rank {rank} is not in [0, {world})")
-    writer = ResultWriter(
+    writer = open_writer(
         out, fmt, csv_columns(pipeline.branch_names, pipeline.versions), expect=expectations(pipeline)
     )
     done = writer.open(resume)
@@ -435,7 +436,7 @@ def score_stream(
             queued = submit(upcoming) if upcoming and pool is not None else None
             decoded = [item.result() if isinstance(item, Future) else item for item in pending]
             pending = None
-            results = _score_decoded(pipeline, current, decoded)
+            results = pipeline.score_decoded(current, decoded)
             del decoded
             writer.write(results)
             for result in results:
