@@ -10,44 +10,32 @@ from detector.cli.common import console, fail, stdout
 
 
 def _load(
-    model: Path | None, device: str, no_watermark: bool, watermark_search: str | None, fast: bool, trust
+    model: str | None, device: str, no_watermark: bool, watermark_search: str | None, fast: bool, trust
 ):
-    """The bundle to serve: ``--model``, else whatever ``load_detector()`` resolves by default."""
-    from detector.bundle import BundleError, ProvenanceDetector
+    """The bundle to serve: ``--model`` (a bundle folder or a model name), else the shipped default."""
+    from detector.bundle import ProvenanceDetector, resolve_model
+    from detector.errors import DetectorError
 
     try:
-        if model is not None:
-            return ProvenanceDetector.load(
-                model,
-                device=device,
-                watermark=not no_watermark,
-                watermark_search=watermark_search,
-                rigid=not fast,
-                inversion=not fast,
-                c2pa_trust=trust,
-            )
-        from detector import load_detector
-
-        try:
-            detector = load_detector(device=device, watermark=not no_watermark)
-        except TypeError:
-            fail("no default bundle is available in this install; pass --model BUNDLE")
-        if trust is not None and getattr(detector, "credentials", None) is not None:
-            from detector.credentials import CredentialsReader
-
-            detector.credentials = CredentialsReader(Path(trust).read_text())
-            detector._pipeline = None
-        return detector
-    except (BundleError, ValueError, OSError) as exc:
+        return ProvenanceDetector.load(
+            resolve_model(model),
+            device=device,
+            watermark=not no_watermark,
+            watermark_search=watermark_search,
+            rigid=not fast,
+            inversion=not fast,
+            c2pa_trust=trust,
+        )
+    except (DetectorError, ValueError, OSError) as exc:
         fail(str(exc))
 
 
 def serve_command(
-    model: Path | None = typer.Option(
+    model: str | None = typer.Option(
         None,
         "--model",
         "-m",
-        help="Bundle folder to serve (default: the default bundle load_detector() finds).",
+        help="Bundle folder or model name to serve (`detector models list`; default: the shipped default).",
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
