@@ -30,12 +30,11 @@ from detector.io import (
     KEEP_PIXELS,
     MIN_SCORE_SIDE,
     ImageLoadError,
-    canonical_path,
     load_image,
 )
 from detector.result import ProvenanceResult, csv_columns
 from detector.scoring.pipeline import Pipeline
-from detector.scoring.stream import OUTPUT_FORMATS, ScoreSummary, ScoringError, expand_inputs, open_writer
+from detector.scoring.stream import OUTPUT_FORMATS, ScoreSummary, ScoringError, open_writer, pending_inputs
 
 RAY_MISSING = 'the Ray engine needs Ray Data: pip install "detector[ray]" (ray[data] and pyarrow)'
 #: Pending paths handed to Ray per dataset: bounds the driver's memory; actors reload once per window.
@@ -249,15 +248,7 @@ def score_ray(
     start = time.perf_counter()
 
     def todo() -> Iterator[str]:
-        for path in expand_inputs(sources):
-            key = canonical_path(path)
-            if key in done:
-                summary.skipped += 1
-                if progress:
-                    progress(1)
-                continue
-            done.add(key)
-            yield path
+        return pending_inputs(sources, done, summary, progress)
 
     finished = False
     try:

@@ -366,6 +366,30 @@ def _decode(path: str, max_pixels: int | None, pipeline: Pipeline) -> Image.Imag
         return ImageLoadError(path, f"cannot decode ({type(exc).__name__}: {exc})")
 
 
+def pending_inputs(
+    sources: Iterable[str | os.PathLike],
+    done: set[str],
+    summary: ScoreSummary,
+    progress: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    confine: bool = False,
+) -> Iterator[str]:
+    """The inputs still to score: this shard's, minus those whose canonical path is in ``done`` (already
+    in the output, or met earlier under another spelling); ``done`` grows as paths are handed out."""
+    rank, world = shard
+    for index, path in enumerate(expand_inputs(sources, on_skip=summary.passed_by, confine=confine)):
+        if index % world != rank:
+            continue
+        key = canonical_path(path)
+        if key in done:
+            summary.skipped += 1
+            if progress:
+                progress(1)
+            continue
+        done.add(key)
+        yield path
+
+
 def _batches(paths: Iterator[str], size: int) -> Iterator[list[str]]:
     batch: list[str] = []
     for path in paths:
@@ -405,17 +429,7 @@ def score_stream(
     start = time.perf_counter()
 
     def todo() -> Iterator[str]:
-        for index, path in enumerate(expand_inputs(sources, on_skip=summary.passed_by, confine=confine)):
-            if index % world != rank:
-                continue
-            key = canonical_path(path)
-            if key in done:
-                summary.skipped += 1
-                if progress:
-                    progress(1)
-                continue
-            done.add(key)
-            yield path
+        return pending_inputs(sources, done, summary, progress, shard=(rank, world), confine=confine)
 
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
 
