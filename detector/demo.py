@@ -130,7 +130,7 @@ def _train(config: DemoConfig, manifest: Path, run: Path, console) -> None:
     train(load_config(TrainConfig, None, overrides), console=console)
 
 
-def _inversion_model(manifest: Path, log) -> str | None:
+def corpus_inversion_model(manifest: Path, log) -> str | None:
     """The zoo DDPM the corpus's build trained (its ``build.json`` names the cache), or None."""
     from detector.zoo import zoo_ddpm_folder
 
@@ -211,7 +211,7 @@ def run_demo(
         overrides.append("fusion.min_rows=5")
     if wm_ref:
         overrides += [f"watermark_key={wm_ref['key']}", f"watermark_registry={wm_ref['registry']}"]
-    inversion_model = _inversion_model(manifest, log) if config.inversion else None
+    inversion_model = corpus_inversion_model(manifest, log) if config.inversion else None
     if inversion_model:
         overrides.append(f"inversion_model={inversion_model}")
     if config.rigid:

@@ -28,6 +28,9 @@ def test_names_resolve_to_user_models_and_paths_pass_through(tmp_path, monkeypat
     (tmp_path / "models" / "not-a-bundle").mkdir()
     assert resolve_model("mine") == mine
     assert resolve_model(str(mine)) == mine  # a folder path is taken as it is
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()  # a same-named folder that is not a bundle does not shadow the model
+    assert resolve_model("mine") == mine
     cards = {c.name: c for c in list_models()}
     assert cards["mine"].origin == "user" and cards["mine"].summary == "trained on my corpus"
     assert "not-a-bundle" not in cards

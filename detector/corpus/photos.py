@@ -260,11 +260,9 @@ def drop_near_duplicates(
     return kept
 
 
-def read_photo(photo: Photo, store: Path = DEFAULT_STORE, max_side: int = MAX_SIDE) -> np.ndarray:
-    """The photo as ``H x W x 3`` uint8, downscaled (Lanczos) so that no side exceeds ``max_side``."""
-    path = photo.locate(store)
-    if path is None:
-        raise ImageLoadError(photo.name, "not on this machine (run `detector corpus photos fetch`)")
+def read_photo(path: Path, max_side: int = MAX_SIDE) -> np.ndarray:
+    """A verified photo file as ``H x W x 3`` uint8, downscaled (Lanczos) so that no side exceeds
+    ``max_side`` (and a JPEG by at least ``JPEG_MIN_DOWNSCALE``)."""
     image = load_image(path)
     with Image.open(path) as raw:
         was_jpeg = raw.format == "JPEG"
@@ -281,11 +279,19 @@ def load_photos(
 ) -> list[tuple[str, np.ndarray]]:
     """Load every available photo as ``(name, H x W x 3 uint8)``, near-duplicates dropped.
 
-    ``photos`` defaults to every catalogued photo verified on this machine."""
+    ``photos`` defaults to every catalogued photo verified on this machine; a photo asked for by name
+    that is not here is a warning. Each file is located (and its sha256 checked) once."""
     loaded = []
-    for photo in photos if photos is not None else available_photos(store):
+    for photo in photos if photos is not None else catalogue():
+        path = photo.locate(store)
+        if path is None:
+            if photos is not None:
+                log(
+                    f"warning: photo {photo.name} is not on this machine (run `detector corpus photos fetch`)"
+                )
+            continue
         try:
-            loaded.append((photo.name, read_photo(photo, store)))
+            loaded.append((photo.name, read_photo(path)))
         except (ImageLoadError, OSError) as exc:
             log(f"warning: photo {photo.name} could not be read ({exc}); skipped")
     return drop_near_duplicates(loaded, log)

@@ -118,7 +118,7 @@ def train_recipe(name: str, manifest: Path, run: Path, args) -> None:
 def bundle_recipe(run: Path, manifest: Path, bundle: Path, args, rigid: bool = False) -> None:
     from detector.bundle import BundleConfig, build_bundle
     from detector.config import load_config
-    from detector.demo import _inversion_model
+    from detector.demo import corpus_inversion_model
 
     if (bundle / "bundle.json").is_file():
         return
@@ -130,7 +130,7 @@ def bundle_recipe(run: Path, manifest: Path, bundle: Path, args, rigid: bool = F
         *args.bundle_set,
         f"rigid={str(rigid).lower()}",
     ]
-    inversion = _inversion_model(manifest, print) if args.inversion else None
+    inversion = corpus_inversion_model(manifest, print) if args.inversion else None
     if inversion:
         overrides.append(f"inversion_model={inversion}")
     build_bundle(load_config(BundleConfig, None, overrides), bundle, log=print)
