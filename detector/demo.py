@@ -132,7 +132,7 @@ def _train(config: DemoConfig, manifest: Path, run: Path, console) -> None:
 
 def corpus_inversion_model(manifest: Path, log) -> str | None:
     """The zoo DDPM the corpus's build trained (its ``build.json`` names the cache), or None."""
-    from detector.zoo import zoo_ddpm_folder
+    from detector.corpus.zoo import zoo_ddpm_folder
 
     info = Path(manifest).parent / "build.json"
     if not info.is_file():

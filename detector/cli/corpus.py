@@ -315,7 +315,7 @@ def build(
 
     from detector.config import load_config
     from detector.corpus.build import BuildConfig, build_corpus, small_config
-    from detector.zoo import list_generators
+    from detector.corpus.zoo import list_generators
 
     try:
         cfg = load_config(BuildConfig, config) if config else (small_config() if small else BuildConfig())

@@ -109,7 +109,7 @@ def build_corpus(
     ``cache`` holds the trained zoo models (default ``data/zoo-cache/<preset>``). ``progress(desc,
     total)`` is a context manager yielding ``advance(n)`` (the CLI passes rich bars).
     """
-    from detector.zoo import (
+    from detector.corpus.zoo import (
         ensure_model,
         generate,
         get_generator,
@@ -117,7 +117,7 @@ def build_corpus(
         list_generators,
         load_model,
     )
-    from detector.zoo.base import is_done, model_dir, to_tensor, to_uint8
+    from detector.corpus.zoo.base import is_done, model_dir, to_tensor, to_uint8
 
     config = config or BuildConfig()
     out = Path(out)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from detector.zoo import ddpm
-from detector.zoo.base import GeneratorSpec, ModelSpec, resize, torch_generator
+from detector.corpus.zoo import ddpm
+from detector.corpus.zoo.base import GeneratorSpec, ModelSpec, resize, torch_generator
 
 FAMILY = "sdedit"
 MODELS: list[ModelSpec] = []  # uses the ddpm family's model

@@ -14,8 +14,8 @@ from types import ModuleType
 
 import torch
 
-from detector.zoo import autoencoder, ddpm, gan, sdedit, superres, vqar
-from detector.zoo.base import (
+from detector.corpus.zoo import autoencoder, ddpm, gan, sdedit, superres, vqar
+from detector.corpus.zoo.base import (
     GeneratorSpec,
     ModelSpec,
     is_done,
