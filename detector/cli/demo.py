@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
+from detector.cli.bundle import print_branch_table
 from detector.cli.common import console, fail, progress_bar, stdout
-from detector.cli.score import print_branch_table
 
 
 def demo_command(
