@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from detector.cli.choices import EvalSplit
 from detector.cli.common import console, fail, parse_list, stdout
 
 
@@ -11,7 +12,9 @@ def eval_command(
     checkpoint: str = typer.Argument(..., help="Run folder written by `detector train`."),
     corpus: str = typer.Argument(..., help="Corpus folder or manifest."),
     out: str = typer.Option(None, "--out", "-o", help="Output folder (default CHECKPOINT/eval-SPLIT)."),
-    split: str = typer.Option("test", "--split", help="train | val | test | all"),
+    split: EvalSplit = typer.Option(
+        EvalSplit.test, "--split", help="The corpus split to score (all: every image)."
+    ),
     perturbations: str = typer.Option(
         None,
         "--perturbations",
@@ -27,6 +30,8 @@ def eval_command(
 
     from detector.evaluation import GRID, EvalConfig, evaluate
     from detector.training.checkpoint import CheckpointError
+
+    split = split.value
 
     config = EvalConfig(
         checkpoint=checkpoint,

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import typer
 
+from detector.cli.choices import Engine, OutputFormat, WatermarkSearch, choice_value
 from detector.cli.common import console, fail, plain, progress_bar, stdout, write_json
-
-FORMATS = ("jsonl", "csv", "parquet", "table")
-ENGINES = ("local", "ray")
 
 
 def score_command(
@@ -25,15 +23,17 @@ def score_command(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Results file (one line per image). Default: print to stdout."
     ),
-    fmt: str = typer.Option(
-        "jsonl", "--format", "-f", help="jsonl | csv | parquet (a folder of parts) | table (on stdout)."
+    fmt: OutputFormat = typer.Option(
+        OutputFormat.jsonl, "--format", "-f", help="parquet writes a folder of parts; table prints to stdout."
     ),
     resume: bool = typer.Option(False, "--resume", help="Skip images already in --out (after a kill)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
     workers: int = typer.Option(
         0, "--workers", help="local: decode threads (0: the main thread); ray: scoring actors (default 1)."
     ),
-    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster)."),
+    engine: Engine = typer.Option(
+        Engine.local, "--engine", help="local (this process) or ray (a Ray cluster)."
+    ),
     address: str | None = typer.Option(
         None, "--address", help="ray: cluster to join (auto, ray://HOST:10001); default: start a local one."
     ),
@@ -44,7 +44,7 @@ def score_command(
     decode_cpus: float = typer.Option(0.25, "--decode-cpus", help="ray: CPUs per decoding task."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
     no_watermark: bool = typer.Option(False, "--no-watermark", help="Skip the bundle's watermark decoder."),
-    watermark_search: str | None = typer.Option(
+    watermark_search: WatermarkSearch | None = typer.Option(
         None,
         "--watermark-search",
         help="full (undo resizes and rotations) or fast (~10x cheaper on unmarked images); default: the "
@@ -80,16 +80,13 @@ def score_command(
     from detector.scoring import ScoringError, count_inputs
     from detector.scoring.ray_engine import BundleScorer
 
-    if fmt not in FORMATS:
-        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    fmt, engine, watermark_search = fmt.value, engine.value, choice_value(watermark_search)
     if resume and out is None:
         fail("--resume needs --out (the file to continue)")
     if fmt == "table" and out is not None:
         fail("--format table prints to stdout; use jsonl or csv with --out")
     if fmt == "parquet" and out is None:
         fail("--format parquet writes a folder: give it with --out")
-    if engine not in ENGINES:
-        fail(f"--engine must be local or ray, got {engine!r}")
     if engine == "ray":
         from detector.scoring.ray_engine import require_ray
 
@@ -99,8 +96,6 @@ def score_command(
             fail(str(exc))
         if num_gpus_per_worker > 0 and device == "cpu":
             device = "cuda"  # Ray gives each actor its GPU(s) through CUDA_VISIBLE_DEVICES
-    if watermark_search not in (None, "full", "fast"):
-        fail(f"--watermark-search must be full or fast, got {watermark_search!r}")
     if out is not None and out.is_dir():
         fail(f"--out {printable(out)} is a folder; name the results file")
     try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from detector.cli.choices import PageMode, WatermarkSearch, choice_value
 from detector.cli.common import console, fail, stdout
 
 
@@ -45,8 +46,8 @@ def serve_command(
         help="API key file (name:sha256 per line; `detector serve-key`). Also $DETECTOR_API_KEYS. "
         "No keys: anyone who can reach the port may score.",
     ),
-    page: str = typer.Option(
-        "keyed",
+    page: PageMode = typer.Option(
+        PageMode.keyed,
         "--page",
         help="keyed: every score request needs a key (the page asks for it); "
         "open: requests without a key are allowed, rate limited per client address.",
@@ -74,7 +75,7 @@ def serve_command(
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
     no_watermark: bool = typer.Option(False, "--no-watermark", help="Skip the bundle's watermark decoder."),
-    watermark_search: str | None = typer.Option(
+    watermark_search: WatermarkSearch | None = typer.Option(
         None, "--watermark-search", help="full or fast (see detector score)."
     ),
     fast: bool = typer.Option(False, "--fast", help="Skip the RIGID and inversion branches (with --model)."),
@@ -87,8 +88,7 @@ def serve_command(
 
     from detector.service import KeyFileError, KeyStore, ServiceConfig, create_app
 
-    if watermark_search not in (None, "full", "fast"):
-        fail(f"--watermark-search must be full or fast, got {watermark_search!r}")
+    page, watermark_search = page.value, choice_value(watermark_search)
     try:
         config = ServiceConfig(
             host=host,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from detector.cli.choices import Method, choice_value
 from detector.cli.common import console, fail
 from detector.config import ConfigError, load_config
 
@@ -19,7 +20,7 @@ def train_command(
         [], "--set", help="Dotted override, repeatable: --set method.name=effort --set optim.epochs=3"
     ),
     out: str = typer.Option(None, "--out", "-o", help="Run folder (checkpoint, config, model card)."),
-    method: str = typer.Option(None, "--method", help="linear-probe | full-finetune | lora | effort"),
+    method: Method | None = typer.Option(None, "--method", help="How the backbone is trained."),
     backbone: str = typer.Option(None, "--backbone", help="Registry name, e.g. effnet-lite0, clip:ViT-L-14"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
 ) -> None:
@@ -34,7 +35,7 @@ def train_command(
     for key, value in (
         ("data.corpus", corpus),
         ("out", out),
-        ("method.name", method),
+        ("method.name", choice_value(method)),
         ("model.backbone", backbone),
     ):
         if value is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from detector.cli.choices import WatermarkSearch
 from detector.cli.common import console, fail, parse_list, plain, progress_bar, stdout
 
 app = typer.Typer(
@@ -197,8 +198,8 @@ def detect(
     fpr: float = typer.Option(1e-6, "--fpr", help="False-positive rate at which 'watermarked' is declared."),
     out: Path | None = typer.Option(None, "--out", help="Also write the JSON lines to this file."),
     checkpoint: Path | None = CKPT_OPT,
-    search: str = typer.Option(
-        "full",
+    search: WatermarkSearch = typer.Option(
+        WatermarkSearch.full,
         "--search",
         help="full: undo a 0.5x resize and rotations up to 6 degrees; fast: native grid only (~10x cheaper "
         "on unmarked images). The FPR holds for both.",
@@ -223,7 +224,7 @@ def detect(
 
     if out is not None and out.is_dir():
         fail(f"--out {printable(out)} is a folder; name the results file")
-    wm = _watermarker(key_file, checkpoint, registry, fpr=fpr, search=search, create_registry=False)
+    wm = _watermarker(key_file, checkpoint, registry, fpr=fpr, search=search.value, create_registry=False)
     passed_by: list[tuple[str, str]] = []
     files: list[Path] = []
     for p in paths:
