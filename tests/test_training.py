@@ -16,7 +16,7 @@ from detector.config import load_config
 from detector.corpus import SplitConfig, assign_splits, records_from_folder, write_manifest
 from detector.training import TrainConfig, load_checkpoint, train
 from detector.training.checkpoint import read_tensors
-from detector.training.model import Detector, create_backbone, prepare_method
+from detector.training.model import RealFakeModel, create_backbone, prepare_method
 
 BACKBONE = "timm:test_efficientnet"
 
@@ -72,11 +72,11 @@ def test_every_method_trains_and_checkpoint_reloads(split_corpus, tmp_path, meth
 
 
 def test_trainable_sets_per_method():
-    def counts(method: str, **kw) -> tuple[int, int, Detector]:
+    def counts(method: str, **kw) -> tuple[int, int, RealFakeModel]:
         cfg = load_config(TrainConfig, None, [f"method.name={method}", f"model.backbone={BACKBONE}"])
         for key, value in kw.items():
             setattr(cfg.method, key, value)
-        detector = Detector(create_backbone(cfg.model), ["real", "a", "b"])
+        detector = RealFakeModel(create_backbone(cfg.model), ["real", "a", "b"])
         state = prepare_method(detector, cfg.method)
         return state.trainable, state.total, detector
 

@@ -54,11 +54,11 @@ def _fmt(value) -> str:
 
 
 def _build_backbone(name: str, pretrained: str | None):
-    from detector.backbones import CheckpointError, create_backbone
+    from detector.backbones import BackboneError, create_backbone
 
     try:
         return create_backbone(name, **({"pretrained": pretrained} if pretrained else {}))
-    except (ValueError, CheckpointError) as exc:
+    except BackboneError as exc:
         fail(f"cannot build backbone {name!r}: {exc}")
 
 

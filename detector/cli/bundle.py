@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from detector.cli.common import console, fail, progress_bar, stdout
+from detector.errors import DetectorError
 
 
 def bundle_command(
@@ -34,11 +35,8 @@ def bundle_command(
 ) -> None:
     """Fit the attribution head (train split) and the fusion (val split) for a trained checkpoint and
     write a scoring bundle that `detector score` and `load_detector` read. The test split is not read."""
-    from detector.attribution import AttributionError
-    from detector.bundle import BundleConfig, BundleError, build_bundle
-    from detector.config import ConfigError, load_config
-    from detector.corpus import CorpusError
-    from detector.fusion import FusionError
+    from detector.bundle import BundleConfig, build_bundle
+    from detector.config import load_config
 
     extra = [f"checkpoint={checkpoint}", f"corpus={corpus}", *overrides]
     for key, value in (
@@ -54,7 +52,7 @@ def bundle_command(
     try:
         config = load_config(BundleConfig, None, extra)
         report = build_bundle(config, out, progress=progress_bar, log=console.print)
-    except (ConfigError, BundleError, CorpusError, FusionError, AttributionError, ValueError) as exc:
+    except DetectorError as exc:
         fail(str(exc))
     print_branch_table(report["validation_branches"], "validation (the split the fusion was fitted on)")
     console.print(f"wrote bundle {out} (fusion report: {out / 'fusion_report.json'})")

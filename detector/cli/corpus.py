@@ -22,6 +22,7 @@ from detector.corpus import (
     validate_corpus,
     write_manifest,
 )
+from detector.errors import DetectorError
 from detector.io import DEFAULT_MAX_PIXELS, printable
 
 app = typer.Typer(
@@ -189,7 +190,7 @@ def real_pool(
         fail("no bundled photo could be loaded (are scikit-image and scikit-learn installed?)")
     try:
         crops = plan_crops(photos, n, size, seed=seed)
-    except ValueError as exc:
+    except CorpusError as exc:
         fail(str(exc))
     policy = EncodingPolicy(jpeg_share=jpeg_share, seed=seed)
     with progress_bar("real pool", len(crops)) as advance:
@@ -345,7 +346,7 @@ def build(
         result = build_corpus(
             out, cfg, cache=cache, progress=progress_bar, log=console.print, photo_store=photo_store
         )
-    except (CorpusError, ValueError) as exc:
+    except DetectorError as exc:
         fail(str(exc))
     summary = summarize(load_corpus(result.manifest))
     print_summary(summary)

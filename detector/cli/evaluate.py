@@ -6,6 +6,7 @@ import typer
 
 from detector.cli.choices import EvalSplit
 from detector.cli.common import console, fail, parse_list, stdout
+from detector.errors import DetectorError
 
 
 def eval_command(
@@ -29,7 +30,6 @@ def eval_command(
     from pathlib import Path
 
     from detector.evaluation import GRID, EvalConfig, evaluate
-    from detector.training.checkpoint import CheckpointError
 
     split = split.value
 
@@ -45,7 +45,7 @@ def eval_command(
     )
     try:
         result = evaluate(config, console=console)
-    except (CheckpointError, ValueError) as exc:
+    except DetectorError as exc:
         fail(str(exc))
     stdout.print((Path(result["out"]) / "metrics.md").read_text())
     console.print(f"[bold green]wrote[/] {result['out']}")

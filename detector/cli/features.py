@@ -15,7 +15,8 @@ from rich.table import Table
 
 from detector.cli.choices import Dtype, Engine, InversionMode, choice_value
 from detector.cli.common import console, fail, progress_bar, stdout, write_json
-from detector.config import ConfigError, save_config
+from detector.config import save_config
+from detector.errors import DetectorError
 
 app = typer.Typer(
     help=(
@@ -55,12 +56,12 @@ def _load_corpus(path: Path):
 
 
 def _build_backbone(name: str, pretrained: str | None, device: str, dtype: str | None):
-    from detector.backbones import CheckpointError, create_backbone
+    from detector.backbones import BackboneError, create_backbone
 
     kwargs = {} if pretrained is None else {"pretrained": pretrained}
     try:
         return create_backbone(name, device=device, dtype=dtype, **kwargs)
-    except (ValueError, CheckpointError) as exc:
+    except BackboneError as exc:
         fail(str(exc))
 
 
@@ -236,7 +237,7 @@ def _build_inversion(model: str, mode: str, steps: int, device: str, dtype: str 
     try:
         config = InversionConfig(mode=mode, num_steps=steps)
         diffusion = load_diffusion_model(model, device=device, dtype=dtype)
-    except (ValueError, OSError, ConfigError) as exc:
+    except (DetectorError, OSError) as exc:
         fail(str(exc))
     return InversionExtractor(diffusion, config)
 

@@ -9,6 +9,7 @@ import typer
 
 from detector.cli.choices import Engine, OutputFormat, WatermarkSearch, choice_value
 from detector.cli.common import console, fail, plain, progress_bar, stdout, write_json
+from detector.errors import DetectorError
 
 
 def score_command(
@@ -75,7 +76,6 @@ def score_command(
     --no-inversion) is scored with the fusion model the bundle fitted without it.
     """
     from detector.bundle import ProvenanceDetector, resolve_model
-    from detector.errors import DetectorError
     from detector.io import printable
     from detector.scoring import ScoringError, count_inputs
     from detector.scoring.ray_engine import BundleScorer
@@ -109,7 +109,7 @@ def score_command(
             watermark_search=watermark_search,
             allow_external=allow_external,
         )
-    except (DetectorError, ValueError, OSError) as exc:
+    except (DetectorError, OSError) as exc:
         fail(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
         target = out or Path(tmp) / ("scores.csv" if fmt == "csv" else "scores.jsonl")
@@ -151,7 +151,7 @@ def score_command(
                         progress=advance,
                         confine=confine,
                     )
-        except (DetectorError, ValueError) as exc:
+        except DetectorError as exc:
             fail(str(exc))
         if out is None and fmt != "table":
             stdout.file.write(target.read_text())

@@ -8,6 +8,7 @@ import typer
 
 from detector.cli.choices import PageMode, WatermarkSearch, choice_value
 from detector.cli.common import console, fail, stdout
+from detector.errors import DetectorError
 
 
 def _load(
@@ -15,7 +16,6 @@ def _load(
 ):
     """The bundle to serve: ``--model`` (a bundle folder or a model name), else the shipped default."""
     from detector.bundle import ProvenanceDetector, resolve_model
-    from detector.errors import DetectorError
 
     try:
         return ProvenanceDetector.load(
@@ -27,7 +27,7 @@ def _load(
             inversion=not fast,
             c2pa_trust=trust,
         )
-    except (DetectorError, ValueError, OSError) as exc:
+    except (DetectorError, OSError) as exc:
         fail(str(exc))
 
 
@@ -86,7 +86,7 @@ def serve_command(
     """Serve the detector over HTTP: POST /v1/score, GET /v1/health, /v1/version, /docs, and a web page at /."""
     import uvicorn
 
-    from detector.service import KeyFileError, KeyStore, ServiceConfig, create_app
+    from detector.service import KeyStore, ServiceConfig, create_app
 
     page, watermark_search = page.value, choice_value(watermark_search)
     try:
@@ -108,7 +108,7 @@ def serve_command(
             score_workers=score_workers,
         )
         key_store = KeyStore.load(config.keys_file)
-    except (ValueError, KeyFileError) as exc:
+    except DetectorError as exc:
         fail(str(exc))
     detector = _load(model, device, no_watermark, watermark_search, fast, c2pa_trust)
     if host not in ("127.0.0.1", "localhost", "::1") and not key_store:
@@ -134,11 +134,11 @@ def serve_key_command(
     name: str = typer.Option(..., "--name", help="Who the key is for (shown in logs and rate limits)."),
 ) -> None:
     """Make an API key: prints it once on stdout and stores only its SHA-256 in KEYS."""
-    from detector.service import KeyFileError, add_key
+    from detector.service import ApiKeyFileError, add_key
 
     try:
         key = add_key(keys, name)
-    except (KeyFileError, OSError) as exc:
+    except (ApiKeyFileError, OSError) as exc:
         fail(str(exc))
     stdout.print(key, markup=False, highlight=False)
     console.print(f"added key {name!r} to {keys} (only its hash is stored; keep the key now)")

@@ -8,7 +8,8 @@ import typer
 
 from detector.cli.choices import Method, choice_value
 from detector.cli.common import console, fail
-from detector.config import ConfigError, load_config
+from detector.config import load_config
+from detector.errors import DetectorError
 
 
 def train_command(
@@ -28,8 +29,7 @@ def train_command(
 
     Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m detector train ...``.
     """
-    from detector.training import TrainConfig, TrainingError, train
-    from detector.training.checkpoint import CheckpointError
+    from detector.training import TrainConfig, train
 
     extra = list(overrides)
     for key, value in (
@@ -45,5 +45,5 @@ def train_command(
     try:
         cfg = load_config(TrainConfig, config, extra)
         train(cfg, resume=resume, console=console)
-    except (ConfigError, TrainingError, CheckpointError, ValueError) as exc:
+    except DetectorError as exc:
         fail(str(exc))

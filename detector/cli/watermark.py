@@ -9,6 +9,7 @@ import typer
 
 from detector.cli.choices import WatermarkSearch
 from detector.cli.common import console, fail, parse_list, plain, progress_bar, stdout
+from detector.errors import DetectorError
 
 app = typer.Typer(
     help=(
@@ -58,9 +59,8 @@ def _watermarker(
     search: str = "full",
     create_registry: bool = True,
 ):
-    from detector.watermark.api import Watermarker, WatermarkError
-    from detector.watermark.payload import KeyFileError
-    from detector.watermark.registry import PayloadRegistry, RegistryError
+    from detector.watermark.api import Watermarker
+    from detector.watermark.registry import PayloadRegistry
 
     try:
         if registry is not None:  # a read (detect) opens an existing registry only
@@ -73,7 +73,7 @@ def _watermarker(
             payload_bits=payload_bits,
             search=search,
         )
-    except (KeyFileError, WatermarkError, RegistryError, ValueError) as exc:
+    except DetectorError as exc:
         fail(str(exc))
 
 
@@ -212,7 +212,6 @@ def detect(
     that does not exist is an error: detection never creates one."""
     import os
 
-    from detector.errors import DetectorError
     from detector.io import (
         KEEP_PIXELS,
         MIN_SCORE_SIDE,

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.calibration import sigmoid
 from detector.errors import DetectorError
 from detector.io.tensors import load_arrays, save_arrays
 
@@ -76,11 +77,6 @@ def _key(subset: Sequence[str]) -> str:
 def logit(p: np.ndarray | float) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     return np.log(p) - np.log1p(-p)
-
-
-def sigmoid(x: np.ndarray | float) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
 
 
 class FusionModel:

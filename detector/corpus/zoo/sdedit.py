@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from detector.corpus.manifest import CorpusError
 from detector.corpus.zoo import ddpm
 from detector.corpus.zoo.base import GeneratorSpec, ModelSpec, resize, torch_generator
 
@@ -32,7 +33,7 @@ GENERATORS = [
 
 
 def train(spec: ModelSpec, pool, seed, steps, folder: Path, progress=None) -> None:  # pragma: no cover
-    raise ValueError("sdedit has no model of its own; it uses the ddpm family's model")
+    raise CorpusError("sdedit has no model of its own; it uses the ddpm family's model")
 
 
 load = ddpm.load
