@@ -40,13 +40,6 @@ def register_project_configs() -> None:
         _registered = True
 
 
-def list_clip_models() -> list[str]:
-    import open_clip
-
-    register_project_configs()
-    return list(open_clip.list_models())
-
-
 def hf_clip_to_open_clip(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Map a Hugging Face CLIP vision state dict onto open_clip's ``VisionTransformer`` names.
 

@@ -78,11 +78,3 @@ def create_effnet_lite(
             name, timm_name, None, device, dtype, weights_id=f"pkg:{file_sha256(path)[:16]}", state=state
         )
     return build_timm(name, timm_name, pretrained, device, dtype)
-
-
-def weights_available(variant: int) -> bool:
-    try:
-        package_weights_path(variant)
-    except BackboneWeightsError:
-        return False
-    return True

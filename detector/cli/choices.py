@@ -1,5 +1,5 @@
 """The fixed sets of values CLI options take, as enums: typer refuses anything else before a command runs
-and ``--help`` lists the choices.
+and ``--help`` lists the choices; and the options several commands share.
 
 The values are spelled here (importing the library modules that own them would load torch for
 ``--help``); ``tests/test_cli_choices.py`` checks each one against the constant it mirrors.
@@ -8,6 +8,8 @@ The values are spelled here (importing the library modules that own them would l
 from __future__ import annotations
 
 from enum import Enum
+
+import typer
 
 
 class Choice(str, Enum):
@@ -91,12 +93,26 @@ class Dtype(Choice):
     bfloat16 = "bfloat16"
 
 
+#: Options ``detector score`` and ``detector serve`` share: how the bundle is loaded.
+DEVICE_OPT = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto.")
+NO_WATERMARK_OPT = typer.Option(False, "--no-watermark", help="Skip the bundle's watermark decoder.")
+WATERMARK_SEARCH_OPT = typer.Option(
+    None,
+    "--watermark-search",
+    help="full (undo resizes and rotations) or fast (~10x cheaper on unmarked images); default: the "
+    "bundle's choice (full).",
+)
+
+
 def choice_value(choice: Choice | None) -> str | None:
     """The plain string of an optional choice (what the library takes)."""
     return None if choice is None else choice.value
 
 
 __all__ = [
+    "DEVICE_OPT",
+    "NO_WATERMARK_OPT",
+    "WATERMARK_SEARCH_OPT",
     "Choice",
     "Dtype",
     "Engine",

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from detector.cli.choices import Engine, OutputFormat, WatermarkSearch, choice_value
+from detector.cli.choices import (
+    DEVICE_OPT,
+    NO_WATERMARK_OPT,
+    WATERMARK_SEARCH_OPT,
+    Engine,
+    OutputFormat,
+    WatermarkSearch,
+    choice_value,
+)
 from detector.cli.common import console, fail, plain, progress_bar, stdout, write_json
 from detector.errors import DetectorError
 
@@ -43,14 +51,9 @@ def score_command(
         0.0, "--num-gpus-per-worker", help="ray: GPUs per scoring actor (fractions share a GPU)."
     ),
     decode_cpus: float = typer.Option(0.25, "--decode-cpus", help="ray: CPUs per decoding task."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
-    no_watermark: bool = typer.Option(False, "--no-watermark", help="Skip the bundle's watermark decoder."),
-    watermark_search: WatermarkSearch | None = typer.Option(
-        None,
-        "--watermark-search",
-        help="full (undo resizes and rotations) or fast (~10x cheaper on unmarked images); default: the "
-        "bundle's choice (full).",
-    ),
+    device: str = DEVICE_OPT,
+    no_watermark: bool = NO_WATERMARK_OPT,
+    watermark_search: WatermarkSearch | None = WATERMARK_SEARCH_OPT,
     no_rigid: bool = typer.Option(
         False, "--no-rigid", help="Skip the RIGID branch (saves its extra backbone forwards)."
     ),

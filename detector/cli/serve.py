@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from detector.cli.choices import PageMode, WatermarkSearch, choice_value
+from detector.cli.choices import (
+    DEVICE_OPT,
+    NO_WATERMARK_OPT,
+    WATERMARK_SEARCH_OPT,
+    PageMode,
+    WatermarkSearch,
+    choice_value,
+)
 from detector.cli.common import console, fail, stdout
 from detector.errors import DetectorError
 
@@ -73,11 +80,9 @@ def serve_command(
     score_workers: int = typer.Option(
         1, "--score-workers", help="Threads running the model, each on its own micro-batch (several cores)."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
-    no_watermark: bool = typer.Option(False, "--no-watermark", help="Skip the bundle's watermark decoder."),
-    watermark_search: WatermarkSearch | None = typer.Option(
-        None, "--watermark-search", help="full or fast (see detector score)."
-    ),
+    device: str = DEVICE_OPT,
+    no_watermark: bool = NO_WATERMARK_OPT,
+    watermark_search: WatermarkSearch | None = WATERMARK_SEARCH_OPT,
     fast: bool = typer.Option(False, "--fast", help="Skip the RIGID and inversion branches (with --model)."),
     c2pa_trust: Path | None = typer.Option(
         None, "--c2pa-trust", help="PEM file of trusted C2PA signer roots (default: $DETECTOR_C2PA_TRUST)."

@@ -184,8 +184,6 @@ def _c2pa_signer(cert: Path | None, key: Path | None):
 
     try:
         return CredentialsSigner(cert, key)
-    except ImportError:
-        fail("Content Credentials need c2pa-python and cryptography (pip install c2pa-python cryptography)")
     except CredentialsError as exc:
         fail(str(exc))
 

@@ -175,10 +175,6 @@ def load_module(module: torch.nn.Module, folder: Path) -> torch.nn.Module:
     return module.eval()
 
 
-def read_card(folder: Path) -> dict:
-    return json.loads((folder / "card.json").read_text())
-
-
 #: Bump when training code changes in a way a ModelSpec does not show (a new loss term, a schedule):
 #: every cached model then gets a new folder and is retrained instead of silently reused.
 TRAINING_VERSION = 2
