@@ -26,3 +26,19 @@ def test_the_docs_show_overrides():
 @pytest.mark.parametrize(("page", "override"), shown_overrides())
 def test_every_override_in_the_docs_is_a_real_config_key(page, override):
     load_config(TrainConfig, None, [override])  # raises ConfigError on an unknown key or a bad value
+
+
+def test_every_result_says_where_it_came_from():
+    """Each experiments RESULTS.md names its commit near the top; each result JSON has a provenance."""
+    import json
+
+    results = sorted((ROOT / "experiments").rglob("RESULTS.md"))
+    assert results
+    for page in results:
+        head = page.read_text()[:3000]
+        assert "Provenance:" in head or re.search(r"[Cc]ommit:? `[0-9a-f]{7}", head), page
+    for path in sorted((ROOT / "experiments").rglob("*.json")):
+        if path.parent.name == "per_method" or path.parent.name == "report":
+            continue  # per-method caches and build statistics, not result files
+        data = json.loads(path.read_text())
+        assert "provenance" in data or "commit" in data, path
