@@ -42,3 +42,34 @@ def test_every_result_says_where_it_came_from():
             continue  # per-method caches and build statistics, not result files
         data = json.loads(path.read_text())
         assert "provenance" in data or "commit" in data, path
+
+
+def cli_commands() -> list[str]:
+    """Every leaf command of the CLI, e.g. ``corpus photos fetch``."""
+    import typer.main
+
+    from detector.cli import app
+
+    def walk(command, prefix):
+        children = getattr(command, "commands", None)
+        if not children:
+            return [" ".join(prefix)]
+        return [name for key, child in sorted(children.items()) for name in walk(child, [*prefix, key])]
+
+    return walk(typer.main.get_command(app), [])
+
+
+def test_the_command_reference_and_the_readme_table_name_every_command():
+    reference = (ROOT / "docs" / "commands.md").read_text()
+    table = [
+        line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `detector ")
+    ]
+    commands = cli_commands()
+    assert len(commands) > 30
+    for command in commands:
+        assert f"`detector {command}" in reference or f"/ `detector {command}" in reference, command
+        *group, leaf = command.split(" ")
+        prefix = " ".join(["detector", *group]) + " "
+        assert any(f"detector {command}" in row or (prefix in row and f"/ {leaf}" in row) for row in table), (
+            command
+        )

