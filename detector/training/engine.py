@@ -57,10 +57,10 @@ from detector.training.predict import LogitPredictions, autocast, make_loader, p
 
 @dataclass
 class TrainResult:
-    """The model card written with the checkpoint, and the trained (merged) detector in memory."""
+    """The model card written with the checkpoint, and the trained (merged) model in memory."""
 
     card: dict[str, Any]
-    detector: RealFakeModel
+    model: RealFakeModel
 
 
 class TrainingError(DetectorError, ValueError):
@@ -172,7 +172,7 @@ class _Run:
     console: Console
     show_progress: bool
     data: TrainData
-    detector: RealFakeModel
+    classifier: RealFakeModel
     state: MethodState
     size: int
     sampler: Any = None
@@ -182,7 +182,7 @@ class _Run:
     params: list = field(default_factory=list)
     optimizer: Any = None
     scheduler: Any = None
-    model: Any = None  # the detector, wrapped in DistributedDataParallel under torchrun
+    model: Any = None  # the classifier, wrapped in DistributedDataParallel under torchrun
     run: Any = None  # the wandb run, if any
     amp: bool = False
 
@@ -205,7 +205,7 @@ def _train(config, resume, console, show_progress, info, device):
     }
     best: dict[str, torch.Tensor] | None = None
     if saved is not None:
-        r.detector.load_state_dict(saved["model"])
+        r.classifier.load_state_dict(saved["model"])
         r.optimizer.load_state_dict(saved["optimizer"])
         r.scheduler.load_state_dict(saved["scheduler"])
         progress, best = saved["progress"], saved["best"]
@@ -228,11 +228,11 @@ def _setup(config, console, show_progress, info, device) -> _Run:
     np.random.seed(config.seed)
     backbone = create_backbone(config.model)
     generators = data.generators if config.model.generator_head else []
-    detector = RealFakeModel(backbone, generators)
-    state: MethodState = prepare_method(detector, config.method)
-    detector.to(device)
+    classifier = RealFakeModel(backbone, generators)
+    state: MethodState = prepare_method(classifier, config.method)
+    classifier.to(device)
     size = int(config.data.image_size or backbone.preprocess.image_size)
-    return _Run(config, Path(config.out), info, device, console, show_progress, data, detector, state, size)
+    return _Run(config, Path(config.out), info, device, console, show_progress, data, classifier, state, size)
 
 
 def _resume_state(r: _Run, resume: bool) -> dict | None:
@@ -274,7 +274,7 @@ def _make_optimizer(r: _Run) -> None:
     optim = r.config.optim
     total_steps = max(1, r.steps_per_epoch * optim.epochs)
     warmup = max(1, int(round(optim.warmup_epochs * r.steps_per_epoch)))
-    r.params = [p for p in r.detector.parameters() if p.requires_grad]
+    r.params = [p for p in r.classifier.parameters() if p.requires_grad]
     r.optimizer = torch.optim.AdamW(r.params, lr=optim.lr, weight_decay=optim.weight_decay)
     r.scheduler = torch.optim.lr_scheduler.LambdaLR(r.optimizer, lr_lambda(total_steps, warmup))
 
@@ -282,10 +282,10 @@ def _make_optimizer(r: _Run) -> None:
 def _start(r: _Run) -> None:
     """Wrap the model for DDP, open the wandb run and say what is trained on what."""
     config, info, device = r.config, r.info, r.device
-    r.model = r.detector
+    r.model = r.classifier
     if info.enabled:
         r.model = DistributedDataParallel(
-            r.detector,
+            r.classifier,
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True,
         )
@@ -303,7 +303,7 @@ def _train_epoch(r: _Run, epoch: int, first: bool):
     """One pass over the training batches; returns (losses, images seen, skipped files, seconds)."""
     config, info, device = r.config, r.info, r.device
     r.sampler.set_epoch(epoch)
-    set_train_mode(r.detector, config.method.name)
+    set_train_mode(r.classifier, config.method.name)
     started = time.perf_counter()
     losses, seen, skipped = [], 0, []
     bar = _progress(r.console, r.show_progress)
@@ -356,12 +356,12 @@ def _step(r: _Run, images: torch.Tensor, batch: dict) -> torch.Tensor:
 def _validate_epoch(r: _Run, epoch, progress, best, losses, seen, skipped, epoch_time):
     """Score validation, keep the best weights, record the epoch, save the resumable state (rank 0).
     Returns the best weights so far."""
-    pred = predict(r.detector, r.val_loader, r.device, r.amp)
+    pred = predict(r.classifier, r.val_loader, r.device, r.amp)
     score, val_metrics = _val_score(pred)
     improved = progress["best_score"] is None or score > progress["best_score"]
     if improved:
         progress.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-        best = tensors_of(r.detector)
+        best = tensors_of(r.classifier)
     else:
         progress["bad_epochs"] += 1
     record = {
@@ -382,7 +382,7 @@ def _validate_epoch(r: _Run, epoch, progress, best, losses, seen, skipped, epoch
             f"val loss {record['val_loss']:.4f}, {epoch_time:.1f}s"
             + (" [green](best)[/]" if improved else "")
         )
-        save_train_state(r.out, r.detector, r.optimizer, r.scheduler, progress, best if improved else None)
+        save_train_state(r.out, r.classifier, r.optimizer, r.scheduler, progress, best if improved else None)
         if r.run is not None:
             r.run.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
     return best
@@ -390,12 +390,12 @@ def _validate_epoch(r: _Run, epoch, progress, best, losses, seen, skipped, epoch
 
 def _finish(r: _Run, progress: dict, best) -> TrainResult:
     """Load the best weights, calibrate on validation, merge the method's parts and save the checkpoint."""
-    config, info, console, detector = r.config, r.info, r.console, r.detector
+    config, info, console, classifier = r.config, r.info, r.console, r.classifier
     if best is not None:
-        detector.load_state_dict(best)
-    pred = predict(detector, r.val_loader, r.device, r.amp)
+        classifier.load_state_dict(best)
+    pred = predict(classifier, r.val_loader, r.device, r.amp)
     calibrator = _calibrate(config, pred, console if info.is_main else None)
-    finalize(detector, r.state)
+    finalize(classifier, r.state)
     probs = calibrator(pred.logits)
     val_metrics = detection_metrics(pred.targets, probs, calibrator.threshold).as_dict()
     val_metrics["ap"] = average_precision(pred.targets, probs)
@@ -409,9 +409,9 @@ def _finish(r: _Run, progress: dict, best) -> TrainResult:
             f"{len(pred.targets)} of {len(r.data.val)}: "
             + "; ".join(reason for _i, reason in pred.errors[:5])
         )
-    card = _card(config, detector, r.state, r.data, r.size, progress, val_metrics, calibrator)
+    card = _card(config, classifier, r.state, r.data, r.size, progress, val_metrics, calibrator)
     if info.is_main:
-        save_checkpoint(r.out, detector, config, calibrator, card)
+        save_checkpoint(r.out, classifier, config, calibrator, card)
         console.print(
             f"[bold green]saved[/] {r.out}: val AUC {val_metrics['auc']:.4f}, ECE {calibrator.ece_before:.4f} -> "
             f"{calibrator.ece_after:.4f} ({calibrator.method}), threshold {calibrator.threshold:.4g} "
@@ -421,7 +421,7 @@ def _finish(r: _Run, progress: dict, best) -> TrainResult:
             r.run.summary.update({f"final/{k}": v for k, v in val_metrics.items() if isinstance(v, float)})
             r.run.finish()
     distributed.barrier(info)
-    return TrainResult(card, detector)
+    return TrainResult(card, classifier)
 
 
 def _calibrate(config: TrainConfig, pred: LogitPredictions, console: Console | None) -> Calibrator:
@@ -438,14 +438,14 @@ def _calibrate(config: TrainConfig, pred: LogitPredictions, console: Console | N
 
 
 def _card(
-    config, detector: RealFakeModel, state, data: TrainData, size, progress, metrics, calibrator
+    config, model: RealFakeModel, state, data: TrainData, size, progress, metrics, calibrator
 ) -> dict[str, Any]:
     history = progress["history"]
     return {
         "detector_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "backbone": config.model.backbone,
-        "weights_id": getattr(detector.backbone, "weights_id", None),
+        "weights_id": getattr(model.backbone, "weights_id", None),
         "method": config.method.name,
         "targets": state.targets,
         "effort_rank": config.method.rank if config.method.name == "effort" else None,
@@ -454,7 +454,7 @@ def _card(
         "total_parameters": state.total,
         "image_size": size,
         # The generator head's classes (empty without one); the checkpoint loader rebuilds the head from it.
-        "generators": list(detector.generators),
+        "generators": list(model.generators),
         "data": {
             "corpus": config.data.corpus,
             "train_images": len(data.train),
