@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -144,10 +145,10 @@ def split(
     Held-out generators appear only in test; their images whose group fell in train/val are marked
     'excluded' (reported), because keeping them would leak content across the split.
     """
-    try:
-        train, val, test = (float(x) for x in parse_list(fractions))
-    except ValueError:
+    shares = parse_list(fractions)
+    if len(shares) != 3 or not all(re.fullmatch(r"\d+(\.\d*)?|\.\d+", share) for share in shares):
         fail(f"--fractions must be three numbers like 0.7,0.15,0.15, got {fractions!r}")
+    train, val, test = (float(share) for share in shares)
     config = SplitConfig(seed=seed, train=train, val=val, test=test, holdout=parse_list(holdout) or None)
     try:
         corpus = read_manifest(manifest) if manifest.is_file() else load_corpus(manifest)
