@@ -16,14 +16,21 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 
+from detector.errors import DetectorError
 from detector.metrics import expected_calibration_error, threshold_at_fpr
+
+
+class CalibrationError(DetectorError, ValueError):
+    """Calibration cannot be fitted or read: too few or one-sided validation scores, bad fields."""
+
 
 Method = Literal["temperature", "isotonic", "none"]
 
 
-def sigmoid(x) -> np.ndarray:
+def sigmoid(x: np.ndarray | float) -> np.ndarray:
+    """The logistic function in float64, exact in both tails (no ``1 - tiny`` cancellation)."""
     x = np.asarray(x, dtype=np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
 
 
 def _nll(logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:
@@ -69,21 +76,21 @@ class Calibrator:
         """A calibrator from its saved form; anything else (an empty file, an unknown method, unknown or
         mistyped fields) is a ``ValueError`` rather than a silent default that changes the scores."""
         if not isinstance(data, dict) or data.get("method") not in ("temperature", "isotonic", "none"):
-            raise ValueError(
+            raise CalibrationError(
                 f"not a calibration record (need a 'method' of temperature/isotonic/none): {data!r:.80}"
             )
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"unknown calibration field(s) {unknown}")
+            raise CalibrationError(f"unknown calibration field(s) {unknown}")
         calibrator = cls(**data)
         if not np.isfinite(calibrator.temperature) or calibrator.temperature <= 0:
-            raise ValueError(
+            raise CalibrationError(
                 f"calibration temperature must be a positive number, got {calibrator.temperature!r}"
             )
         if len(calibrator.iso_x) != len(calibrator.iso_y) or (
             calibrator.method == "isotonic" and not calibrator.iso_x
         ):
-            raise ValueError("isotonic calibration needs matching, non-empty iso_x and iso_y")
+            raise CalibrationError("isotonic calibration needs matching, non-empty iso_x and iso_y")
         return calibrator
 
 
@@ -95,15 +102,15 @@ def fit_calibrator(
     z = np.asarray(logits, dtype=np.float64).ravel()
     y = np.asarray(targets, dtype=np.int64).ravel()
     if z.shape != y.shape or not z.size:
-        raise ValueError("calibration needs one target per logit and at least one image")
+        raise CalibrationError("calibration needs one target per logit and at least one image")
     if method not in ("temperature", "isotonic", "none"):
-        raise ValueError(f"unknown calibration method {method!r}")
+        raise CalibrationError(f"unknown calibration method {method!r}")
     calibrator = Calibrator(method=method)
     if method == "temperature":
         calibrator.temperature = fit_temperature(z, y)
     elif method == "isotonic":
         if y.min() == y.max():
-            raise ValueError("isotonic calibration needs both real and fake validation images")
+            raise CalibrationError("isotonic calibration needs both real and fake validation images")
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(sigmoid(z), y)
         calibrator.iso_x = [float(v) for v in iso.X_thresholds_]
         calibrator.iso_y = [float(v) for v in iso.y_thresholds_]
@@ -112,7 +119,7 @@ def fit_calibrator(
     calibrator.ece_after = expected_calibration_error(y, probs)
     if target_fpr is not None:
         if not (y == 0).any():
-            raise ValueError("choosing a threshold for a target FPR needs real validation images")
+            raise CalibrationError("choosing a threshold for a target FPR needs real validation images")
         calibrator.threshold = threshold_at_fpr(probs[y == 0], target_fpr)
         calibrator.target_fpr = float(target_fpr)
     return calibrator

@@ -132,7 +132,7 @@ def _train(config: DemoConfig, manifest: Path, run: Path, console) -> None:
 
 def corpus_inversion_model(manifest: Path, log) -> str | None:
     """The zoo DDPM the corpus's build trained (its ``build.json`` names the cache), or None."""
-    from detector.zoo import zoo_ddpm_folder
+    from detector.corpus.zoo import zoo_ddpm_folder
 
     info = Path(manifest).parent / "build.json"
     if not info.is_file():
@@ -151,12 +151,9 @@ def corpus_inversion_model(manifest: Path, log) -> str | None:
 
 
 def _watermark(config: DemoConfig, corpus, out: Path, log) -> tuple[list[Path], dict | None]:
-    """Watermark a few test-split real images (when the watermark decoder ships in this build)."""
-    try:
-        from detector.watermark import PayloadRegistry, Watermarker, default_checkpoint, generate_key
-    except ImportError:
-        log("watermark: detector.watermark is not in this build; skipping the watermark stage")
-        return [], None
+    """Watermark a few test-split real images (when the watermark model ships with the package)."""
+    from detector.watermark import PayloadRegistry, Watermarker, default_checkpoint, generate_key
+
     if not default_checkpoint().is_file():
         log(f"watermark: no shipped watermark model at {default_checkpoint()}; skipping the watermark stage")
         return [], None

@@ -8,20 +8,26 @@ per-generator row on a one-class slice says "not defined" instead of crashing.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from detector.errors import DetectorError
+
+
+class MetricsError(DetectorError, ValueError):
+    """A metric cannot be computed from these scores (no real images, mismatched lengths)."""
+
+
 NAN = float("nan")
 
 
-def _arrays(targets, scores) -> tuple[np.ndarray, np.ndarray]:
+def score_arrays(targets, scores) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(targets, dtype=np.int64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.shape != s.shape:
-        raise ValueError(f"targets ({y.shape}) and scores ({s.shape}) differ in length")
+        raise MetricsError(f"targets ({y.shape}) and scores ({s.shape}) differ in length")
     return y, s
 
 
@@ -30,25 +36,25 @@ def _both_classes(y: np.ndarray) -> bool:
 
 
 def auc(targets, scores) -> float:
-    y, s = _arrays(targets, scores)
+    y, s = score_arrays(targets, scores)
     return float(roc_auc_score(y, s)) if _both_classes(y) else NAN
 
 
 def average_precision(targets, scores) -> float:
-    y, s = _arrays(targets, scores)
+    y, s = score_arrays(targets, scores)
     return float(average_precision_score(y, s)) if _both_classes(y) else NAN
 
 
 def accuracy_at(targets, scores, threshold: float) -> float:
     """Accuracy of the rule "fake iff score >= threshold"."""
-    y, s = _arrays(targets, scores)
+    y, s = score_arrays(targets, scores)
     return float(((s >= threshold).astype(np.int64) == y).mean()) if y.size else NAN
 
 
 def tpr_at_fpr(targets, scores, fpr: float) -> float:
     """The highest true-positive rate reachable with false-positive rate <= ``fpr`` (ROC operating
     point, no interpolation: with few reals a tight FPR can only be met by flagging nothing)."""
-    y, s = _arrays(targets, scores)
+    y, s = score_arrays(targets, scores)
     if not _both_classes(y):
         return NAN
     fprs, tprs, _ = roc_curve(y, s)
@@ -62,7 +68,7 @@ def bootstrap_interval(
     """Percentile bootstrap interval of ``metric(targets, scores)``, resampling reals and fakes apart
     (so every resample keeps the class sizes). With a few hundred test images, TPR at 1% FPR rests on
     the top one or two real scores: the interval shows how much of a difference is noise."""
-    y, s = _arrays(targets, scores)
+    y, s = score_arrays(targets, scores)
     if not _both_classes(y):
         return NAN, NAN
     rng = np.random.default_rng(seed)
@@ -79,7 +85,7 @@ def threshold_at_fpr(real_scores, fpr: float) -> float:
     """Smallest threshold t such that at most ``fpr`` of ``real_scores`` satisfy score >= t."""
     s = np.sort(np.asarray(real_scores, dtype=np.float64).ravel())[::-1]
     if not s.size:
-        raise ValueError("choosing a threshold for a target FPR needs real (negative) images")
+        raise MetricsError("choosing a threshold for a target FPR needs real (negative) images")
     allowed = int(math.floor(fpr * s.size + 1e-9))
     if allowed >= s.size:
         return float(-np.inf)
@@ -88,7 +94,7 @@ def threshold_at_fpr(real_scores, fpr: float) -> float:
 
 def reliability_bins(targets, probs, bins: int = 15) -> dict[str, np.ndarray]:
     """Equal-width bins over [0, 1] of the predicted P(fake): count, mean confidence, fake rate."""
-    y, p = _arrays(targets, probs)
+    y, p = score_arrays(targets, probs)
     edges = np.linspace(0.0, 1.0, bins + 1)
     index = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
     count = np.bincount(index, minlength=bins).astype(np.float64)
@@ -100,7 +106,7 @@ def reliability_bins(targets, probs, bins: int = 15) -> dict[str, np.ndarray]:
 
 def expected_calibration_error(targets, probs, bins: int = 15) -> float:
     """ECE of P(fake): sum over bins of (bin share) x |mean predicted P(fake) - observed fake rate|."""
-    y, _ = _arrays(targets, probs)
+    y, _ = score_arrays(targets, probs)
     if not y.size:
         return NAN
     r = reliability_bins(targets, probs, bins)
@@ -128,7 +134,7 @@ class DetectionMetrics:
 
 def detection_metrics(targets, probs, threshold: float = 0.5, bins: int = 15) -> DetectionMetrics:
     """Every headline metric of a binary detector on one set of images."""
-    y, p = _arrays(targets, probs)
+    y, p = score_arrays(targets, probs)
     return DetectionMetrics(
         n=int(y.size),
         n_fake=int(y.sum()),
@@ -141,39 +147,3 @@ def detection_metrics(targets, probs, threshold: float = 0.5, bins: int = 15) ->
         ece=expected_calibration_error(y, p, bins),
         threshold=float(threshold),
     )
-
-
-def per_generator_table(
-    targets, probs, generators: Sequence[str], threshold: float
-) -> list[dict[str, float | str | int]]:
-    """One row per generator: its fakes scored against *all* reals (AUC, AP), its detection rate at
-    ``threshold``; the "real" row gives the true-negative rate."""
-    y, p = _arrays(targets, probs)
-    names = np.asarray(list(generators), dtype=object)
-    if names.shape != y.shape:
-        raise ValueError("one generator name per image is needed")
-    real = y == 0
-    rows: list[dict[str, float | str | int]] = []
-    for name in sorted(set(names[~real].tolist())):
-        mine = (names == name) & ~real
-        keep = mine | real
-        rows.append(
-            {
-                "generator": name,
-                "n": int(mine.sum()),
-                "auc": auc(y[keep], p[keep]),
-                "ap": average_precision(y[keep], p[keep]),
-                "detection_rate": float((p[mine] >= threshold).mean()),
-            }
-        )
-    if real.any():
-        rows.append(
-            {
-                "generator": "real",
-                "n": int(real.sum()),
-                "auc": NAN,
-                "ap": NAN,
-                "detection_rate": float((p[real] >= threshold).mean()),
-            }
-        )
-    return rows

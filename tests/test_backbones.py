@@ -9,7 +9,7 @@ import torch
 from detector.backbones import (
     TINY_BACKBONES,
     Backbone,
-    CheckpointError,
+    BackboneWeightsError,
     create_backbone,
     list_backbones,
     save_state_dict,
@@ -87,9 +87,9 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
     state = dict(backbone.model.state_dict())
     state["proj"] = torch.zeros(64, 16)
     save_state_dict(state, tmp_path / "bad.safetensors")
-    with pytest.raises(CheckpointError, match=r"proj: checkpoint \(64, 16\) vs model \(64, 32\)"):
+    with pytest.raises(BackboneWeightsError, match=r"proj: checkpoint \(64, 16\) vs model \(64, 32\)"):
         create_backbone("clip:tiny-vit", pretrained=tmp_path / "bad.safetensors")
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(BackboneWeightsError, match="not found"):
         create_backbone("timm:test_vit", pretrained=tmp_path / "missing.safetensors")
 
 

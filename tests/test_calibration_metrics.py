@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from detector.calibration import Calibrator, fit_calibrator, fit_temperature, sigmoid
+from detector.evaluation.tables import per_generator_table
 from detector.metrics import (
     accuracy_at,
     auc,
     detection_metrics,
     expected_calibration_error,
-    per_generator_table,
     threshold_at_fpr,
     tpr_at_fpr,
 )

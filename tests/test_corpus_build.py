@@ -16,8 +16,8 @@ from detector.corpus import check_no_group_leak, load_corpus, read_manifest, sum
 from detector.corpus.build import build_corpus, small_config
 from detector.corpus.encoding import EncodingPolicy
 from detector.corpus.realpool import allocate, plan_crops
+from detector.corpus.zoo import GENERATORS, ensure_model, generate, list_families, load_model, load_zoo_ddpm
 from detector.io import load_image_array
-from detector.zoo import GENERATORS, ensure_model, generate, list_families, load_model, load_zoo_ddpm
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ from detector.config import load_config
 from detector.corpus import SplitConfig, assign_splits, records_from_folder, write_manifest
 from detector.training import TrainConfig, load_checkpoint, train
 from detector.training.checkpoint import read_tensors
-from detector.training.model import Detector, create_backbone, prepare_method
+from detector.training.model import RealFakeModel, create_backbone, prepare_method
 
 BACKBONE = "timm:test_efficientnet"
 
@@ -66,17 +66,17 @@ def test_every_method_trains_and_checkpoint_reloads(split_corpus, tmp_path, meth
     detector, config, calibrator, card2 = load_checkpoint(out)
     assert card2["method"] == method and calibrator.method == "temperature"
     x = torch.rand(3, 3, 32, 32)
-    result.detector.eval()
+    result.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(detector(x)["logit"], result.detector(x)["logit"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(detector(x)["logit"], result.model(x)["logit"], atol=1e-5, rtol=1e-5)
 
 
 def test_trainable_sets_per_method():
-    def counts(method: str, **kw) -> tuple[int, int, Detector]:
+    def counts(method: str, **kw) -> tuple[int, int, RealFakeModel]:
         cfg = load_config(TrainConfig, None, [f"method.name={method}", f"model.backbone={BACKBONE}"])
         for key, value in kw.items():
             setattr(cfg.method, key, value)
-        detector = Detector(create_backbone(cfg.model), ["real", "a", "b"])
+        detector = RealFakeModel(create_backbone(cfg.model), ["real", "a", "b"])
         state = prepare_method(detector, cfg.method)
         return state.trainable, state.total, detector
 
@@ -197,7 +197,7 @@ def _ddp_worker(rank: int, world: int, port: int, corpus: str, out: str, result_
     result = train(cfg, show_progress=False)
     from detector.training.checkpoint import tensors_of, write_tensors
 
-    write_tensors(Path(result_dir) / f"rank{rank}.safetensors", tensors_of(result.detector))
+    write_tensors(Path(result_dir) / f"rank{rank}.safetensors", tensors_of(result.model))
 
 
 def test_ddp_two_gloo_processes_end_with_identical_weights(split_corpus, tmp_path):

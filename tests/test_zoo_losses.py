@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from detector.corpus.report import radial_spectrum
-from detector.zoo import get_model_spec
-from detector.zoo.base import folder_steps, model_dir, training_key, upsample2x
-from detector.zoo.losses import radial_log_power, reconstruction_loss, spectral_loss
+from detector.corpus.zoo import get_model_spec
+from detector.corpus.zoo.base import folder_steps, model_dir, training_key, upsample2x
+from detector.corpus.zoo.losses import radial_log_power, reconstruction_loss, spectral_loss
 
 
 def _images(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from detector.errors import DetectorError
-from detector.io.tensors import load_arrays, save_arrays
+from detector.io.tensors import load_format, save_arrays
 
 UNKNOWN_SCORES = ("msp", "energy", "mahalanobis", "knn")
 UNKNOWN = "unknown"
@@ -400,14 +400,7 @@ class AttributionHead:
     @classmethod
     def load(cls, path: str | Path) -> AttributionHead:
         path = Path(path)
-        try:
-            arrays, meta = load_arrays(path)
-        except FileNotFoundError:
-            raise AttributionError(f"{path}: no such attribution head file") from None
-        except ValueError as exc:
-            raise AttributionError(f"{path}: not a detector attribution head ({exc})") from None
-        if meta.get("format") != FORMAT:
-            raise AttributionError(f"{path}: unsupported head format {meta.get('format')!r} (want {FORMAT})")
+        arrays, meta = load_format(path, FORMAT, AttributionError, "attribution head")
         missing = [name for name in cls._ARRAYS if name not in arrays]
         if missing:
             raise AttributionError(f"{path}: missing arrays {missing}")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.attribution.head import AttributionError
 from detector.io import atomic_write_bytes
 
 
@@ -58,7 +59,7 @@ def oscr_curve(
     correct = np.asarray(correct, dtype=bool) & ~unknown
     n_known, n_unknown = int((~unknown).sum()), int(unknown.sum())
     if n_known == 0 or n_unknown == 0:
-        raise ValueError("OSCR needs both known and unknown samples")
+        raise AttributionError("OSCR needs both known and unknown samples")
     order = np.argsort(scores, kind="stable")  # most confidently known first
     scores, unknown, correct = scores[order], unknown[order], correct[order]
     last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]

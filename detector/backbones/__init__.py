@@ -1,7 +1,12 @@
 """Image encoders behind one interface (:class:`Backbone`) and one factory (:func:`create_backbone`)."""
 
 from detector.backbones.base import Backbone, Preprocess, autocast_context, state_dict_hash
-from detector.backbones.checkpoint import CheckpointError, read_state_dict, save_state_dict
+from detector.backbones.checkpoint import (
+    BackboneError,
+    BackboneWeightsError,
+    read_state_dict,
+    save_state_dict,
+)
 from detector.backbones.registry import (
     TINY_BACKBONES,
     create_backbone,
@@ -13,7 +18,8 @@ from detector.backbones.registry import (
 __all__ = [
     "TINY_BACKBONES",
     "Backbone",
-    "CheckpointError",
+    "BackboneError",
+    "BackboneWeightsError",
     "Preprocess",
     "autocast_context",
     "create_backbone",

@@ -8,7 +8,6 @@ Hugging Face's CLIP layout. We normalise names, never unpickle arbitrary objects
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -23,34 +22,30 @@ _WRAPPERS = ("state_dict", "model", "model_state_dict", "module", "ema", "state_
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
-class CheckpointError(DetectorError, ValueError):
+class BackboneError(DetectorError, ValueError):
+    """A backbone cannot be built: an unknown name, variant or pretrained tag."""
+
+
+class BackboneWeightsError(BackboneError):
     """A checkpoint cannot be loaded into a model; the message says which tensors and why."""
-
-
-def file_hash(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read tensors from ``.safetensors`` or a torch file (``weights_only=True``: no arbitrary code)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
+        raise BackboneWeightsError(f"checkpoint {path} not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return dict(load_file(str(path), device="cpu"))
         except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+            raise BackboneWeightsError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(
+        raise BackboneWeightsError(
             f"{path}: cannot be read as a weights-only torch checkpoint ({type(exc).__name__}: {exc}); "
             "convert it to safetensors"
         ) from None
@@ -71,7 +66,7 @@ def unwrap_state_dict(obj, where: str = "checkpoint") -> dict[str, Tensor]:
             if tensors:
                 return tensors
         break
-    raise CheckpointError(f"{where}: no state dict (mapping of names to tensors) found")
+    raise BackboneWeightsError(f"{where}: no state dict (mapping of names to tensors) found")
 
 
 def strip_prefixes(
@@ -122,7 +117,7 @@ def load_into(
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:10]))
     if problems:
-        raise CheckpointError(f"{where} does not fit {type(model).__name__}: " + " | ".join(problems))
+        raise BackboneWeightsError(f"{where} does not fit {type(model).__name__}: " + " | ".join(problems))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 

@@ -17,13 +17,14 @@ from torch import Tensor
 
 from detector.backbones.base import Backbone, Preprocess
 from detector.backbones.checkpoint import (
-    CheckpointError,
-    file_hash,
+    BackboneError,
+    BackboneWeightsError,
     load_into,
     read_state_dict,
     select_prefix,
     strip_prefixes,
 )
+from detector.io import file_sha256
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -37,13 +38,6 @@ def register_project_configs() -> None:
 
         open_clip.add_model_config(_CONFIG_DIR)
         _registered = True
-
-
-def list_clip_models() -> list[str]:
-    import open_clip
-
-    register_project_configs()
-    return list(open_clip.list_models())
 
 
 def hf_clip_to_open_clip(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -85,10 +79,12 @@ def hf_clip_to_open_clip(state: dict[str, Tensor]) -> dict[str, Tensor]:
             elif module in layer_map:
                 out[f"transformer.resblocks.{index}.{layer_map[module]}.{param}"] = value
             else:
-                raise CheckpointError(f"unknown Hugging Face CLIP key {key}")
+                raise BackboneWeightsError(f"unknown Hugging Face CLIP key {key}")
     for (index, param), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"layer {index} {param}: q/k/v projections incomplete ({sorted(parts)})")
+            raise BackboneWeightsError(
+                f"layer {index} {param}: q/k/v projections incomplete ({sorted(parts)})"
+            )
         out[f"transformer.resblocks.{index}.attn.in_proj_{param}"] = torch.cat(
             [parts["q"], parts["k"], parts["v"]], dim=0
         )
@@ -114,7 +110,7 @@ class ClipBackbone(Backbone):
     def intermediates(self, x: Tensor, indices: Sequence[int] | int) -> list[Tensor]:
         visual = self.model
         if not hasattr(visual, "forward_intermediates"):
-            raise ValueError(f"{self.name}: this open_clip image tower has no intermediate-layer outputs")
+            raise BackboneError(f"{self.name}: this open_clip image tower has no intermediate-layer outputs")
         out = visual.forward_intermediates(
             x,
             indices=indices if isinstance(indices, int) else list(indices),
@@ -140,7 +136,7 @@ def create_clip(
 
     register_project_configs()
     if model_name not in open_clip.list_models():
-        raise ValueError(
+        raise BackboneError(
             f"unknown open_clip model {model_name!r}; see open_clip.list_models() (e.g. ViT-B-32, ViT-L-14)"
         )
     local = pretrained is not None and (
@@ -159,12 +155,12 @@ def create_clip(
             path = Path(str(pretrained))
             state = visual_state_dict(read_state_dict(path))
             load_into(visual, state, where=str(path))
-            weights_id = f"file:{file_hash(path)[:16]}"
+            weights_id = f"file:{file_sha256(path)[:16]}"
     else:
         tag = str(pretrained)
         available = open_clip.list_pretrained_tags_by_model(model_name)
         if tag not in available:
-            raise ValueError(
+            raise BackboneError(
                 f"{model_name}: {tag!r} is neither a local checkpoint file nor an open_clip tag "
                 f"(tags for this model: {', '.join(available) or 'none'})"
             )

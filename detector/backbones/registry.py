@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from detector.backbones.base import Backbone
+from detector.backbones.checkpoint import BackboneError
 
 #: Exact names and prefixes known to the registry, with a one-line description.
 _ENTRIES: dict[str, str] = {
@@ -39,7 +40,7 @@ _DEFAULT = object()
 def register_backbone(name: str, factory: Callable[..., Backbone], description: str = "") -> None:
     """Add a backbone under an exact ``name``; ``factory(pretrained=, device=, dtype=, **kw)``."""
     if name in _ENTRIES or name.startswith(("clip:", "timm:")):
-        raise ValueError(f"backbone name {name!r} is taken")
+        raise BackboneError(f"backbone name {name!r} is taken")
     _ENTRIES[name] = description or f"custom backbone {name}"
     _CUSTOM[name] = factory
 
@@ -64,7 +65,7 @@ def create_backbone(
     """Build the backbone ``name`` on ``device`` (and ``dtype``, e.g. ``torch.bfloat16``).
 
     ``pretrained`` defaults to the offline weights where they exist (EfficientNet-Lite) and random init
-    elsewhere. Raises ``ValueError`` for unknown names and ``CheckpointError`` for unusable checkpoints.
+    elsewhere. Raises ``BackboneError`` for unknown names and ``BackboneWeightsError`` for unusable checkpoints.
     """
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
@@ -92,4 +93,4 @@ def create_backbone(
             device=device,
             dtype=dtype,
         )
-    raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
+    raise BackboneError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from detector.backbones.base import Backbone, Preprocess
-from detector.backbones.checkpoint import file_hash, load_into, read_state_dict, strip_prefixes
+from detector.backbones.checkpoint import BackboneError, load_into, read_state_dict, strip_prefixes
+from detector.io import file_sha256
 
 
 class TimmBackbone(Backbone):
@@ -87,7 +88,7 @@ def build_timm(
         model = timm.create_model(model_name, pretrained=hub, **model_kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise ValueError(f"unknown timm model {model_name!r}; see timm.list_models()") from None
+            raise BackboneError(f"unknown timm model {model_name!r}; see timm.list_models()") from None
         raise
     finally:
         logging.disable(logging.NOTSET)
@@ -107,7 +108,7 @@ def build_timm(
             if not (head(k) and k in own and tuple(own[k].shape) != tuple(v.shape))
         }
         load_into(model, loaded, where=str(path), ignore_missing=head, ignore_unexpected=head)
-        weights_id = f"file:{file_hash(path)[:16]}"
+        weights_id = f"file:{file_sha256(path)[:16]}"
     backbone = TimmBackbone(
         backbone_name,
         model,

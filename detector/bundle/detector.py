@@ -38,6 +38,7 @@ from PIL import Image
 from detector.attribution import AttributionHead
 from detector.bundle.branches import INVERSION_BRANCH, RIGID_BRANCH, InversionBranch
 from detector.bundle.safety import UnsafeBundle, check_fields, confined_part, verify_hashes
+from detector.devices import resolve_device as _device
 from detector.errors import DetectorError
 from detector.features.rigid import RigidConfig, rigid_score
 from detector.fusion import FusionConfig, FusionModel
@@ -58,12 +59,6 @@ DISTANCE_BRANCH = "attribution_distance"
 
 class BundleError(DetectorError, ValueError):
     """A bundle folder is missing a part, has an unknown format, or cannot be built as asked."""
-
-
-def _device(name: str | torch.device) -> torch.device:
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_watermarker(reference: dict[str, Any], base: Path | None = None):
@@ -120,7 +115,7 @@ def _credentials_reader(trust: str | os.PathLike | None):
 class ProvenanceDetector:
     """The trained passive detector + attribution head + fusion (+ a watermark decoder), as one scorer.
 
-    Not to be confused with :class:`detector.training.Detector`, the trainable ``nn.Module`` inside it."""
+    Not to be confused with :class:`detector.training.RealFakeModel`, the trainable ``nn.Module`` inside it."""
 
     def __init__(
         self,

@@ -5,7 +5,20 @@ from __future__ import annotations
 import typer
 
 from detector import __version__
-from detector.cli import attribute, c2pa, corpus, demo, evaluate, features, score, serve, train, watermark
+from detector.cli import (
+    attribute,
+    bundle,
+    c2pa,
+    corpus,
+    demo,
+    evaluate,
+    features,
+    models,
+    score,
+    serve,
+    train,
+    watermark,
+)
 
 app = typer.Typer(
     name="detector",
@@ -24,10 +37,10 @@ app.add_typer(attribute.app, name="attribute")
 app.command("train")(train.train_command)
 app.command("eval")(evaluate.eval_command)
 # Scoring: `detector bundle RUN --corpus C --out B`, `detector score PATHS --model B`.
-app.command("bundle")(score.bundle_command)
+app.command("bundle")(bundle.bundle_command)
 app.command("score")(score.score_command)
 app.command("demo")(demo.demo_command)
-app.add_typer(score.models_app, name="models")
+app.add_typer(models.app, name="models")
 app.add_typer(watermark.app, name="watermark")
 app.add_typer(c2pa.app, name="c2pa")
 # The verification service: `detector serve`, and `detector serve-key KEYS --name N` to make an API key.

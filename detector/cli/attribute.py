@@ -14,7 +14,6 @@ import typer
 from rich.table import Table
 
 from detector.attribution import (
-    UNKNOWN_SCORES,
     AttributionError,
     AttributionHead,
     FeatureFileError,
@@ -22,6 +21,7 @@ from detector.attribution import (
     plot_confusion,
 )
 from detector.attribution.protocol import AttributionFitConfig, evaluate, fit_head, make_splits
+from detector.cli.choices import UnknownScore
 from detector.cli.common import console, fail, parse_list, progress_bar, stdout, write_json
 from detector.config import ConfigError, load_config, save_config
 from detector.io import KEEP_PIXELS, MIN_SCORE_SIDE, ImageLoadError, atomic_writer, json_line, load_image
@@ -54,11 +54,11 @@ def _fmt(value) -> str:
 
 
 def _build_backbone(name: str, pretrained: str | None):
-    from detector.backbones import CheckpointError, create_backbone
+    from detector.backbones import BackboneError, create_backbone
 
     try:
         return create_backbone(name, **({"pretrained": pretrained} if pretrained else {}))
-    except (ValueError, CheckpointError) as exc:
+    except BackboneError as exc:
         fail(f"cannot build backbone {name!r}: {exc}")
 
 
@@ -146,9 +146,7 @@ def fit(
     holdout: str | None = typer.Option(
         None, help="Generators kept out of training as unknowns, evaluated on the test split: 'gen_a,gen_b'."
     ),
-    score: str | None = typer.Option(
-        None, help=f"Unknown score that decides rejection: {', '.join(UNKNOWN_SCORES)}."
-    ),
+    score: UnknownScore | None = typer.Option(None, help="Unknown score that decides rejection."),
     accept_rate: float | None = typer.Option(
         None, help="Share of known validation rows to accept (e.g. 0.95)."
     ),

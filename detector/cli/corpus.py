@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -22,6 +23,7 @@ from detector.corpus import (
     validate_corpus,
     write_manifest,
 )
+from detector.errors import DetectorError
 from detector.io import DEFAULT_MAX_PIXELS, printable
 
 app = typer.Typer(
@@ -143,10 +145,10 @@ def split(
     Held-out generators appear only in test; their images whose group fell in train/val are marked
     'excluded' (reported), because keeping them would leak content across the split.
     """
-    try:
-        train, val, test = (float(x) for x in parse_list(fractions))
-    except ValueError:
+    shares = parse_list(fractions)
+    if len(shares) != 3 or not all(re.fullmatch(r"\d+(\.\d*)?|\.\d+", share) for share in shares):
         fail(f"--fractions must be three numbers like 0.7,0.15,0.15, got {fractions!r}")
+    train, val, test = (float(share) for share in shares)
     config = SplitConfig(seed=seed, train=train, val=val, test=test, holdout=parse_list(holdout) or None)
     try:
         corpus = read_manifest(manifest) if manifest.is_file() else load_corpus(manifest)
@@ -189,7 +191,7 @@ def real_pool(
         fail("no bundled photo could be loaded (are scikit-image and scikit-learn installed?)")
     try:
         crops = plan_crops(photos, n, size, seed=seed)
-    except ValueError as exc:
+    except CorpusError as exc:
         fail(str(exc))
     policy = EncodingPolicy(jpeg_share=jpeg_share, seed=seed)
     with progress_bar("real pool", len(crops)) as advance:
@@ -315,7 +317,7 @@ def build(
 
     from detector.config import load_config
     from detector.corpus.build import BuildConfig, build_corpus, small_config
-    from detector.zoo import list_generators
+    from detector.corpus.zoo import list_generators
 
     try:
         cfg = load_config(BuildConfig, config) if config else (small_config() if small else BuildConfig())
@@ -345,7 +347,7 @@ def build(
         result = build_corpus(
             out, cfg, cache=cache, progress=progress_bar, log=console.print, photo_store=photo_store
         )
-    except (CorpusError, ValueError) as exc:
+    except DetectorError as exc:
         fail(str(exc))
     summary = summarize(load_corpus(result.manifest))
     print_summary(summary)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
+from detector.cli.bundle import print_branch_table
 from detector.cli.common import console, fail, progress_bar, stdout
-from detector.cli.score import print_branch_table
+from detector.errors import DetectorError
 
 
 def demo_command(
@@ -31,8 +32,6 @@ def demo_command(
     a mixed folder and print the report. Reruns reuse every finished stage."""
     import torch
 
-    from detector.bundle import BundleError
-    from detector.corpus import CorpusError
     from detector.demo import DemoConfig, run_demo, small_demo
 
     if threads:
@@ -50,7 +49,7 @@ def demo_command(
     config.rigid = rigid
     try:
         report = run_demo(config, console, progress_bar, log=console.print)
-    except (BundleError, CorpusError, ValueError) as exc:
+    except DetectorError as exc:
         fail(str(exc))
     print_report(report)
 

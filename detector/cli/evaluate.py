@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import typer
 
+from detector.cli.choices import EvalSplit
 from detector.cli.common import console, fail, parse_list, stdout
+from detector.errors import DetectorError
 
 
 def eval_command(
     checkpoint: str = typer.Argument(..., help="Run folder written by `detector train`."),
     corpus: str = typer.Argument(..., help="Corpus folder or manifest."),
     out: str = typer.Option(None, "--out", "-o", help="Output folder (default CHECKPOINT/eval-SPLIT)."),
-    split: str = typer.Option("test", "--split", help="train | val | test | all"),
+    split: EvalSplit = typer.Option(
+        EvalSplit.test, "--split", help="The corpus split to score (all: every image)."
+    ),
     perturbations: str = typer.Option(
         None,
         "--perturbations",
@@ -26,7 +30,8 @@ def eval_command(
     from pathlib import Path
 
     from detector.evaluation import GRID, EvalConfig, evaluate
-    from detector.training.checkpoint import CheckpointError
+
+    split = split.value
 
     config = EvalConfig(
         checkpoint=checkpoint,
@@ -40,7 +45,7 @@ def eval_command(
     )
     try:
         result = evaluate(config, console=console)
-    except (CheckpointError, ValueError) as exc:
+    except DetectorError as exc:
         fail(str(exc))
     stdout.print((Path(result["out"]) / "metrics.md").read_text())
     console.print(f"[bold green]wrote[/] {result['out']}")

@@ -13,8 +13,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from detector.cli.choices import Dtype, Engine, InversionMode, choice_value
 from detector.cli.common import console, fail, progress_bar, stdout, write_json
-from detector.config import ConfigError, save_config
+from detector.config import save_config
+from detector.errors import DetectorError
 
 app = typer.Typer(
     help=(
@@ -54,12 +56,12 @@ def _load_corpus(path: Path):
 
 
 def _build_backbone(name: str, pretrained: str | None, device: str, dtype: str | None):
-    from detector.backbones import CheckpointError, create_backbone
+    from detector.backbones import BackboneError, create_backbone
 
     kwargs = {} if pretrained is None else {"pretrained": pretrained}
     try:
         return create_backbone(name, device=device, dtype=dtype, **kwargs)
-    except (ValueError, CheckpointError) as exc:
+    except BackboneError as exc:
         fail(str(exc))
 
 
@@ -132,8 +134,9 @@ def extract(
         "--inversion",
         help="Instead of a backbone: diffusion-inversion statistics from this diffusers model (folder or hub id).",
     ),
-    mode: str = typer.Option(
-        "lare", help="Inversion features: lare (single step), dire, fakeinversion, all."
+    mode: InversionMode = typer.Option(
+        InversionMode.lare,
+        help="Inversion features: lare is a single step; all is dire + fakeinversion + lare.",
     ),
     steps: int = typer.Option(20, help="DDIM inversion steps (dire/fakeinversion/all)."),
     cache_dir: Path = typer.Option(DEFAULT_CACHE, help="Feature cache folder (shared by all runs)."),
@@ -142,12 +145,12 @@ def extract(
         0, min=0, help="local: DataLoader worker processes; ray: encoding actors (default 1)."
     ),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ... (mixed precision on CUDA)."),
-    dtype: str = typer.Option(None, help="Model dtype, e.g. float16 or bfloat16 (default float32)."),
+    dtype: Dtype | None = typer.Option(None, help="Model dtype (default float32)."),
     out: Path = typer.Option(
         None, help="Also write features.npy (memory-mapped), records.csv, errors.json, config.yaml here."
     ),
-    engine: str = typer.Option(
-        "local",
+    engine: Engine = typer.Option(
+        Engine.local,
         help="local, or ray: decode and encode on a Ray cluster (the cache must be on a shared disk).",
     ),
     address: str = typer.Option(None, help="ray: cluster to join (auto, ray://HOST:10001)."),
@@ -157,6 +160,8 @@ def extract(
 ) -> None:
     """Compute (or look up) features for every image of a corpus; a second run is a cache lookup."""
     from detector.features.extract import ExtractionReport, compute_missing, extract_features, hash_records
+
+    mode, dtype, engine = mode.value, choice_value(dtype), engine.value
 
     config = ExtractConfig(
         corpus=str(corpus),
@@ -172,8 +177,6 @@ def extract(
         dtype=dtype,
     )
     compute, hasher = compute_missing, hash_records
-    if engine not in ("local", "ray"):
-        fail(f"--engine must be local or ray, got {engine!r}")
     if engine == "ray":
         from detector.features.ray_extract import BackboneRecipe, RayCompute
         from detector.scoring import ScoringError
@@ -234,7 +237,7 @@ def _build_inversion(model: str, mode: str, steps: int, device: str, dtype: str 
     try:
         config = InversionConfig(mode=mode, num_steps=steps)
         diffusion = load_diffusion_model(model, device=device, dtype=dtype)
-    except (ValueError, OSError, ConfigError) as exc:
+    except (DetectorError, OSError) as exc:
         fail(str(exc))
     return InversionExtractor(diffusion, config)
 

@@ -1,4 +1,4 @@
-"""``detector score PATHS [--model BUNDLE]``, ``detector models list`` and ``detector bundle RUN --corpus C --out BUNDLE``."""
+"""``detector score PATHS [--model BUNDLE]``: score images with a bundle."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ from pathlib import Path
 
 import typer
 
+from detector.cli.choices import (
+    DEVICE_OPT,
+    NO_WATERMARK_OPT,
+    WATERMARK_SEARCH_OPT,
+    Engine,
+    OutputFormat,
+    WatermarkSearch,
+    choice_value,
+)
 from detector.cli.common import console, fail, plain, progress_bar, stdout, write_json
-
-FORMATS = ("jsonl", "csv", "parquet", "table")
-ENGINES = ("local", "ray")
+from detector.errors import DetectorError
 
 
 def score_command(
@@ -25,15 +32,17 @@ def score_command(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Results file (one line per image). Default: print to stdout."
     ),
-    fmt: str = typer.Option(
-        "jsonl", "--format", "-f", help="jsonl | csv | parquet (a folder of parts) | table (on stdout)."
+    fmt: OutputFormat = typer.Option(
+        OutputFormat.jsonl, "--format", "-f", help="parquet writes a folder of parts; table prints to stdout."
     ),
     resume: bool = typer.Option(False, "--resume", help="Skip images already in --out (after a kill)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
     workers: int = typer.Option(
         0, "--workers", help="local: decode threads (0: the main thread); ray: scoring actors (default 1)."
     ),
-    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster)."),
+    engine: Engine = typer.Option(
+        Engine.local, "--engine", help="local (this process) or ray (a Ray cluster)."
+    ),
     address: str | None = typer.Option(
         None, "--address", help="ray: cluster to join (auto, ray://HOST:10001); default: start a local one."
     ),
@@ -42,14 +51,9 @@ def score_command(
         0.0, "--num-gpus-per-worker", help="ray: GPUs per scoring actor (fractions share a GPU)."
     ),
     decode_cpus: float = typer.Option(0.25, "--decode-cpus", help="ray: CPUs per decoding task."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
-    no_watermark: bool = typer.Option(False, "--no-watermark", help="Skip the bundle's watermark decoder."),
-    watermark_search: str | None = typer.Option(
-        None,
-        "--watermark-search",
-        help="full (undo resizes and rotations) or fast (~10x cheaper on unmarked images); default: the "
-        "bundle's choice (full).",
-    ),
+    device: str = DEVICE_OPT,
+    no_watermark: bool = NO_WATERMARK_OPT,
+    watermark_search: WatermarkSearch | None = WATERMARK_SEARCH_OPT,
     no_rigid: bool = typer.Option(
         False, "--no-rigid", help="Skip the RIGID branch (saves its extra backbone forwards)."
     ),
@@ -75,21 +79,17 @@ def score_command(
     --no-inversion) is scored with the fusion model the bundle fitted without it.
     """
     from detector.bundle import ProvenanceDetector, resolve_model
-    from detector.errors import DetectorError
     from detector.io import printable
     from detector.scoring import ScoringError, count_inputs
     from detector.scoring.ray_engine import BundleScorer
 
-    if fmt not in FORMATS:
-        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    fmt, engine, watermark_search = fmt.value, engine.value, choice_value(watermark_search)
     if resume and out is None:
         fail("--resume needs --out (the file to continue)")
     if fmt == "table" and out is not None:
         fail("--format table prints to stdout; use jsonl or csv with --out")
     if fmt == "parquet" and out is None:
         fail("--format parquet writes a folder: give it with --out")
-    if engine not in ENGINES:
-        fail(f"--engine must be local or ray, got {engine!r}")
     if engine == "ray":
         from detector.scoring.ray_engine import require_ray
 
@@ -99,8 +99,6 @@ def score_command(
             fail(str(exc))
         if num_gpus_per_worker > 0 and device == "cpu":
             device = "cuda"  # Ray gives each actor its GPU(s) through CUDA_VISIBLE_DEVICES
-    if watermark_search not in (None, "full", "fast"):
-        fail(f"--watermark-search must be full or fast, got {watermark_search!r}")
     if out is not None and out.is_dir():
         fail(f"--out {printable(out)} is a folder; name the results file")
     try:
@@ -114,7 +112,7 @@ def score_command(
             watermark_search=watermark_search,
             allow_external=allow_external,
         )
-    except (DetectorError, ValueError, OSError) as exc:
+    except (DetectorError, OSError) as exc:
         fail(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
         target = out or Path(tmp) / ("scores.csv" if fmt == "csv" else "scores.jsonl")
@@ -156,7 +154,7 @@ def score_command(
                         progress=advance,
                         confine=confine,
                     )
-        except (DetectorError, ValueError) as exc:
+        except DetectorError as exc:
             fail(str(exc))
         if out is None and fmt != "table":
             stdout.file.write(target.read_text())
@@ -219,88 +217,4 @@ def _print_summary(summary: dict, out: Path | None) -> None:
     )
 
 
-def bundle_command(
-    checkpoint: Path = typer.Argument(..., help="Run folder written by `detector train`."),
-    corpus: str = typer.Option(
-        ..., "--corpus", "-c", help="Corpus (folder or manifest) with train/val splits."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write."),
-    watermark_key: Path | None = typer.Option(None, help="Watermark key file: the bundle decodes it."),
-    watermark_checkpoint: Path | None = typer.Option(
-        None, help="Watermark model (default: the shipped one)."
-    ),
-    watermark_registry: Path | None = typer.Option(None, help="Watermark payload registry (SQLite)."),
-    inversion_model: str | None = typer.Option(
-        None,
-        help="Diffusion model (diffusers folder or hub id) for the inversion branch, e.g. the benchmark "
-        "zoo's DDPM data/zoo-cache/full/ddpm-unet32-s0-n<steps>. Default: no inversion branch.",
-    ),
-    rigid: bool = typer.Option(
-        False, "--rigid", help="Also fit the RIGID branch (training-free; 2 extra backbone forwards a batch)."
-    ),
-    overrides: list[str] = typer.Option(
-        [], "--set", help="Dotted override: --set attribution.score=knn --set fusion.uncertain_band=0.05"
-    ),
-) -> None:
-    """Fit the attribution head (train split) and the fusion (val split) for a trained checkpoint and
-    write a scoring bundle that `detector score` and `load_detector` read. The test split is not read."""
-    from detector.attribution import AttributionError
-    from detector.bundle import BundleConfig, BundleError, build_bundle
-    from detector.config import ConfigError, load_config
-    from detector.corpus import CorpusError
-    from detector.fusion import FusionError
-
-    extra = [f"checkpoint={checkpoint}", f"corpus={corpus}", *overrides]
-    for key, value in (
-        ("watermark_key", watermark_key),
-        ("watermark_checkpoint", watermark_checkpoint),
-        ("watermark_registry", watermark_registry),
-        ("inversion_model", inversion_model),
-    ):
-        if value is not None:
-            extra.append(f"{key}={value}")
-    if rigid:
-        extra.append("rigid=true")
-    try:
-        config = load_config(BundleConfig, None, extra)
-        report = build_bundle(config, out, progress=progress_bar, log=console.print)
-    except (ConfigError, BundleError, CorpusError, FusionError, AttributionError, ValueError) as exc:
-        fail(str(exc))
-    print_branch_table(report["validation_branches"], "validation (the split the fusion was fitted on)")
-    console.print(f"wrote bundle {out} (fusion report: {out / 'fusion_report.json'})")
-
-
-def print_branch_table(rows: dict, title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in ("score", "n", "AUC", "TPR@1%FPR"):
-        table.add_column(column)
-    for name, m in rows.items():
-        table.add_row(name, str(m["n"]), f"{m['auc']:.3f}", f"{m['tpr_fpr1']:.3f}")
-    stdout.print(table)
-
-
-__all__ = ["bundle_command", "print_branch_table", "score_command"]
-
-
-models_app = typer.Typer(help="Named bundles: the shipped default detector and those in $DETECTOR_MODELS.")
-
-
-@models_app.command("list")
-def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """Every named model available here, where it lives and what it was trained on."""
-    from rich.table import Table
-
-    from detector.bundle import list_models
-
-    cards = list_models()
-    if as_json:
-        stdout.print_json(data=[c.to_dict() for c in cards])
-        return
-    table = Table(title=f"{len(cards)} named model(s)")
-    for column in ("name", "origin", "trained on", "path"):
-        table.add_column(column)
-    for card in cards:
-        table.add_row(card.name, card.origin, card.summary, str(card.path))
-    stdout.print(table)
+__all__ = ["score_command"]

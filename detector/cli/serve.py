@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
+from detector.cli.choices import (
+    DEVICE_OPT,
+    NO_WATERMARK_OPT,
+    WATERMARK_SEARCH_OPT,
+    PageMode,
+    WatermarkSearch,
+    choice_value,
+)
 from detector.cli.common import console, fail, stdout
+from detector.errors import DetectorError
 
 
 def _load(
@@ -14,7 +23,6 @@ def _load(
 ):
     """The bundle to serve: ``--model`` (a bundle folder or a model name), else the shipped default."""
     from detector.bundle import ProvenanceDetector, resolve_model
-    from detector.errors import DetectorError
 
     try:
         return ProvenanceDetector.load(
@@ -26,7 +34,7 @@ def _load(
             inversion=not fast,
             c2pa_trust=trust,
         )
-    except (DetectorError, ValueError, OSError) as exc:
+    except (DetectorError, OSError) as exc:
         fail(str(exc))
 
 
@@ -45,8 +53,8 @@ def serve_command(
         help="API key file (name:sha256 per line; `detector serve-key`). Also $DETECTOR_API_KEYS. "
         "No keys: anyone who can reach the port may score.",
     ),
-    page: str = typer.Option(
-        "keyed",
+    page: PageMode = typer.Option(
+        PageMode.keyed,
         "--page",
         help="keyed: every score request needs a key (the page asks for it); "
         "open: requests without a key are allowed, rate limited per client address.",
@@ -72,11 +80,9 @@ def serve_command(
     score_workers: int = typer.Option(
         1, "--score-workers", help="Threads running the model, each on its own micro-batch (several cores)."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 or auto."),
-    no_watermark: bool = typer.Option(False, "--no-watermark", help="Skip the bundle's watermark decoder."),
-    watermark_search: str | None = typer.Option(
-        None, "--watermark-search", help="full or fast (see detector score)."
-    ),
+    device: str = DEVICE_OPT,
+    no_watermark: bool = NO_WATERMARK_OPT,
+    watermark_search: WatermarkSearch | None = WATERMARK_SEARCH_OPT,
     fast: bool = typer.Option(False, "--fast", help="Skip the RIGID and inversion branches (with --model)."),
     c2pa_trust: Path | None = typer.Option(
         None, "--c2pa-trust", help="PEM file of trusted C2PA signer roots (default: $DETECTOR_C2PA_TRUST)."
@@ -85,10 +91,9 @@ def serve_command(
     """Serve the detector over HTTP: POST /v1/score, GET /v1/health, /v1/version, /docs, and a web page at /."""
     import uvicorn
 
-    from detector.service import KeyFileError, KeyStore, ServiceConfig, create_app
+    from detector.service import KeyStore, ServiceConfig, create_app
 
-    if watermark_search not in (None, "full", "fast"):
-        fail(f"--watermark-search must be full or fast, got {watermark_search!r}")
+    page, watermark_search = page.value, choice_value(watermark_search)
     try:
         config = ServiceConfig(
             host=host,
@@ -108,7 +113,7 @@ def serve_command(
             score_workers=score_workers,
         )
         key_store = KeyStore.load(config.keys_file)
-    except (ValueError, KeyFileError) as exc:
+    except DetectorError as exc:
         fail(str(exc))
     detector = _load(model, device, no_watermark, watermark_search, fast, c2pa_trust)
     if host not in ("127.0.0.1", "localhost", "::1") and not key_store:
@@ -134,11 +139,11 @@ def serve_key_command(
     name: str = typer.Option(..., "--name", help="Who the key is for (shown in logs and rate limits)."),
 ) -> None:
     """Make an API key: prints it once on stdout and stores only its SHA-256 in KEYS."""
-    from detector.service import KeyFileError, add_key
+    from detector.service import ApiKeyFileError, add_key
 
     try:
         key = add_key(keys, name)
-    except (KeyFileError, OSError) as exc:
+    except (ApiKeyFileError, OSError) as exc:
         fail(str(exc))
     stdout.print(key, markup=False, highlight=False)
     console.print(f"added key {name!r} to {keys} (only its hash is stored; keep the key now)")

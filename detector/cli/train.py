@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 
+from detector.cli.choices import Method, choice_value
 from detector.cli.common import console, fail
-from detector.config import ConfigError, load_config
+from detector.config import load_config
+from detector.errors import DetectorError
 
 
 def train_command(
@@ -19,7 +21,7 @@ def train_command(
         [], "--set", help="Dotted override, repeatable: --set method.name=effort --set optim.epochs=3"
     ),
     out: str = typer.Option(None, "--out", "-o", help="Run folder (checkpoint, config, model card)."),
-    method: str = typer.Option(None, "--method", help="linear-probe | full-finetune | lora | effort"),
+    method: Method | None = typer.Option(None, "--method", help="How the backbone is trained."),
     backbone: str = typer.Option(None, "--backbone", help="Registry name, e.g. effnet-lite0, clip:ViT-L-14"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
 ) -> None:
@@ -27,14 +29,13 @@ def train_command(
 
     Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m detector train ...``.
     """
-    from detector.training import TrainConfig, TrainingError, train
-    from detector.training.checkpoint import CheckpointError
+    from detector.training import TrainConfig, train
 
     extra = list(overrides)
     for key, value in (
         ("data.corpus", corpus),
         ("out", out),
-        ("method.name", method),
+        ("method.name", choice_value(method)),
         ("model.backbone", backbone),
     ):
         if value is not None:
@@ -44,5 +45,5 @@ def train_command(
     try:
         cfg = load_config(TrainConfig, config, extra)
         train(cfg, resume=resume, console=console)
-    except (ConfigError, TrainingError, CheckpointError, ValueError) as exc:
+    except DetectorError as exc:
         fail(str(exc))

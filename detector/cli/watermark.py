@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
+from detector.cli.choices import WatermarkSearch
 from detector.cli.common import console, fail, parse_list, plain, progress_bar, stdout
+from detector.errors import DetectorError
 
 app = typer.Typer(
     help=(
@@ -57,9 +59,8 @@ def _watermarker(
     search: str = "full",
     create_registry: bool = True,
 ):
-    from detector.watermark.api import Watermarker, WatermarkError
-    from detector.watermark.payload import KeyFileError
-    from detector.watermark.registry import PayloadRegistry, RegistryError
+    from detector.watermark.api import Watermarker
+    from detector.watermark.registry import PayloadRegistry
 
     try:
         if registry is not None:  # a read (detect) opens an existing registry only
@@ -72,7 +73,7 @@ def _watermarker(
             payload_bits=payload_bits,
             search=search,
         )
-    except (KeyFileError, WatermarkError, RegistryError, ValueError) as exc:
+    except DetectorError as exc:
         fail(str(exc))
 
 
@@ -183,8 +184,6 @@ def _c2pa_signer(cert: Path | None, key: Path | None):
 
     try:
         return CredentialsSigner(cert, key)
-    except ImportError:
-        fail("Content Credentials need c2pa-python and cryptography (pip install c2pa-python cryptography)")
     except CredentialsError as exc:
         fail(str(exc))
 
@@ -197,8 +196,8 @@ def detect(
     fpr: float = typer.Option(1e-6, "--fpr", help="False-positive rate at which 'watermarked' is declared."),
     out: Path | None = typer.Option(None, "--out", help="Also write the JSON lines to this file."),
     checkpoint: Path | None = CKPT_OPT,
-    search: str = typer.Option(
-        "full",
+    search: WatermarkSearch = typer.Option(
+        WatermarkSearch.full,
         "--search",
         help="full: undo a 0.5x resize and rotations up to 6 degrees; fast: native grid only (~10x cheaper "
         "on unmarked images). The FPR holds for both.",
@@ -211,7 +210,6 @@ def detect(
     that does not exist is an error: detection never creates one."""
     import os
 
-    from detector.errors import DetectorError
     from detector.io import (
         KEEP_PIXELS,
         MIN_SCORE_SIDE,
@@ -223,7 +221,7 @@ def detect(
 
     if out is not None and out.is_dir():
         fail(f"--out {printable(out)} is a folder; name the results file")
-    wm = _watermarker(key_file, checkpoint, registry, fpr=fpr, search=search, create_registry=False)
+    wm = _watermarker(key_file, checkpoint, registry, fpr=fpr, search=search.value, create_registry=False)
     passed_by: list[tuple[str, str]] = []
     files: list[Path] = []
     for p in paths:

@@ -109,41 +109,60 @@ def build_corpus(
     ``cache`` holds the trained zoo models (default ``data/zoo-cache/<preset>``). ``progress(desc,
     total)`` is a context manager yielding ``advance(n)`` (the CLI passes rich bars).
     """
-    from detector.zoo import (
-        ensure_model,
-        generate,
-        get_generator,
-        get_model_spec,
-        list_generators,
-        load_model,
-    )
-    from detector.zoo.base import is_done, model_dir, to_tensor, to_uint8
+    from detector.corpus.zoo import get_generator, list_generators
 
     config = config or BuildConfig()
     out = Path(out)
     cache = Path(cache) if cache is not None else Path("data") / "zoo-cache" / config.preset
-    policy = config.policy()
-    names = config.generators or list_generators()
-    specs_g = [get_generator(name) for name in names]
+    specs_g = [get_generator(name) for name in config.generators or list_generators()]
     timings: dict[str, float] = {}
     written: dict[str, int] = {}
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "build.yaml")
-
-    # 1. the real pool
     cpu_start = time.process_time()
-    log(f"real pool: {config.n_real} crops of {config.size} px")
+
     start = time.perf_counter()
+    photos, crops, real_records, written["real"] = _real_pool(out, config, photo_store, progress, log)
+    timings["real_pool"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    folders, trained = _zoo_models(specs_g, config, cache, photos, crops, progress, log)
+    timings["train_models"] = time.perf_counter() - start
+
+    fake_records: list[Record] = []
+    loaded: dict[str, object] = {}
+    for gen_spec in specs_g:
+        start = time.perf_counter()
+        records, written[gen_spec.name] = _fakes(
+            out, gen_spec, config, photos, crops, folders, loaded, progress, log
+        )
+        fake_records += records
+        timings[f"fake:{gen_spec.name}"] = time.perf_counter() - start
+
+    records = real_records + fake_records
+    manifest = _manifest(out, records, config, {g.family for g in specs_g})
+    result = BuildResult(out, manifest, records, written, trained, timings)
+    _write_build_report(result, config, cache, sorted(dict(photos)), len(real_records), cpu_start)
+    return result
+
+
+def _real_pool(out: Path, config: BuildConfig, photo_store, progress, log):
+    """Stage 1: cut the real crops from the source photos; returns (photos, crops, records, written)."""
+    log(f"real pool: {config.n_real} crops of {config.size} px")
     photos = load_photos(store=Path(photo_store) if photo_store else DEFAULT_STORE, log=log)
     log(f"real photos: {len(photos)} distinct source photographs")
     crops = plan_crops(photos, config.n_real, config.size, config.scales, config.seed)
-    by_name = dict(photos)
     with progress("real pool", len(crops)) as advance:
-        real_records, written["real"] = write_pool(out, photos, crops, config.size, policy, advance)
-    timings["real_pool"] = time.perf_counter() - start
+        records, written = write_pool(out, photos, crops, config.size, config.policy(), advance)
+    return photos, crops, records, written
 
-    # 2. the zoo models (trained once into the cache)
-    start = time.perf_counter()
+
+def _zoo_models(specs_g, config: BuildConfig, cache: Path, photos, crops, progress, log):
+    """Stage 2: train every zoo model the generators use, once, into the cache; returns (folder per model,
+    the names trained this run). The training pool is rendered only if a model needs training."""
+    from detector.corpus.zoo import ensure_model, get_model_spec
+    from detector.corpus.zoo.base import is_done, model_dir, to_tensor
+
     pool_cache: dict[str, torch.Tensor] = {}
 
     def training_pool() -> torch.Tensor:
@@ -154,10 +173,9 @@ def build_corpus(
             )
         return pool_cache["pool"]
 
-    model_names = list(dict.fromkeys(g.model for g in specs_g))
     folders: dict[str, Path] = {}
     trained: list[str] = []
-    for name in model_names:
+    for name in dict.fromkeys(g.model for g in specs_g):
         spec = get_model_spec(name)
         steps = config.model_steps(spec.steps)
         folder = model_dir(cache, spec, config.seed, steps)
@@ -168,82 +186,84 @@ def build_corpus(
             trained.append(name)
             log(f"trained {name} ({steps} steps) into {folder}")
         folders[name] = folder
-    timings["train_models"] = time.perf_counter() - start
+    return folders, trained
 
-    # 3. the fakes
-    fake_records: list[Record] = []
-    loaded: dict[str, object] = {}
-    for gen_spec in specs_g:
-        start = time.perf_counter()
-        log(f"fakes: {gen_spec.name}")
-        folder = out / "fake" / gen_spec.name
-        keys = [f"{gen_spec.name}_{i:05d}" for i in range(config.n_fake_per_generator)]
-        paths = [policy.path_for(folder, key, gen_spec.name, i) for i, key in enumerate(keys)]
-        perm = np.random.default_rng([config.seed, len(gen_spec.name), *gen_spec.name.encode()]).permutation(
-            len(crops)
+
+def _fakes(out: Path, gen_spec, config: BuildConfig, photos, crops, folders, loaded, progress, log):
+    """Stage 3, one generator: write its missing fakes (a batch at a time) and return the records of all
+    of them with how many this run wrote. ``loaded`` caches models across generators."""
+    log(f"fakes: {gen_spec.name}")
+    policy = config.policy()
+    folder = out / "fake" / gen_spec.name
+    keys = [f"{gen_spec.name}_{i:05d}" for i in range(config.n_fake_per_generator)]
+    paths = [policy.path_for(folder, key, gen_spec.name, i) for i, key in enumerate(keys)]
+    perm = np.random.default_rng([config.seed, len(gen_spec.name), *gen_spec.name.encode()]).permutation(
+        len(crops)
+    )
+    sources: list[CropSpec | None] = [
+        crops[perm[i % len(crops)]] if gen_spec.conditional else None for i in range(len(keys))
+    ]
+    count = 0
+    with progress(f"fake {gen_spec.name}", len(keys)) as advance:
+        for b in range(0, len(keys), config.batch):
+            batch = range(b, min(b + config.batch, len(keys)))
+            missing = [i for i in batch if not paths[i].is_file()]
+            if missing:
+                images = _generate_batch(gen_spec, config, photos, sources, batch, b, folders, loaded)
+                for j, i in enumerate(batch):
+                    if i in missing:
+                        policy.write(folder, keys[i], images[j], gen_spec.name, i)
+                        count += 1
+            advance(len(batch))
+    log(f"{gen_spec.name}: {count} written, {len(keys) - count} already there")
+    return [
+        _fake_record(out, gen_spec, config, policy, path, i, sources[i]) for i, path in enumerate(paths)
+    ], count
+
+
+def _generate_batch(gen_spec, config: BuildConfig, photos, sources, batch: range, b: int, folders, loaded):
+    """One batch of a generator's images as uint8 arrays (conditional generators get their source crops)."""
+    from detector.corpus.zoo import generate, load_model
+    from detector.corpus.zoo.base import to_tensor, to_uint8
+
+    if gen_spec.model not in loaded:
+        loaded[gen_spec.model] = load_model(gen_spec.model, folders[gen_spec.model])
+    src = None
+    if gen_spec.conditional:
+        by_name = dict(photos)
+        src = to_tensor(
+            np.stack([render_crop(by_name[sources[i].photo], sources[i], config.size) for i in batch])
         )
-        sources: list[CropSpec | None] = [
-            crops[perm[i % len(crops)]] if gen_spec.conditional else None for i in range(len(keys))
-        ]
-        count = 0
-        with progress(f"fake {gen_spec.name}", len(keys)) as advance:
-            for b in range(0, len(keys), config.batch):
-                batch = range(b, min(b + config.batch, len(keys)))
-                missing = [i for i in batch if not paths[i].is_file()]
-                if missing:
-                    if gen_spec.model not in loaded:
-                        loaded[gen_spec.model] = load_model(gen_spec.model, folders[gen_spec.model])
-                    src = None
-                    if gen_spec.conditional:
-                        src = to_tensor(
-                            np.stack(
-                                [
-                                    render_crop(by_name[sources[i].photo], sources[i], config.size)
-                                    for i in batch
-                                ]
-                            )
-                        )
-                    with torch.no_grad():
-                        images = to_uint8(
-                            generate(
-                                gen_spec.name,
-                                loaded[gen_spec.model],
-                                len(batch),
-                                src,
-                                (config.seed, gen_spec.name, b),
-                                config.size,
-                            )
-                        )
-                    for j, i in enumerate(batch):
-                        if i in missing:
-                            policy.write(folder, keys[i], images[j], gen_spec.name, i)
-                            count += 1
-                advance(len(batch))
-        for i, path in enumerate(paths):
-            group = (
-                sources[i].photo
-                if gen_spec.conditional
-                else f"{gen_spec.name}-b{i // UNCONDITIONAL_GROUP:03d}"
+    with torch.no_grad():
+        return to_uint8(
+            generate(
+                gen_spec.name,
+                loaded[gen_spec.model],
+                len(batch),
+                src,
+                (config.seed, gen_spec.name, b),
+                config.size,
             )
-            fake_records.append(
-                Record(
-                    path.relative_to(out).as_posix(),
-                    "fake",
-                    generator=gen_spec.name,
-                    group=group,
-                    family=gen_spec.family,
-                    width=config.size,
-                    height=config.size,
-                    format=policy.format_name(path),
-                )
-            )
-        written[gen_spec.name] = count
-        timings[f"fake:{gen_spec.name}"] = time.perf_counter() - start
-        log(f"{gen_spec.name}: {count} written, {len(keys) - count} already there")
+        )
 
-    # 4. the manifest and the default leave-families-out split
-    records = real_records + fake_records
-    families = {g.family for g in specs_g}
+
+def _fake_record(out: Path, gen_spec, config: BuildConfig, policy, path: Path, i: int, source) -> Record:
+    """A fake's manifest row: grouped with its source photo, or in blocks of UNCONDITIONAL_GROUP."""
+    group = source.photo if gen_spec.conditional else f"{gen_spec.name}-b{i // UNCONDITIONAL_GROUP:03d}"
+    return Record(
+        path.relative_to(out).as_posix(),
+        "fake",
+        generator=gen_spec.name,
+        group=group,
+        family=gen_spec.family,
+        width=config.size,
+        height=config.size,
+        format=policy.format_name(path),
+    )
+
+
+def _manifest(out: Path, records: list[Record], config: BuildConfig, families: set[str]) -> Path:
+    """Stage 4: the default leave-families-out split, checked for group leaks, and the manifest."""
     split = SplitConfig(
         seed=config.seed,
         train=config.split_train,
@@ -256,16 +276,23 @@ def build_corpus(
     check_no_group_leak(records)
     manifest = write_manifest(records, out / "manifest.csv", root=out)
     save_config(split, out / "manifest.split.yaml")
-    result = BuildResult(out, manifest, records, written, trained, timings)
+    return manifest
+
+
+def _write_build_report(
+    result: BuildResult, config: BuildConfig, cache: Path, photos: list[str], n_real: int, cpu_start: float
+) -> None:
+    """``build.json``: what this run wrote and trained, and how long each stage took."""
+    timings = result.timings
     atomic_write_text(
-        out / "build.json",
+        result.out / "build.json",
         json.dumps(
             {
                 "preset": config.preset,
-                "images": {"real": len(real_records), "fake": len(fake_records)},
-                "photos": sorted(by_name),
-                "written_this_run": written,
-                "trained_this_run": trained,
+                "images": {"real": n_real, "fake": len(result.records) - n_real},
+                "photos": photos,
+                "written_this_run": result.written,
+                "trained_this_run": result.trained,
                 "timings_s": {k: round(v, 2) for k, v in timings.items()},
                 "total_s": round(sum(timings.values()), 2),
                 "process_cpu_s": round(time.process_time() - cpu_start, 2),
@@ -276,4 +303,3 @@ def build_corpus(
         )
         + "\n",
     )
-    return result

@@ -1,6 +1,6 @@
 """The real-photo pool's source photographs: a catalogue of distinct photos from public packages.
 
-No photo data set can be downloaded on our machines, so the real class is built from natural
+Offline (no photo data set downloaded), the real class is built from natural
 photographs that ship inside packages: the Python wheels we already install (scikit-image,
 scikit-learn, matplotlib) and, fetched at build time with the system's own package tools, Debian
 packages (``apt-get download`` + ``dpkg-deb -x``, no root needed) and npm packages (``npm pack``).

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from detector.corpus.encoding import EncodingPolicy
-from detector.corpus.manifest import Record
+from detector.corpus.manifest import CorpusError, Record
 
 DEFAULT_SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 
@@ -58,7 +58,7 @@ def plan_crops(
     photos = sorted(photos, key=lambda p: p[0])
     usable = [(name, img) for name, img in photos if min(img.shape[:2]) >= size]
     if not usable:
-        raise ValueError(f"no photo has both sides >= {size} px; cannot cut {size} px crops")
+        raise CorpusError(f"no photo has both sides >= {size} px; cannot cut {size} px crops")
     counts = allocate([img.shape[0] * img.shape[1] for _, img in usable], n)
     rng = np.random.default_rng(seed)
     specs: list[CropSpec] = []

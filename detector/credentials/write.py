@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from detector import __version__
+from detector.errors import DetectorError
 from detector.io import atomic_write_bytes
 from detector.io.sniff import sniff_mime
 
@@ -24,7 +25,7 @@ TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trai
 SOFT_BINDING_ALG = "io.detector.watermark.v1"
 
 
-class CredentialsError(RuntimeError):
+class CredentialsError(DetectorError, RuntimeError):
     """A manifest cannot be signed (bad certificate or key, unsupported format...)."""
 
 

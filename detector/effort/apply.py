@@ -16,7 +16,7 @@ import torch
 import torch.nn.utils.parametrize as parametrize
 from torch import Tensor, nn
 
-from detector.effort.residual import EffortResidual
+from detector.effort.residual import EffortError, EffortResidual
 
 _ATTN_PARENTS = re.compile(r"(^|\.)(attn|attention|self_attn|self_attention)(\.output)?$")
 _ATTN_LEAVES = {"qkv", "proj", "q_proj", "k_proj", "v_proj", "out_proj", "query", "key", "value", "dense"}
@@ -97,7 +97,7 @@ def select_targets(model: nn.Module, targets: Sequence[str] | str) -> list[tuple
     """Modules of ``model`` matched by any entry of ``targets`` (preset names or regexes)."""
     entries = [targets] if isinstance(targets, str) else list(targets)
     if not entries:
-        raise ValueError("Effort needs at least one target (a preset name or a module-name regex)")
+        raise EffortError("Effort needs at least one target (a preset name or a module-name regex)")
     predicates: list[Callable[[str, nn.Module], bool]] = []
     for entry in entries:
         if entry in PRESETS:
@@ -106,7 +106,7 @@ def select_targets(model: nn.Module, targets: Sequence[str] | str) -> list[tuple
             try:
                 pattern = re.compile(entry)
             except re.error as exc:
-                raise ValueError(
+                raise EffortError(
                     f"Effort target {entry!r} is neither a preset {sorted(PRESETS)} nor a regex: {exc}"
                 ) from None
             predicates.append(lambda name, module, p=pattern: bool(p.search(name)) and _supported(module))
@@ -116,7 +116,7 @@ def select_targets(model: nn.Module, targets: Sequence[str] | str) -> list[tuple
         if name and not parametrize.is_parametrized(module) and any(pred(name, module) for pred in predicates)
     ]
     if not chosen:
-        raise ValueError(f"no module of {type(model).__name__} matches Effort targets {entries}")
+        raise EffortError(f"no module of {type(model).__name__} matches Effort targets {entries}")
     return chosen
 
 
@@ -135,7 +135,7 @@ def apply_effort(
     needed by the orthogonality loss. The model's outputs are unchanged (up to rounding) at step 0.
     """
     if rank < 1:
-        raise ValueError(f"Effort residual rank must be >= 1, got {rank}")
+        raise EffortError(f"Effort residual rank must be >= 1, got {rank}")
     if freeze:
         for parameter in model.parameters():
             parameter.requires_grad_(False)

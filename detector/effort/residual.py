@@ -15,13 +15,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from detector.errors import DetectorError
+
+
+class EffortError(DetectorError, ValueError):
+    """Effort cannot be applied: no target module, a rank out of range, a weight of the wrong shape."""
+
 
 def trailing_svd(weight: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(U_main, V_main, U_res, S_res, V_res)`` of a 2-D ``weight`` (thin SVD, float64 on CPU/GPU,
     meta tensors pass through by shape). ``U_res``: d_out x k, ``S_res``: k, ``V_res``: d_in x k."""
     rank = min(weight.shape)
     if not 1 <= k <= rank:
-        raise ValueError(f"residual rank k={k} must be in [1, {rank}] for a {tuple(weight.shape)} weight")
+        raise EffortError(f"residual rank k={k} must be in [1, {rank}] for a {tuple(weight.shape)} weight")
     if weight.device.type == "meta":
         u, s, vh = torch.linalg.svd(weight, full_matrices=False)
     else:
@@ -42,7 +48,7 @@ class SVDResidual(nn.Module):
     def __init__(self, weight: Tensor, k: int = 1, keep_basis: bool = False):
         super().__init__()
         if weight.dim() != 2:
-            raise ValueError(f"SVDResidual needs a 2-D weight, got shape {tuple(weight.shape)}")
+            raise EffortError(f"SVDResidual needs a 2-D weight, got shape {tuple(weight.shape)}")
         u_main, v_main, u_res, s_res, v_res = trailing_svd(weight, k)
         dtype = weight.dtype if weight.is_floating_point() else torch.float32
         self.shape = tuple(weight.shape)
@@ -102,7 +108,7 @@ class EffortResidual(nn.Module):
         super().__init__()
         matrix = weight.detach().reshape(weight.shape[0], -1)
         if matrix.shape[0] % blocks:
-            raise ValueError(f"cannot split {matrix.shape[0]} rows into {blocks} equal blocks")
+            raise EffortError(f"cannot split {matrix.shape[0]} rows into {blocks} equal blocks")
         self.weight_shape = tuple(weight.shape)
         self.parts = nn.ModuleList(
             SVDResidual(part, min(k, min(part.shape)), keep_basis) for part in matrix.chunk(blocks, dim=0)

@@ -10,27 +10,23 @@ against all real images. Writes ``metrics.csv`` (tidy: one row per perturbation 
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from detector.config import save_config
 from detector.corpus import load_corpus
 from detector.corpus.dataset import CorpusDataset
-from detector.evaluation.perturbations import GRID, Chain, perturbation
+from detector.devices import resolve_device
+from detector.evaluation.perturbations import GRID, EvaluationError, PerturbationChain, perturbation
+from detector.evaluation.tables import METRIC_COLUMNS, per_generator_table, render_markdown, write_csv
 from detector.io import atomic_write_text
-from detector.metrics import detection_metrics, per_generator_table
+from detector.metrics import detection_metrics
 from detector.training.augment import eval_transform
 from detector.training.checkpoint import load_checkpoint
 from detector.training.predict import make_loader, predict
-
-METRIC_COLUMNS = ("n", "n_fake", "auc", "ap", "acc_threshold", "acc_05", "tpr_fpr1", "tpr_fpr01", "ece")
 
 
 @dataclass
@@ -45,22 +41,16 @@ class EvalConfig:
     device: str = "auto"
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def evaluate(config: EvalConfig, console=None) -> dict[str, Any]:
     """Run the grid; returns ``{"rows": tidy metric rows, "per_generator": rows, "out": folder}``."""
     for name in config.perturbations:
         perturbation(name)  # fail early on unknown names
-    device = _device(config.device)
+    device = resolve_device(config.device)
     detector, train_config, calibrator, card = load_checkpoint(config.checkpoint, device)
     corpus = load_corpus(config.corpus)
     subset = corpus if config.split == "all" else corpus.subset(config.split)
     if not subset.records:
-        raise ValueError(
+        raise EvaluationError(
             f"{config.corpus}: no images in split {config.split!r} (use --split all for every image)"
         )
     seen_generators = set(card.get("data", {}).get("train_generators", []))
@@ -74,7 +64,7 @@ def evaluate(config: EvalConfig, console=None) -> dict[str, Any]:
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     clean_raw = None
     for name in config.perturbations:
-        dataset = CorpusDataset(subset, Chain(perturbation(name), eval_transform(size)))
+        dataset = CorpusDataset(subset, PerturbationChain(perturbation(name), eval_transform(size)))
         loader = make_loader(dataset, config.batch_size, config.workers)
         pred = predict(detector, loader, device, amp=True)
         if console is not None:
@@ -107,15 +97,15 @@ def evaluate(config: EvalConfig, console=None) -> dict[str, Any]:
         if name == "clean":
             clean_raw = (pred, probs, records)
 
-    _write_csv(out / "metrics.csv", rows, ["perturbation", "subset", *METRIC_COLUMNS])
-    _write_csv(
+    write_csv(out / "metrics.csv", rows, ["perturbation", "subset", *METRIC_COLUMNS])
+    write_csv(
         out / "per_generator.csv",
         per_generator,
         ["perturbation", "generator", "status", "n", "auc", "ap", "detection_rate"],
     )
     if clean_raw is not None:
         pred, probs, records = clean_raw
-        _write_csv(
+        write_csv(
             out / "predictions.csv",
             [
                 {"path": r.path, "label": r.label, "generator": r.generator, "logit": z, "p_fake": p}
@@ -137,60 +127,3 @@ def evaluate(config: EvalConfig, console=None) -> dict[str, Any]:
             out / "reliability.png",
         )
     return {"rows": rows, "per_generator": per_generator, "out": str(out)}
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(path, buffer.getvalue())
-
-
-def render_markdown(config: EvalConfig, card, calibrator, rows, per_generator) -> str:
-    perturbations = list(dict.fromkeys(r["perturbation"] for r in rows))
-    lines = [
-        f"# Evaluation of `{config.checkpoint}` on `{config.corpus}` (split {config.split})",
-        "",
-        f"Model: {card.get('method')} on {card.get('backbone')}; calibration {calibrator.method}, threshold "
-        f"{calibrator.threshold:.4g} chosen on validation for FPR {calibrator.target_fpr}. "
-        f"Seen generators: {', '.join(card.get('data', {}).get('train_generators', [])) or '-'}.",
-        "",
-        "## Clean",
-        "",
-        "| subset | n | fakes | AUC | AP | acc@thr | acc@0.5 | TPR@1%FPR | TPR@0.1%FPR | ECE |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        if r["perturbation"] == "clean":
-            lines.append("| " + " | ".join(_fmt(r[k]) for k in ("subset", *METRIC_COLUMNS)) + " |")
-    lines += ["", "## Perturbation grid (each perturbation a column)", ""]
-    lines.append("| subset / metric | " + " | ".join(perturbations) + " |")
-    lines.append("| --- |" + " --- |" * len(perturbations))
-    for subset in ("all", "seen", "unseen"):
-        for metric in ("auc", "acc_threshold"):
-            values = {r["perturbation"]: r[metric] for r in rows if r["subset"] == subset}
-            if values:
-                cells = [_fmt(values.get(p, float("nan"))) for p in perturbations]
-                lines.append(f"| {subset} {metric} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Per generator (clean)",
-        "",
-        "| generator | status | n | AUC vs all reals | detection rate |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for r in per_generator:
-        if r["perturbation"] == "clean":
-            lines.append(
-                f"| {r['generator']} | {r['status']} | {r['n']} | {_fmt(r['auc'])} | {_fmt(r['detection_rate'])} |"
-            )
-    lines += ["", "Detection rate of the real row is its false-positive rate.", ""]
-    return "\n".join(lines)

@@ -7,6 +7,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from detector.errors import DetectorError
+
+
+class EvaluationError(DetectorError, ValueError):
+    """An evaluation cannot run: an unknown perturbation, an empty split."""
+
 
 class CenterCropFraction:
     """Keep the central ``fraction`` of each side."""
@@ -77,11 +83,11 @@ GRID: dict[str, tuple[str, Callable[[], Callable[[np.ndarray], np.ndarray] | Non
 
 def perturbation(name: str) -> Callable[[np.ndarray], np.ndarray] | None:
     if name not in GRID:
-        raise ValueError(f"unknown perturbation {name!r}; known: {', '.join(GRID)}")
+        raise EvaluationError(f"unknown perturbation {name!r}; known: {', '.join(GRID)}")
     return GRID[name][1]()
 
 
-class Chain:
+class PerturbationChain:
     """``perturb`` then ``base`` (an albumentations transform), callable as ``chain(image=array)``."""
 
     def __init__(self, perturb: Callable[[np.ndarray], np.ndarray] | None, base):

@@ -48,7 +48,7 @@ class Extractor(Protocol):
     def weights_id(self) -> str: ...
 
 
-def namespace_meta(extractor) -> dict:
+def namespace_meta(extractor: Extractor) -> dict:
     """Everything that makes features differ besides the image bytes."""
     preprocess = getattr(extractor, "preprocess", None)
     return {

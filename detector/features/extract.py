@@ -9,7 +9,6 @@ go to disk shard by shard, and ``out=`` writes the matrix to a memory-mapped ``.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,7 +208,3 @@ def extract_features(
         cache.close()
     report.failed = failed
     return matrix, valid, failed
-
-
-def default_num_workers() -> int:
-    return min(4, max(0, (os.cpu_count() or 1) - 1))

@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from detector.calibration import sigmoid
 from detector.errors import DetectorError
-from detector.io.tensors import load_arrays, save_arrays
+from detector.io.tensors import load_format, save_arrays
 
 FORMAT = "detector.fusion/1"
 _EPS = 1e-6
@@ -76,11 +77,6 @@ def _key(subset: Sequence[str]) -> str:
 def logit(p: np.ndarray | float) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     return np.log(p) - np.log1p(-p)
-
-
-def sigmoid(x: np.ndarray | float) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
 
 
 class FusionModel:
@@ -281,14 +277,7 @@ class FusionModel:
     @classmethod
     def load(cls, path: str | Path) -> FusionModel:
         path = Path(path)
-        try:
-            arrays, meta = load_arrays(path)
-        except FileNotFoundError:
-            raise FusionError(f"{path}: no such fusion model file") from None
-        except ValueError as exc:
-            raise FusionError(f"{path}: not a detector fusion model ({exc})") from None
-        if meta.get("format") != FORMAT:
-            raise FusionError(f"{path}: unsupported fusion format {meta.get('format')!r} (want {FORMAT})")
+        arrays, meta = load_format(path, FORMAT, FusionError, "fusion model")
         model = cls(FusionConfig(**meta["config"]))
         model.branches = list(meta["branches"])
         model.transforms = dict(meta["transforms"])

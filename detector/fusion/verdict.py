@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from detector.fusion.model import FusionConfig, FusionModel, logit, sigmoid, watermark_log_lr
+from detector.fusion.model import FusionConfig, FusionError, FusionModel, logit, sigmoid, watermark_log_lr
 from detector.result import (
     AI_GENERATED,
     C2PA_VALID,
@@ -107,14 +107,14 @@ def fuse(
     elif len(present) == 1:
         (value,) = present.values()
         if not 0.0 <= value <= 1.0:
-            raise ValueError(
+            raise FusionError(
                 f"without a fusion model the one branch score must be a probability, got {value}"
             )
         p_passive = float(value)
     elif not present:
         p_passive = None
     else:
-        raise ValueError(f"{len(present)} branch scores ({sorted(present)}) need a fitted fusion model")
+        raise FusionError(f"{len(present)} branch scores ({sorted(present)}) need a fitted fusion model")
     if watermark is not None:  # one rule decides what counts as found: the fusion's
         watermark = dataclasses.replace(watermark, detected=watermark_found(watermark, config))
     p_ai, verdict = decide(p_passive, watermark, config, c2pa)

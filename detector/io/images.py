@@ -30,17 +30,11 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def _register_plugins() -> None:
-    """HEIC/HEIF (pillow-heif) and JPEG XL (pillow-jxl-plugin) openers, when installed (core deps)."""
-    try:
-        import pillow_heif
+    """HEIC/HEIF (pillow-heif) and JPEG XL (pillow-jxl-plugin) openers: both are core dependencies."""
+    import pillow_heif
+    import pillow_jxl  # noqa: F401 - registers the JXL plugin on import
 
-        pillow_heif.register_heif_opener()
-    except ImportError:  # pragma: no cover - a core dependency; a trimmed install only loses HEIC
-        pass
-    try:
-        import pillow_jxl  # noqa: F401 - registers the JXL plugin on import
-    except ImportError:  # pragma: no cover
-        pass
+    pillow_heif.register_heif_opener()
 
 
 _register_plugins()

@@ -49,6 +49,20 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
     return arrays, meta
 
 
+def load_format(path: str | os.PathLike, fmt: str, error: type[Exception], what: str):
+    """:func:`load_arrays` for a file that must be of format ``fmt`` (its ``meta["format"]``); a missing,
+    unreadable or foreign file raises ``error`` naming the path and ``what`` it should have been."""
+    try:
+        arrays, meta = load_arrays(path)
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file") from None
+    except ValueError as exc:
+        raise error(f"{path}: not a detector {what} ({exc})") from None
+    if meta.get("format") != fmt:
+        raise error(f"{path}: unsupported {what} format {meta.get('format')!r} (want {fmt})")
+    return arrays, meta
+
+
 #: Largest safetensors JSON header we parse. Ours are a few kB; the format itself caps it at 100 MB, but
 #: a hostile file must not make us read even that into memory before we know it is sane.
 MAX_HEADER_BYTES = 16 * 2**20

@@ -1,13 +1,13 @@
 """The verification service (``detector serve``): HTTP API, micro-batching, keys, limits, and a web page."""
 
 from detector.service.app import Service, branch_probabilities, create_app
-from detector.service.auth import KeyFileError, KeyStore, RateLimiter, add_key, hash_key
+from detector.service.auth import ApiKeyFileError, KeyStore, RateLimiter, add_key, hash_key
 from detector.service.batching import MicroBatcher
 from detector.service.config import ServiceConfig
 from detector.service.uploads import ServiceError
 
 __all__ = [
-    "KeyFileError",
+    "ApiKeyFileError",
     "KeyStore",
     "MicroBatcher",
     "RateLimiter",

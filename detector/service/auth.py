@@ -15,11 +15,13 @@ import threading
 import time
 from pathlib import Path
 
+from detector.errors import DetectorError
+
 KEYS_ENV = "DETECTOR_API_KEYS"
 KEY_PREFIX = "dk_"
 
 
-class KeyFileError(ValueError):
+class ApiKeyFileError(DetectorError, ValueError):
     """A key file or key entry is malformed."""
 
 
@@ -46,7 +48,7 @@ def _parse(entries: list[str], origin: str) -> dict[str, str]:
             or len(digest) != 64
             or any(c not in "0123456789abcdef" for c in digest)
         ):
-            raise KeyFileError(f"{origin}:{n}: expected 'name:sha256hex', got {entry[:40]!r}")
+            raise ApiKeyFileError(f"{origin}:{n}: expected 'name:sha256hex', got {entry[:40]!r}")
         keys[digest] = name.strip()
     return keys
 
@@ -64,7 +66,7 @@ class KeyStore:
             try:
                 text = Path(path).read_text()
             except OSError as exc:
-                raise KeyFileError(f"cannot read key file {path} ({exc.strerror or exc})") from None
+                raise ApiKeyFileError(f"cannot read key file {path} ({exc.strerror or exc})") from None
             hashes.update(_parse(text.splitlines(), str(path)))
         env = os.environ.get(KEYS_ENV) if env is None else env
         if env:
@@ -89,11 +91,11 @@ def add_key(path: str | os.PathLike, name: str) -> str:
     """Make a key, append its hash to ``path`` (created readable by the owner only); returns the key,
     which is shown once and stored nowhere."""
     if not name or ":" in name or "#" in name or any(c.isspace() for c in name):
-        raise KeyFileError(f"a key name must be non-empty, without ':', '#' or spaces; got {name!r}")
+        raise ApiKeyFileError(f"a key name must be non-empty, without ':', '#' or spaces; got {name!r}")
     path = Path(path)
     existing = _parse(path.read_text().splitlines(), str(path)) if path.exists() else {}
     if name in existing.values():
-        raise KeyFileError(f"{path}: a key named {name!r} already exists")
+        raise ApiKeyFileError(f"{path}: a key named {name!r} already exists")
     key = new_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as handle:

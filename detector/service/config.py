@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from detector.config import ConfigError
 from detector.io import DEFAULT_MAX_PIXELS
 
 PAGE_MODES = ("open", "keyed")
@@ -32,13 +33,13 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         if self.page not in PAGE_MODES:
-            raise ValueError(f"page must be one of {PAGE_MODES}, got {self.page!r}")
+            raise ConfigError(f"page must be one of {PAGE_MODES}, got {self.page!r}")
         for name in ("max_request_bytes", "max_files", "max_pixels", "batch_size", "max_queue"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+                raise ConfigError(f"{name} must be at least 1")
         if self.timeout_s <= 0:
-            raise ValueError("timeout_s must be positive")
+            raise ConfigError("timeout_s must be positive")
         if self.rate_limit < 0 or self.anonymous_rate_limit < 0:
-            raise ValueError("rate limits must be >= 0 (0: no limit)")
+            raise ConfigError("rate limits must be >= 0 (0: no limit)")
         if self.decode_workers < 1 or self.score_workers < 1:
-            raise ValueError("decode_workers and score_workers must be at least 1")
+            raise ConfigError("decode_workers and score_workers must be at least 1")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from detector.errors import DetectorError
 from detector.io import ImageLoadError, load_image
 from detector.io.sniff import sniff_mime
 
@@ -31,7 +32,7 @@ _EXTENSIONS = {
 }
 
 
-class ServiceError(Exception):
+class ServiceError(DetectorError):
     """An HTTP error answered as JSON: ``{"error": code, "detail": message, "files": [...]}``."""
 
     def __init__(

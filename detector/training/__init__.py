@@ -12,19 +12,19 @@ from detector.training.config import (
     WandbConfig,
 )
 from detector.training.engine import TrainingError, TrainResult, train
-from detector.training.model import Detector, finalize, prepare_method
-from detector.training.predict import Predictions, predict
+from detector.training.model import RealFakeModel, finalize, prepare_method
+from detector.training.predict import LogitPredictions, predict
 
 __all__ = [
     "AugmentConfig",
     "CalibrationConfig",
     "CheckpointError",
     "DataConfig",
-    "Detector",
+    "RealFakeModel",
     "MethodConfig",
     "ModelConfig",
     "OptimConfig",
-    "Predictions",
+    "LogitPredictions",
     "TrainConfig",
     "TrainResult",
     "TrainingError",

@@ -78,7 +78,7 @@ def save_checkpoint(
 
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
     """``(detector, config, calibrator, card)`` from a finished run folder (weights read as safetensors)."""
-    from detector.training.model import Detector, create_backbone
+    from detector.training.model import RealFakeModel, create_backbone
 
     folder = Path(folder)
     for name in (WEIGHTS, "config.yaml", "calibration.json", CARD):
@@ -87,7 +87,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
     config = load_config(TrainConfig, folder / "config.yaml")
     card = json.loads((folder / CARD).read_text())
     calibrator = Calibrator.from_dict(json.loads((folder / "calibration.json").read_text()))
-    detector = Detector(create_backbone(config.model, for_loading=True), card.get("generators") or [])
+    detector = RealFakeModel(create_backbone(config.model, for_loading=True), card.get("generators") or [])
     try:
         detector.load_state_dict(read_tensors(folder / WEIGHTS), strict=True)
     except RuntimeError as exc:

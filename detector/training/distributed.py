@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from detector.devices import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -39,7 +41,7 @@ def setup(device: str = "auto") -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(local if device in ("auto", "cuda") else torch.device(device).index or 0)
         target = torch.device("cuda", torch.cuda.current_device())
     else:
-        target = torch.device("cpu" if device == "auto" else device)
+        target = resolve_device(device)  # "auto" without a GPU is the CPU
     info = DistInfo(rank, world, local)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,23 +44,23 @@ from detector.training.checkpoint import (
 )
 from detector.training.config import TrainConfig
 from detector.training.model import (
-    Detector,
     MethodState,
+    RealFakeModel,
     create_backbone,
     finalize,
     method_regularisers,
     prepare_method,
     set_train_mode,
 )
-from detector.training.predict import Predictions, autocast, make_loader, predict
+from detector.training.predict import LogitPredictions, autocast, make_loader, predict
 
 
 @dataclass
 class TrainResult:
-    """The model card written with the checkpoint, and the trained (merged) detector in memory."""
+    """The model card written with the checkpoint, and the trained (merged) model in memory."""
 
     card: dict[str, Any]
-    detector: Detector
+    model: RealFakeModel
 
 
 class TrainingError(DetectorError, ValueError):
@@ -126,7 +126,7 @@ def _wandb_run(config: TrainConfig, out: Path, console: Console):
         return None
 
 
-def _val_score(pred: Predictions) -> tuple[float, dict[str, float]]:
+def _val_score(pred: LogitPredictions) -> tuple[float, dict[str, float]]:
     """(early-stopping score, metrics): validation AUC, or minus the loss when AUC is undefined."""
     probs = sigmoid(pred.logits)
     metrics = detection_metrics(pred.targets, probs).as_dict()
@@ -161,52 +161,41 @@ def train(
         distributed.teardown(info)
 
 
+@dataclass
+class _Run:
+    """What the training steps share: the config, the process, the model, its optimiser and its data."""
+
+    config: TrainConfig
+    out: Path
+    info: Any
+    device: torch.device
+    console: Console
+    show_progress: bool
+    data: TrainData
+    classifier: RealFakeModel
+    state: MethodState
+    size: int
+    sampler: Any = None
+    train_loader: Any = None
+    val_loader: Any = None
+    steps_per_epoch: int = 0
+    params: list = field(default_factory=list)
+    optimizer: Any = None
+    scheduler: Any = None
+    model: Any = None  # the classifier, wrapped in DistributedDataParallel under torchrun
+    run: Any = None  # the wandb run, if any
+    amp: bool = False
+
+
 def _train(config, resume, console, show_progress, info, device):
-    out = Path(config.out)
-    data = load_data(config)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    backbone = create_backbone(config.model)
-    generators = data.generators if config.model.generator_head else []
-    detector = Detector(backbone, generators)
-    state: MethodState = prepare_method(detector, config.method)
-    detector.to(device)
-    size = int(config.data.image_size or backbone.preprocess.image_size)
-
-    saved = load_train_state(out) if resume else None
-    if resume and saved is None and info.is_main:
-        console.print(f"[yellow]--resume: no training state in {out}; starting from scratch[/]")
-    if saved is not None and (out / "config.yaml").is_file():
-        import yaml
-
-        mismatch = _compatible(yaml.safe_load((out / "config.yaml").read_text()) or {}, to_dict(config))
-        if mismatch:
-            raise CheckpointError(f"cannot resume {out}: the config differs in {mismatch}")
+    """Build the model and its data, resume if asked, train epoch by epoch, then calibrate and save."""
+    r = _setup(config, console, show_progress, info, device)
+    saved = _resume_state(r, resume)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
-
-    augment = train_transform(config.data.augment, size, seed=config.seed * 1000 + info.rank)
-    train_ds = CorpusDataset(data.train, augment, data.generators)
-    val_ds = CorpusDataset(data.val, eval_transform(size), data.generators)
-    sampler = DistributedSampler(
-        train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed
-    )
-    # A ragged last batch of one image breaks BatchNorm in training mode: drop it when there is more.
-    drop_last = len(sampler) > config.data.batch_size
-    train_loader = make_loader(
-        train_ds, config.data.batch_size, config.data.workers, sampler=sampler, drop_last=drop_last
-    )
-    val_loader = make_loader(val_ds, config.data.batch_size, config.data.workers)
-    steps_per_epoch = len(train_loader)
-    if config.optim.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.optim.max_steps_per_epoch)
-    total_steps = max(1, steps_per_epoch * config.optim.epochs)
-    warmup = max(1, int(round(config.optim.warmup_epochs * steps_per_epoch)))
-
-    params = [p for p in detector.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup))
+        r.out.mkdir(parents=True, exist_ok=True)
+        save_config(config, r.out / "config.yaml")
+    _make_loaders(r)
+    _make_optimizer(r)
     progress: dict[str, Any] = {
         "epoch": 0,
         "best_score": None,
@@ -216,110 +205,197 @@ def _train(config, resume, console, show_progress, info, device):
     }
     best: dict[str, torch.Tensor] | None = None
     if saved is not None:
-        detector.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        r.classifier.load_state_dict(saved["model"])
+        r.optimizer.load_state_dict(saved["optimizer"])
+        r.scheduler.load_state_dict(saved["scheduler"])
         progress, best = saved["progress"], saved["best"]
         if info.is_main:
-            console.print(f"resuming {out} after epoch {progress['epoch']}")
-
-    model = detector
-    if info.enabled:
-        model = DistributedDataParallel(
-            detector,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
-    run = _wandb_run(config, out, console) if info.is_main else None
-    amp = config.optim.amp and device.type == "cuda"
-    if info.is_main:
-        console.print(
-            f"[bold]{config.method.name}[/] on {config.model.backbone} ({size}px, {device}, world {info.world_size}): "
-            f"{state.trainable:,} trainable of {state.total:,} parameters; "
-            f"train {len(data.train)} / val {len(data.val)} images"
-        )
-
+            console.print(f"resuming {r.out} after epoch {progress['epoch']}")
+    _start(r)
     for epoch in range(progress["epoch"], config.optim.epochs):
         if progress["bad_epochs"] >= config.optim.patience > 0:
             break
-        sampler.set_epoch(epoch)
-        set_train_mode(detector, config.method.name)
-        started = time.perf_counter()
-        losses, seen, skipped = [], 0, []
-        bar = _progress(console, show_progress)
-        with bar:
-            task = bar.add_task(f"epoch {epoch + 1}/{config.optim.epochs}", total=steps_per_epoch)
-            for step, batch in enumerate(train_loader):
-                if step >= steps_per_epoch:
-                    break
-                skipped.extend(batch["errors"])
-                has_data = torch.tensor(1.0 if "image" in batch else 0.0)
-                if info.enabled:  # every rank must take the same steps, or DDP would hang
-                    dist.all_reduce(has_data, op=dist.ReduceOp.MIN)
-                if has_data.item() == 0:
-                    bar.advance(task)
-                    continue
-                images = batch["image"].to(device, non_blocking=True)
-                target = batch["target"].to(device).float()
-                with autocast(device, amp):
-                    outputs = model(images)
-                loss = F.binary_cross_entropy_with_logits(outputs["logit"].float(), target)
-                if "generator_logits" in outputs and config.optim.generator_loss_weight > 0:
-                    gen_loss = F.cross_entropy(
-                        outputs["generator_logits"].float(), batch["generator"].to(device), ignore_index=-1
-                    )
-                    loss = loss + config.optim.generator_loss_weight * gen_loss
-                reg = method_regularisers(state, config.method.orth_weight, config.method.ksv_weight)
-                if reg is not None:
-                    loss = loss + reg
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                losses.append(float(loss.detach()))
-                seen += len(images)
-                if run is not None and epoch == progress["epoch"] and step == 0 and config.wandb.log_images:
-                    _log_images(run, batch, config.wandb.log_images, data.generators)
-                bar.advance(task)
-        epoch_time = time.perf_counter() - started
-        pred = predict(detector, val_loader, device, amp)
-        score, val_metrics = _val_score(pred)
-        improved = progress["best_score"] is None or score > progress["best_score"]
-        if improved:
-            progress.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-            best = tensors_of(detector)
-        else:
-            progress["bad_epochs"] += 1
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "train_images": seen,
-            "epoch_seconds": epoch_time,
-            "lr": scheduler.get_last_lr()[0],
-            **{f"val_{k}": v for k, v in val_metrics.items() if k in ("auc", "ap", "loss", "acc_05", "ece")},
-        }
-        progress["history"].append(record)
-        progress["epoch"] = epoch + 1
-        if info.is_main:
-            for _index, reason in skipped[:5]:
-                console.print(f"[yellow]skipped[/] {reason}")
-            console.print(
-                f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, val AUC {record['val_auc']:.4f}, "
-                f"val loss {record['val_loss']:.4f}, {epoch_time:.1f}s"
-                + (" [green](best)[/]" if improved else "")
-            )
-            save_train_state(out, detector, optimizer, scheduler, progress, best if improved else None)
-            if run is not None:
-                run.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        losses, seen, skipped, epoch_time = _train_epoch(r, epoch, first=epoch == progress["epoch"])
+        best = _validate_epoch(r, epoch, progress, best, losses, seen, skipped, epoch_time)
         distributed.barrier(info)
+    return _finish(r, progress, best)
 
+
+def _setup(config, console, show_progress, info, device) -> _Run:
+    """Seed, then build the model (backbone, heads, the method's trainable parts) on ``device``."""
+    data = load_data(config)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    backbone = create_backbone(config.model)
+    generators = data.generators if config.model.generator_head else []
+    classifier = RealFakeModel(backbone, generators)
+    state: MethodState = prepare_method(classifier, config.method)
+    classifier.to(device)
+    size = int(config.data.image_size or backbone.preprocess.image_size)
+    return _Run(config, Path(config.out), info, device, console, show_progress, data, classifier, state, size)
+
+
+def _resume_state(r: _Run, resume: bool) -> dict | None:
+    """The saved training state to continue from (None: start fresh); refuses a changed config."""
+    saved = load_train_state(r.out) if resume else None
+    if resume and saved is None and r.info.is_main:
+        r.console.print(f"[yellow]--resume: no training state in {r.out}; starting from scratch[/]")
+    if saved is not None and (r.out / "config.yaml").is_file():
+        import yaml
+
+        mismatch = _compatible(yaml.safe_load((r.out / "config.yaml").read_text()) or {}, to_dict(r.config))
+        if mismatch:
+            raise CheckpointError(f"cannot resume {r.out}: the config differs in {mismatch}")
+    return saved
+
+
+def _make_loaders(r: _Run) -> None:
+    """Augmented, rank-sharded training batches and plain validation batches."""
+    config, data = r.config, r.data
+    augment = train_transform(config.data.augment, r.size, seed=config.seed * 1000 + r.info.rank)
+    train_ds = CorpusDataset(data.train, augment, data.generators)
+    val_ds = CorpusDataset(data.val, eval_transform(r.size), data.generators)
+    r.sampler = DistributedSampler(
+        train_ds, num_replicas=r.info.world_size, rank=r.info.rank, shuffle=True, seed=config.seed
+    )
+    # A ragged last batch of one image breaks BatchNorm in training mode: drop it when there is more.
+    drop_last = len(r.sampler) > config.data.batch_size
+    r.train_loader = make_loader(
+        train_ds, config.data.batch_size, config.data.workers, sampler=r.sampler, drop_last=drop_last
+    )
+    r.val_loader = make_loader(val_ds, config.data.batch_size, config.data.workers)
+    r.steps_per_epoch = len(r.train_loader)
+    if config.optim.max_steps_per_epoch:
+        r.steps_per_epoch = min(r.steps_per_epoch, config.optim.max_steps_per_epoch)
+
+
+def _make_optimizer(r: _Run) -> None:
+    """AdamW over the trainable parameters with linear warm-up and cosine decay."""
+    optim = r.config.optim
+    total_steps = max(1, r.steps_per_epoch * optim.epochs)
+    warmup = max(1, int(round(optim.warmup_epochs * r.steps_per_epoch)))
+    r.params = [p for p in r.classifier.parameters() if p.requires_grad]
+    r.optimizer = torch.optim.AdamW(r.params, lr=optim.lr, weight_decay=optim.weight_decay)
+    r.scheduler = torch.optim.lr_scheduler.LambdaLR(r.optimizer, lr_lambda(total_steps, warmup))
+
+
+def _start(r: _Run) -> None:
+    """Wrap the model for DDP, open the wandb run and say what is trained on what."""
+    config, info, device = r.config, r.info, r.device
+    r.model = r.classifier
+    if info.enabled:
+        r.model = DistributedDataParallel(
+            r.classifier,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    r.run = _wandb_run(config, r.out, r.console) if info.is_main else None
+    r.amp = config.optim.amp and device.type == "cuda"
+    if info.is_main:
+        r.console.print(
+            f"[bold]{config.method.name}[/] on {config.model.backbone} ({r.size}px, {device}, world {info.world_size}): "
+            f"{r.state.trainable:,} trainable of {r.state.total:,} parameters; "
+            f"train {len(r.data.train)} / val {len(r.data.val)} images"
+        )
+
+
+def _train_epoch(r: _Run, epoch: int, first: bool):
+    """One pass over the training batches; returns (losses, images seen, skipped files, seconds)."""
+    config, info, device = r.config, r.info, r.device
+    r.sampler.set_epoch(epoch)
+    set_train_mode(r.classifier, config.method.name)
+    started = time.perf_counter()
+    losses, seen, skipped = [], 0, []
+    bar = _progress(r.console, r.show_progress)
+    with bar:
+        task = bar.add_task(f"epoch {epoch + 1}/{config.optim.epochs}", total=r.steps_per_epoch)
+        for step, batch in enumerate(r.train_loader):
+            if step >= r.steps_per_epoch:
+                break
+            skipped.extend(batch["errors"])
+            has_data = torch.tensor(1.0 if "image" in batch else 0.0)
+            if info.enabled:  # every rank must take the same steps, or DDP would hang
+                dist.all_reduce(has_data, op=dist.ReduceOp.MIN)
+            if has_data.item() == 0:
+                bar.advance(task)
+                continue
+            images = batch["image"].to(device, non_blocking=True)
+            loss = _step(r, images, batch)
+            losses.append(float(loss.detach()))
+            seen += len(images)
+            if r.run is not None and first and step == 0 and config.wandb.log_images:
+                _log_images(r.run, batch, config.wandb.log_images, r.data.generators)
+            bar.advance(task)
+    return losses, seen, skipped, time.perf_counter() - started
+
+
+def _step(r: _Run, images: torch.Tensor, batch: dict) -> torch.Tensor:
+    """One optimiser step: real/fake loss, the generator loss and the method's regularisers."""
+    config, device = r.config, r.device
+    target = batch["target"].to(device).float()
+    with autocast(device, r.amp):
+        outputs = r.model(images)
+    loss = F.binary_cross_entropy_with_logits(outputs["logit"].float(), target)
+    if "generator_logits" in outputs and config.optim.generator_loss_weight > 0:
+        gen_loss = F.cross_entropy(
+            outputs["generator_logits"].float(), batch["generator"].to(device), ignore_index=-1
+        )
+        loss = loss + config.optim.generator_loss_weight * gen_loss
+    reg = method_regularisers(r.state, config.method.orth_weight, config.method.ksv_weight)
+    if reg is not None:
+        loss = loss + reg
+    r.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(r.params, config.optim.grad_clip)
+    r.optimizer.step()
+    r.scheduler.step()
+    return loss
+
+
+def _validate_epoch(r: _Run, epoch, progress, best, losses, seen, skipped, epoch_time):
+    """Score validation, keep the best weights, record the epoch, save the resumable state (rank 0).
+    Returns the best weights so far."""
+    pred = predict(r.classifier, r.val_loader, r.device, r.amp)
+    score, val_metrics = _val_score(pred)
+    improved = progress["best_score"] is None or score > progress["best_score"]
+    if improved:
+        progress.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+        best = tensors_of(r.classifier)
+    else:
+        progress["bad_epochs"] += 1
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        "train_images": seen,
+        "epoch_seconds": epoch_time,
+        "lr": r.scheduler.get_last_lr()[0],
+        **{f"val_{k}": v for k, v in val_metrics.items() if k in ("auc", "ap", "loss", "acc_05", "ece")},
+    }
+    progress["history"].append(record)
+    progress["epoch"] = epoch + 1
+    if r.info.is_main:
+        for _index, reason in skipped[:5]:
+            r.console.print(f"[yellow]skipped[/] {reason}")
+        r.console.print(
+            f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, val AUC {record['val_auc']:.4f}, "
+            f"val loss {record['val_loss']:.4f}, {epoch_time:.1f}s"
+            + (" [green](best)[/]" if improved else "")
+        )
+        save_train_state(r.out, r.classifier, r.optimizer, r.scheduler, progress, best if improved else None)
+        if r.run is not None:
+            r.run.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+    return best
+
+
+def _finish(r: _Run, progress: dict, best) -> TrainResult:
+    """Load the best weights, calibrate on validation, merge the method's parts and save the checkpoint."""
+    config, info, console, classifier = r.config, r.info, r.console, r.classifier
     if best is not None:
-        detector.load_state_dict(best)
-    pred = predict(detector, val_loader, device, amp)
+        classifier.load_state_dict(best)
+    pred = predict(classifier, r.val_loader, r.device, r.amp)
     calibrator = _calibrate(config, pred, console if info.is_main else None)
-    finalize(detector, state)
+    finalize(classifier, r.state)
     probs = calibrator(pred.logits)
     val_metrics = detection_metrics(pred.targets, probs, calibrator.threshold).as_dict()
     val_metrics["ap"] = average_precision(pred.targets, probs)
@@ -330,24 +406,25 @@ def _train(config, resume, console, show_progress, info, device):
     if pred.errors and info.is_main:
         console.print(
             f"[yellow]warning:[/] {len(pred.errors)} validation image(s) unreadable; metrics on "
-            f"{len(pred.targets)} of {len(data.val)}: " + "; ".join(r for _i, r in pred.errors[:5])
+            f"{len(pred.targets)} of {len(r.data.val)}: "
+            + "; ".join(reason for _i, reason in pred.errors[:5])
         )
-    card = _card(config, detector, state, data, size, progress, val_metrics, calibrator)
+    card = _card(config, classifier, r.state, r.data, r.size, progress, val_metrics, calibrator)
     if info.is_main:
-        save_checkpoint(out, detector, config, calibrator, card)
+        save_checkpoint(r.out, classifier, config, calibrator, card)
         console.print(
-            f"[bold green]saved[/] {out}: val AUC {val_metrics['auc']:.4f}, ECE {calibrator.ece_before:.4f} -> "
+            f"[bold green]saved[/] {r.out}: val AUC {val_metrics['auc']:.4f}, ECE {calibrator.ece_before:.4f} -> "
             f"{calibrator.ece_after:.4f} ({calibrator.method}), threshold {calibrator.threshold:.4g} "
             f"at target FPR {calibrator.target_fpr}"
         )
-        if run is not None:
-            run.summary.update({f"final/{k}": v for k, v in val_metrics.items() if isinstance(v, float)})
-            run.finish()
+        if r.run is not None:
+            r.run.summary.update({f"final/{k}": v for k, v in val_metrics.items() if isinstance(v, float)})
+            r.run.finish()
     distributed.barrier(info)
-    return TrainResult(card, detector)
+    return TrainResult(card, classifier)
 
 
-def _calibrate(config: TrainConfig, pred: Predictions, console: Console | None) -> Calibrator:
+def _calibrate(config: TrainConfig, pred: LogitPredictions, console: Console | None) -> Calibrator:
     method = config.calibration.method
     both = len(set(pred.targets.tolist())) == 2
     if method == "isotonic" and not both:
@@ -361,14 +438,14 @@ def _calibrate(config: TrainConfig, pred: Predictions, console: Console | None) 
 
 
 def _card(
-    config, detector: Detector, state, data: TrainData, size, progress, metrics, calibrator
+    config, model: RealFakeModel, state, data: TrainData, size, progress, metrics, calibrator
 ) -> dict[str, Any]:
     history = progress["history"]
     return {
         "detector_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "backbone": config.model.backbone,
-        "weights_id": getattr(detector.backbone, "weights_id", None),
+        "weights_id": getattr(model.backbone, "weights_id", None),
         "method": config.method.name,
         "targets": state.targets,
         "effort_rank": config.method.rank if config.method.name == "effort" else None,
@@ -377,7 +454,7 @@ def _card(
         "total_parameters": state.total,
         "image_size": size,
         # The generator head's classes (empty without one); the checkpoint loader rebuilds the head from it.
-        "generators": list(detector.generators),
+        "generators": list(model.generators),
         "data": {
             "corpus": config.data.corpus,
             "train_images": len(data.train),

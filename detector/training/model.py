@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from detector.config import ConfigError
 from detector.effort import apply_effort, effort_targets, merge_effort, select_targets
 from detector.effort.apply import EffortTarget
 from detector.training.config import METHODS, MethodConfig, ModelConfig
@@ -30,7 +31,7 @@ def create_backbone(config: ModelConfig, for_loading: bool = False) -> nn.Module
     return registry_create(config.backbone, pretrained=config.pretrained)
 
 
-class Detector(nn.Module):
+class RealFakeModel(nn.Module):
     """``forward(images in [0, 1])`` -> ``{"logit": B, "generator_logits": B x G (if a head)}``."""
 
     def __init__(self, backbone: nn.Module, generators: Sequence[str] | None = None):
@@ -81,10 +82,10 @@ def _freeze(module: nn.Module) -> None:
         parameter.requires_grad_(False)
 
 
-def prepare_method(detector: Detector, config: MethodConfig) -> MethodState:
+def prepare_method(detector: RealFakeModel, config: MethodConfig) -> MethodState:
     """Set ``requires_grad`` (and wrap weights) for ``config.name``; heads always train."""
     if config.name not in METHODS:
-        raise ValueError(f"unknown method {config.name!r}; choose one of {METHODS}")
+        raise ConfigError(f"unknown method {config.name!r}; choose one of {METHODS}")
     model = detector.backbone.model
     state = MethodState(config.name)
     if config.name == "linear-probe":
@@ -119,11 +120,11 @@ def prepare_method(detector: Detector, config: MethodConfig) -> MethodState:
     return state
 
 
-def _head_params(detector: Detector) -> list[nn.Parameter]:
+def _head_params(detector: RealFakeModel) -> list[nn.Parameter]:
     return list(detector.generator_head.parameters()) if detector.generator_head is not None else []
 
 
-def set_train_mode(detector: Detector, method: str) -> None:
+def set_train_mode(detector: RealFakeModel, method: str) -> None:
     """Train mode, except that methods which keep the backbone's knowledge also keep its
     normalisation statistics: BatchNorm running stats update only under full fine-tuning."""
     detector.train()
@@ -146,7 +147,7 @@ def method_regularisers(state: MethodState, orth_weight: float, ksv_weight: floa
     return total
 
 
-def finalize(detector: Detector, state: MethodState) -> None:
+def finalize(detector: RealFakeModel, state: MethodState) -> None:
     """Fold LoRA adapters / Effort residuals into plain weights (in place)."""
     if state.name == "effort" or effort_targets(detector.backbone.model):
         merge_effort(detector.backbone.model)

@@ -1,4 +1,4 @@
-"""Batched inference of a :class:`~detector.training.model.Detector` over a DataLoader."""
+"""Batched inference of a :class:`~detector.training.model.RealFakeModel` over a DataLoader."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from detector.corpus.dataset import CorpusDataset, collate_skip_errors
 
 
 @dataclass
-class Predictions:
+class LogitPredictions:
     """Raw logits per image that loaded, with targets, generator indices and dataset indices."""
 
     logits: np.ndarray
@@ -52,7 +52,7 @@ def predict(
     device: torch.device,
     amp: bool = True,
     advance: Callable[[int], None] | None = None,
-) -> Predictions:
+) -> LogitPredictions:
     """Logits for every loadable image of ``loader`` (eval mode; bad files listed in ``errors``)."""
     was_training = detector.training
     detector.eval()
@@ -75,6 +75,6 @@ def predict(
     def cat(parts, dtype):
         return torch.cat(parts).numpy().astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
-    return Predictions(
+    return LogitPredictions(
         cat(logits, np.float64), cat(targets, np.int64), cat(gens, np.int64), cat(indices, np.int64), errors
     )

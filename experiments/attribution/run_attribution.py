@@ -32,6 +32,7 @@ from detector.attribution.protocol import (
     fit_head,
     make_splits,
 )
+from detector.evaluation.provenance import provenance
 from detector.io import atomic_write_bytes, atomic_write_text
 
 
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         "scores": result["scores"],
         "enrolment": curve,
         "notes": splits.notes,
+        "provenance": provenance(args.features if args.corpus else None),
     }
     atomic_write_text(args.out / "results.json", json.dumps(out, indent=2) + "\n")
     print(table)

@@ -30,6 +30,7 @@ from sklearn.preprocessing import StandardScaler
 
 from detector.corpus import load_corpus
 from detector.corpus.report import radial_spectrum
+from detector.evaluation.provenance import provenance
 from detector.io import ImageLoadError, atomic_write_text, load_image_array
 
 BINS = 64
@@ -119,6 +120,7 @@ def main() -> None:
         k: int(v)
         for k, v in zip(("real", "fake"), (test_real.sum(), ((splits == "test") & ~real).sum()), strict=True)
     }
+    stamp = provenance(args.corpus)
     lines = [
         "# Baseline: logistic regression on the radial log spectrum, per family vs real",
         "",
@@ -128,7 +130,8 @@ def main() -> None:
         "python experiments/benchmark_baseline/run.py --corpus data/demo --out experiments/benchmark_baseline",
         "```",
         "",
-        f"Corpus: {int(real.sum())} real, {int((~real).sum())} fake images ({args.corpus}). Feature: {BINS}-ring "
+        f"Corpus: {int(real.sum())} real, {int((~real).sum())} fake images ({args.corpus}, manifest sha256 "
+        f"`{stamp['corpus_sha256']}`), run {stamp['date']} at commit `{stamp['commit']}`. Feature: {BINS}-ring "
         "radially averaged log power spectrum of the luminance, standardised; logistic regression (C=1).",
         "",
         "- `auc_family_cv` / `auc_generator_cv`: real vs that family / generator, 5-fold StratifiedGroupKFold over "

@@ -28,6 +28,7 @@ import torch
 from detector.config import load_config
 from detector.corpus import load_corpus, write_manifest
 from detector.evaluation import EvalConfig, evaluate
+from detector.evaluation.provenance import provenance
 from detector.io import atomic_write_text
 from detector.training import TrainConfig, train
 
@@ -225,7 +226,11 @@ def main() -> None:
             results.append(result)
     table = summarise(results)
     folder = Path(args.results)
-    atomic_write_text(folder / "results.json", json.dumps({"runs": results, "table": table}, indent=2) + "\n")
+    atomic_write_text(
+        folder / "results.json",
+        json.dumps({"runs": results, "table": table, "provenance": provenance(args.source_corpus)}, indent=2)
+        + "\n",
+    )
     atomic_write_text(folder / "RESULTS.md", render(args, table, time.perf_counter() - started))
     print((folder / "RESULTS.md").read_text())
 

@@ -28,6 +28,7 @@ from detector.bundle.fit import branch_table
 from detector.cli.common import progress_bar
 from detector.corpus import load_corpus
 from detector.evaluation.perturbations import GRID, perturbation
+from detector.evaluation.provenance import provenance
 from detector.fusion.verdict import decide
 from detector.io import ImageLoadError, atomic_write_text, load_image_array
 from detector.scoring import Batch, watermark_branch
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "table.md", "\n".join(lines) + "\n")
+    results["provenance"] = provenance(args.corpus)
     atomic_write_text(args.out / "results.json", json.dumps(results, indent=2) + "\n")
     print("\n".join(lines))
     return results

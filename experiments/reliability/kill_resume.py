@@ -137,6 +137,9 @@ def main() -> None:
             "torn": torn,
             "scores_differing_from_reference": sum(values.get(p) != v for p, v in ref_values.items()),
         }
+    from detector.evaluation.provenance import provenance
+
+    report["provenance"] = provenance()
     print(json.dumps(report, indent=2))
 
 

@@ -96,6 +96,9 @@ def main() -> None:
                 "lines": len(lines),
                 "errors": {Path(r["path"]).name: r["error"] for r in lines if r["error"]},
             }
+    from detector.evaluation.provenance import provenance
+
+    report["provenance"] = provenance()
     print(json.dumps(report, indent=2))
 
 

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "throughput"))
 from bench_score import make_images  # noqa: E402 - the same JPEG crops as experiments/throughput
 
 from detector.bundle import ProvenanceDetector  # noqa: E402
+from detector.evaluation.provenance import provenance
 from detector.io import atomic_write_text, load_image  # noqa: E402
 from detector.scoring import score_stream  # noqa: E402
 from detector.scoring.ray_engine import BundleScorer, score_ray  # noqa: E402
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results["torch_threads"] = torch.get_num_threads()
     results["load_average"] = list(np.round(__import__("os").getloadavg(), 2))
+    results["provenance"] = provenance()
     atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return results

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from detector.corpus.photos import bundled_photos, load_photos  # noqa: E402
+from detector.evaluation.provenance import provenance  # noqa: E402
 from detector.service.process import serve_subprocess  # noqa: E402
 
 CONFIGS = {
@@ -170,7 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "WANDB_MODE": "disabled"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    report = {"command": " ".join(sys.argv), "images": args.images, "size": args.size, "clients": args.clients,
+    report = {"provenance": provenance(), "command": " ".join(sys.argv), "images": args.images, "size": args.size, "clients": args.clients,
               "threads": args.threads, "cpus": os.cpu_count(), "configs": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

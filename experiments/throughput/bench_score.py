@@ -37,6 +37,7 @@ from PIL import Image
 from detector.bundle import ProvenanceDetector
 from detector.corpus.dataset import resize_transform, stack_images
 from detector.corpus.photos import load_photos
+from detector.evaluation.provenance import provenance
 from detector.io import atomic_write_text, load_image
 
 CONFIGS = {
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {name} | {value:.1f} | {value / raw:.2f} |")
     print(f"rounds: {result['rounds']}")
     if args.out:
+        result["provenance"] = provenance()
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     return result
 

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from detector.evaluation.provenance import corpus_hash, git_commit
 
 #: No resampling augmentation (no random resized crop, no down-up resize): resampling smears the
 #: high-frequency traces a generator leaves, which may push a model towards content cues instead.
@@ -75,24 +75,6 @@ def photo_bootstrap(
         pick = rng.choice(names, size=len(names), replace=True)
         stats.append(np.concatenate([per_photo[p] for p in pick]).mean())
     return float(np.quantile(stats, 0.025)), float(np.quantile(stats, 0.975))
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        )
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def corpus_hash(manifest: Path) -> str:
-    """sha256 of the manifest (paths, labels, groups = photo names, splits): names the corpus exactly."""
-    return hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
 
 
 def base_recipe(name: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detector.features.inversion.models import DiffusionModel
+from detector.features.inversion.models import DiffusionModel, InversionError
 
 
 def _accepted(cls, config: dict) -> dict:
@@ -31,7 +31,7 @@ def schedulers(model: DiffusionModel, num_steps: int):
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
     if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        raise InversionError(f"num_steps must be >= 1, got {num_steps}")
     config = dict(model.scheduler_config)
     config.update(clip_sample=False, thresholding=False)
     forward = DDIMScheduler.from_config(_accepted(DDIMScheduler, config))
@@ -39,7 +39,7 @@ def schedulers(model: DiffusionModel, num_steps: int):
     forward.set_timesteps(num_steps)
     inverse.set_timesteps(num_steps)
     if forward.timesteps.flip(0).tolist() != inverse.timesteps.tolist():
-        raise ValueError(
+        raise InversionError(
             f"scheduler config gives mismatched grids: sampling {forward.timesteps.tolist()} vs inversion "
             f"{inverse.timesteps.tolist()}"
         )
@@ -105,5 +105,5 @@ def single_step_error(
     elif kind == "sample":
         z0_hat = output
     else:
-        raise ValueError(f"unsupported prediction_type {kind!r}")
+        raise InversionError(f"unsupported prediction_type {kind!r}")
     return (z0 - z0_hat).abs()

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from detector.backbones.base import Preprocess, autocast_context
 from detector.features.inversion.ddim import ddim_invert, ddim_sample, single_step_error
-from detector.features.inversion.models import DiffusionModel
+from detector.features.inversion.models import DiffusionModel, InversionError
 
 MODES = ("lare", "dire", "fakeinversion", "all")
 MAP_STATS = ("mean", "std", "p50", "p90", "p99", "max")
@@ -40,9 +40,9 @@ class InversionConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"inversion mode must be one of {MODES}, got {self.mode!r}")
+            raise InversionError(f"inversion mode must be one of {MODES}, got {self.mode!r}")
         if self.num_steps < 1:
-            raise ValueError("num_steps must be >= 1")
+            raise InversionError("num_steps must be >= 1")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class InversionOutputs:
     def stack(self) -> Tensor:
         """FakeInversion's classifier input: [x, D(z_T), D(z_0)] as B x 9 x H x W."""
         if self.decoded_noise is None or self.reconstruction is None:
-            raise ValueError("the FakeInversion stack needs mode 'fakeinversion', 'dire' or 'all'")
+            raise InversionError("the FakeInversion stack needs mode 'fakeinversion', 'dire' or 'all'")
         return torch.cat([self.image, self.decoded_noise, self.reconstruction], dim=1)
 
 

@@ -26,6 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from detector.backbones.base import state_dict_hash
+from detector.errors import DetectorError
+
+
+class InversionError(DetectorError, ValueError):
+    """A diffusion model or inversion setting cannot be used: not a diffusers folder, bad mode or steps."""
+
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
@@ -176,7 +182,7 @@ def _model_class(name: str):
 
         cls = getattr(transformers, name, None)
     if cls is None:
-        raise ValueError(f"unknown component class {name!r}")
+        raise InversionError(f"unknown component class {name!r}")
     return cls
 
 
@@ -230,7 +236,7 @@ def _load(source: str, revision: str | None) -> DiffusionModel:
         return _load_component_folders(folder)
     if local and not (folder / "model_index.json").exists():
         if not (folder / "config.json").exists():
-            raise ValueError(
+            raise InversionError(
                 f"{folder}: not a diffusers folder (no model_index.json, no unet/config.json, "
                 "and no config.json of a UNet)"
             )
@@ -238,20 +244,20 @@ def _load(source: str, revision: str | None) -> DiffusionModel:
         unet = _model_class(config.get("_class_name", "UNet2DModel")).from_pretrained(folder)
         scheduler_path = folder / "scheduler_config.json"
         if not scheduler_path.exists():
-            raise ValueError(f"{folder}: a UNet folder needs scheduler_config.json beside config.json")
+            raise InversionError(f"{folder}: a UNet folder needs scheduler_config.json beside config.json")
         scheduler = json.loads(scheduler_path.read_text())
         return DiffusionModel(unet, scheduler, name=folder.name, weights_id=_folder_weights_id(folder))
     if not local and Path(source).suffix in _WEIGHT_SUFFIXES:
-        raise ValueError(f"{source}: not found (expected a diffusers folder or a hub id)")
+        raise InversionError(f"{source}: not found (expected a diffusers folder or a hub id)")
     try:
         index = diffusers.DiffusionPipeline.load_config(source, revision=revision)
     except Exception as exc:  # hub errors, missing files: one clear message
-        raise ValueError(
+        raise InversionError(
             f"{source}: cannot read model_index.json ({type(exc).__name__}: {exc}); expected a local diffusers "
             "folder or a hub id reachable over the network"
         ) from None
     if "unet" not in index:
-        raise ValueError(f"{source}: the pipeline has no unet component (components: {sorted(index)})")
+        raise InversionError(f"{source}: the pipeline has no unet component (components: {sorted(index)})")
 
     def component(name: str):
         entry = index.get(name)
@@ -280,7 +286,7 @@ def _load_component_folders(folder: Path) -> DiffusionModel:
 
     scheduler_path = folder / "scheduler" / "scheduler_config.json"
     if not scheduler_path.exists():
-        raise ValueError(f"{folder}: unet/ found but no scheduler/scheduler_config.json")
+        raise InversionError(f"{folder}: unet/ found but no scheduler/scheduler_config.json")
     vae = load("vae") if (folder / "vae" / "config.json").exists() else None
     return DiffusionModel(
         load("unet"),

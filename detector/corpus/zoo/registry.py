@@ -14,8 +14,9 @@ from types import ModuleType
 
 import torch
 
-from detector.zoo import autoencoder, ddpm, gan, sdedit, superres, vqar
-from detector.zoo.base import (
+from detector.corpus.manifest import CorpusError
+from detector.corpus.zoo import autoencoder, ddpm, gan, sdedit, superres, vqar
+from detector.corpus.zoo.base import (
     GeneratorSpec,
     ModelSpec,
     is_done,
@@ -23,6 +24,11 @@ from detector.zoo.base import (
     publish_dir,
     temp_dir_beside,
 )
+
+
+class UnknownGeneratorError(CorpusError):
+    """A generator or zoo model name the zoo does not have."""
+
 
 FAMILY_MODULES: dict[str, ModuleType] = {
     m.FAMILY: m for m in (ddpm, sdedit, autoencoder, gan, superres, vqar)
@@ -44,14 +50,14 @@ def get_generator(name: str) -> GeneratorSpec:
     try:
         return GENERATORS[name]
     except KeyError:
-        raise KeyError(f"unknown generator {name!r}; known: {', '.join(GENERATORS)}") from None
+        raise UnknownGeneratorError(f"unknown generator {name!r}; known: {', '.join(GENERATORS)}") from None
 
 
 def get_model_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(MODELS)}") from None
+        raise UnknownGeneratorError(f"unknown zoo model {name!r}; known: {', '.join(MODELS)}") from None
 
 
 def ensure_model(
@@ -73,7 +79,7 @@ def ensure_model(
     if is_done(folder):
         return folder, False
     if pool is None:
-        raise ValueError(f"{name} is not cached in {cache} and no training pool was given")
+        raise CorpusError(f"{name} is not cached in {cache} and no training pool was given")
     tmp = temp_dir_beside(folder)
     try:
         data = pool() if callable(pool) else pool
@@ -101,5 +107,5 @@ def generate(
     Conditional generators need ``sources`` (N real crops, same layout)."""
     spec = get_generator(generator)
     if spec.conditional and (sources is None or len(sources) != n):
-        raise ValueError(f"{generator} turns real crops into fakes: pass {n} source crops")
+        raise CorpusError(f"{generator} turns real crops into fakes: pass {n} source crops")
     return FAMILY_MODULES[spec.family].generate(model, spec, n, sources, seed_parts, size)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from detector.zoo import ddpm
-from detector.zoo.base import GeneratorSpec, ModelSpec, resize, torch_generator
+from detector.corpus.manifest import CorpusError
+from detector.corpus.zoo import ddpm
+from detector.corpus.zoo.base import GeneratorSpec, ModelSpec, resize, torch_generator
 
 FAMILY = "sdedit"
 MODELS: list[ModelSpec] = []  # uses the ddpm family's model
@@ -32,7 +33,7 @@ GENERATORS = [
 
 
 def train(spec: ModelSpec, pool, seed, steps, folder: Path, progress=None) -> None:  # pragma: no cover
-    raise ValueError("sdedit has no model of its own; it uses the ddpm family's model")
+    raise CorpusError("sdedit has no model of its own; it uses the ddpm family's model")
 
 
 load = ddpm.load

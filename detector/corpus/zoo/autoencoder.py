@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from detector.zoo.base import (
+from detector.corpus.zoo.base import (
     GeneratorSpec,
     ModelSpec,
     load_module,
     random_patches,
     train_paired,
 )
-from detector.zoo.losses import reconstruction_loss
+from detector.corpus.zoo.losses import reconstruction_loss
 
 FAMILY = "autoencoder"
 PATCH = 64

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from detector.zoo.base import (
+from detector.corpus.zoo.base import (
     GeneratorSpec,
     ModelSpec,
     folder_steps,
@@ -134,7 +134,7 @@ def load_zoo_ddpm(cache_dir: str | Path, variant: str = DDPM_MODEL, seed: int = 
 
 
 def zoo_ddpm_folder(cache_dir: str | Path, variant: str = DDPM_MODEL, seed: int = 0) -> Path:
-    """The folder trained with today's training config (see :func:`~detector.zoo.base.model_dir`) with
+    """The folder trained with today's training config (see :func:`~detector.corpus.zoo.base.model_dir`) with
     the most training steps (``unet/`` + ``scheduler/``, a layout
     :func:`detector.features.inversion.load_diffusion_model` reads)."""
     cache_dir = Path(cache_dir)

@@ -6,9 +6,9 @@ Families (two or more generators each): ``ddpm`` (unconditional diffusion sample
 ``registry`` for names and ``ddpm.load_zoo_ddpm`` for the project's own offline diffusion model.
 """
 
-from detector.zoo.base import GeneratorSpec, ModelSpec
-from detector.zoo.ddpm import load_zoo_ddpm, zoo_ddpm_folder
-from detector.zoo.registry import (
+from detector.corpus.zoo.base import GeneratorSpec, ModelSpec
+from detector.corpus.zoo.ddpm import load_zoo_ddpm, zoo_ddpm_folder
+from detector.corpus.zoo.registry import (
     GENERATORS,
     MODELS,
     ensure_model,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.zoo.base import (
+from detector.corpus.zoo.base import (
     GeneratorSpec,
     ModelSpec,
     load_module,
@@ -23,7 +23,7 @@ from detector.zoo.base import (
     train_paired,
     upsample2x,
 )
-from detector.zoo.losses import reconstruction_loss
+from detector.corpus.zoo.losses import reconstruction_loss
 
 FAMILY = "sr"
 PATCH = 64

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from detector.corpus.manifest import CorpusError
+
 DONE = ".done"
 
 
@@ -154,7 +156,7 @@ def upsample2x(cin: int, cout: int, kind: str) -> torch.nn.Module:
         return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1))
     if kind == "shuffle":
         return nn.Sequential(nn.Conv2d(cin, cout * 4, 3, padding=1), nn.PixelShuffle(2))
-    raise ValueError(f"unknown upsampler {kind!r}; known: tconv, nearest, shuffle")
+    raise CorpusError(f"unknown upsampler {kind!r}; known: tconv, nearest, shuffle")
 
 
 def save_module(
@@ -171,10 +173,6 @@ def save_module(
 def load_module(module: torch.nn.Module, folder: Path) -> torch.nn.Module:
     module.load_state_dict(load_file(str(folder / "model.safetensors")))
     return module.eval()
-
-
-def read_card(folder: Path) -> dict:
-    return json.loads((folder / "card.json").read_text())
 
 
 #: Bump when training code changes in a way a ModelSpec does not show (a new loss term, a schedule):

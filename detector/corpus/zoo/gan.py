@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.zoo.base import (
+from detector.corpus.zoo.base import (
     GeneratorSpec,
     ModelSpec,
     load_module,

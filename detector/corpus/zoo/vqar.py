@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from detector.zoo.base import GeneratorSpec, ModelSpec, torch_generator
+from detector.corpus.zoo.base import GeneratorSpec, ModelSpec, torch_generator
 
 FAMILY = "vqar"
 MODELS = [
