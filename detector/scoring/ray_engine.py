@@ -25,13 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.io import (
-    DEFAULT_MAX_PIXELS,
-    KEEP_PIXELS,
-    MIN_SCORE_SIDE,
-    ImageLoadError,
-    load_image,
-)
+from detector.data import decode
+from detector.io import DEFAULT_MAX_PIXELS, ImageLoadError
 from detector.result import ProvenanceResult, csv_columns
 from detector.scoring.pipeline import Pipeline
 from detector.scoring.stream import OUTPUT_FORMATS, ScoreSummary, ScoringError, open_writer, pending_inputs
@@ -97,21 +92,13 @@ def decode_batch(row: dict, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict
     pixels, heights, widths, errors = [], [], [], []
     for path in paths:
         try:
-            source = _source(path)
-            # as the bundle's pipeline reads it (see detector.scoring.stream._decode)
-            image = load_image(
-                source, max_pixels=max_pixels, min_side=MIN_SCORE_SIDE, keep_pixels=KEEP_PIXELS
-            )
-        except Exception as exc:  # a decoder bug on a hostile file costs that file's line, not the run
-            reason = (
-                exc.reason
-                if isinstance(exc, ImageLoadError)
-                else f"cannot decode ({type(exc).__name__}: {exc})"
-            )
+            # decoded as every scorer reads a file (detector.data.decode: minimum side, kept pixels)
+            image = decode(_source(path), max_pixels=max_pixels)
+        except ImageLoadError as exc:
             pixels.append(b"")
             heights.append(0)
             widths.append(0)
-            errors.append(reason)
+            errors.append(exc.reason)
             continue
         array = np.asarray(image, dtype=np.uint8)
         pixels.append(array.tobytes())
