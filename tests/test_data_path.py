@@ -177,3 +177,14 @@ def test_decoded_batches_keep_order_and_report_errors_in_place(tmp_path):
         assert [type(item).__name__ for item in flat].count("ImageLoadError") == 1
         assert flat[2].path == paths[2] and "not an image" in flat[2].reason
         assert np.array_equal(np.asarray(flat[0]), np.asarray(decode(paths[0])))
+
+
+def test_service_uploads_are_decoded_like_files(tmp_path):
+    from detector.service.uploads import ServiceError, decode_upload
+
+    photo = _photo(tmp_path / "a.jpg", 200, 150, 3)
+    upload = decode_upload("a.jpg", photo.read_bytes(), 64_000_000, str(tmp_path))
+    assert np.array_equal(np.asarray(upload.image), np.asarray(decode(photo)))
+    tiny = _photo(tmp_path / "t.png", 12, 10, 4)  # below the 16 px a scorer needs: refused, as by the CLI
+    with pytest.raises(ServiceError, match="too small"):
+        decode_upload("t.png", tiny.read_bytes(), 64_000_000, str(tmp_path))
