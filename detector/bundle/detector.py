@@ -14,15 +14,14 @@ the key is a secret and belongs where its owner keeps it).
 The pipeline it runs: one backbone forward per batch (at the checkpoint's input size) feeds the
 detector head (calibrated P(fake), branch ``detector``) and the attribution head (top-k generators and
 the distance to the nearest known generator, which is also a passive branch: ``attribution_distance``);
-two optional passive branches add RIGID (``rigid``: the same
-backbone's embedding stability under noise) and diffusion inversion (``inversion``: a reconstruction-error
-score, when the bundle was fitted with a diffusion model, :mod:`detector.bundle.inversion`); each can be
-switched off at load time, and the fusion then uses its model fitted without that branch. Every branch is
-one of the adapters of :mod:`detector.scoring.branches`, and the pixels are those of :mod:`detector.data`
-at the checkpoint's input size: what training, evaluation and bundle fitting saw. The watermark decoder, when referenced, adds its
-evidence; the fusion turns it all into one
-:class:`~detector.result.ProvenanceResult`. Everything is safetensors or JSON: loading a bundle runs no
-pickled code.
+two optional passive branches add RIGID (``rigid``: the same backbone's embedding stability under noise)
+and diffusion inversion (``inversion``: a reconstruction-error score, when the bundle was fitted with a
+diffusion model, :mod:`detector.bundle.inversion`); each can be switched off at load time, and the fusion
+then uses its model fitted without that branch. Every branch is one of the adapters of
+:mod:`detector.scoring.branches`, and the pixels are those of :mod:`detector.data` at the checkpoint's
+input size: what training, evaluation and bundle fitting saw. The watermark decoder, when referenced,
+adds its evidence; the fusion turns it all into one :class:`~detector.result.ProvenanceResult`.
+Everything is safetensors or JSON: loading a bundle runs no pickled code.
 """
 
 from __future__ import annotations

@@ -29,7 +29,14 @@ from detector.data import decode
 from detector.io import DEFAULT_MAX_PIXELS, ImageLoadError
 from detector.result import ProvenanceResult, csv_columns
 from detector.scoring.pipeline import Pipeline
-from detector.scoring.stream import OUTPUT_FORMATS, ScoreSummary, ScoringError, open_writer, pending_inputs
+from detector.scoring.stream import (
+    OUTPUT_FORMATS,
+    ScoreSummary,
+    ScoringError,
+    open_writer,
+    pending_inputs,
+    write_batch,
+)
 
 RAY_MISSING = 'the Ray engine needs Ray Data: pip install "detector[ray]" (ray[data] and pyarrow)'
 #: Pending paths handed to Ray per dataset: bounds the driver's memory; actors reload once per window.
@@ -259,12 +266,7 @@ def score_ray(
                     raise ScoringError(f"Ray returned batch {row['index']} where {expected} was due")
                 expected += 1
                 results = [ProvenanceResult.from_json(line) for line in row["lines"]]
-                writer.write(results)
-                for result in results:
-                    summary.add(result)
-                summary.total += len(results)
-                if progress:
-                    progress(len(results))
+                write_batch(writer, summary, results, progress)
             if expected != len(rows):
                 raise ScoringError(f"Ray returned {expected} of {len(rows)} batches")
         finished = True

@@ -349,6 +349,16 @@ def open_writer(out: str | os.PathLike, fmt: str, columns: Sequence[str], expect
     return ResultWriter(out, fmt, columns, expect=expect)
 
 
+def write_batch(writer, summary: ScoreSummary, results: Sequence[ProvenanceResult], progress=None) -> None:
+    """Write one batch's results (one write: a kill tears at most its last record) and count them."""
+    writer.write(results)
+    for result in results:
+        summary.add(result)
+    summary.total += len(results)
+    if progress:
+        progress(len(results))
+
+
 def pending_inputs(
     sources: Iterable[str | os.PathLike],
     done: set[str],
@@ -409,12 +419,7 @@ def score_stream(
         # threads; without workers the next batch is decoded only once this one is written and released
         with closing(pipeline.score_paths(todo(), batch_size, max_pixels, workers)) as batches:
             for results in batches:
-                writer.write(results)
-                for result in results:
-                    summary.add(result)
-                summary.total += len(results)
-                if progress:
-                    progress(len(results))
+                write_batch(writer, summary, results, progress)
         finished = True
     finally:
         writer.close(finished)
