@@ -368,7 +368,12 @@ def write_bundle(
             shutil.copyfile(checkpoint / name, out / DETECTOR_DIR / name)
     fusion.save(out / FUSION_FILE)
     if head is not None:
-        head.metadata = {"backbone": card.get("backbone"), "weights_id": card.get("weights_id")}
+        head.metadata = {
+            "backbone": card.get("backbone"),
+            "weights_id": card.get("weights_id"),
+            "method": card.get("method"),  # a fine-tuned backbone: only the bundle reproduces its features
+            "image_size": det.image_size,
+        }
         head.save(out / ATTRIBUTION_FILE)
     if inversion is not None:
         inversion.save(out)

@@ -64,6 +64,13 @@ def _build_backbone(name: str, pretrained: str | None):
 
 def _backbone_for(head: AttributionHead):
     """The backbone whose features the head was fitted on, as recorded at fit time (checked, not trusted)."""
+    if head.metadata.get("backbone") and "features" not in head.metadata:
+        # written by `detector bundle`: fitted on the bundle detector's own (possibly fine-tuned) backbone
+        # at the checkpoint's input size, which a backbone built by name does not reproduce
+        fail(
+            "this head belongs to a bundle: its features come from the bundle's detector at its input size; "
+            "attribute images with `detector score --model BUNDLE` (each line's attribution)"
+        )
     name = head.metadata.get("backbone")
     if not name:
         fail(
