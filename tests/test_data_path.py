@@ -124,6 +124,9 @@ def test_train_eval_bundle_and_score_feed_the_backbone_identical_pixels(tmp_path
     captured.clear()
     det.score_files([str(p) for p in watched], tmp_path / "scores.jsonl", batch_size=2)
     seen["score_files"] = list(captured)
+    captured.clear()
+    assert all(r.ok for r in det.score_many([tmp_path / "corpus"], batch_size=3))
+    seen["score_many"] = list(captured)
 
     for where, rows in seen.items():
         for path, tensor in expected.items():
@@ -131,6 +134,25 @@ def test_train_eval_bundle_and_score_feed_the_backbone_identical_pixels(tmp_path
     # and the score path saw exactly those two tensors, one forward per image
     assert len(seen["score"]) == 2
     assert all(torch.equal(a, b) for a, b in zip(seen["score"], expected.values(), strict=True))
+
+
+@pytest.mark.slow  # decoding and reducing a 12.8 MP picture twice takes seconds
+def test_a_photo_above_the_kept_pixels_is_reduced_alike_for_training_and_scoring(tmp_path):
+    """Scoring reduces a decoded picture above KEEP_PIXELS (bounded batch memory); training and
+    evaluation read the corpus through the same decode, so they see the same reduced picture."""
+    from detector.corpus import load_corpus
+    from detector.corpus.dataset import CorpusDataset
+    from detector.io import KEEP_PIXELS
+    from detector.training.augment import eval_transform
+
+    x, y = np.arange(4000, dtype=np.uint8)[None, :], np.arange(3200, dtype=np.uint8)[:, None]
+    (tmp_path / "real").mkdir()
+    Image.fromarray(np.stack(np.broadcast_arrays(x, y, x ^ y), axis=-1)).save(tmp_path / "real" / "big.jpg")
+    assert 4000 * 3200 > KEEP_PIXELS
+    picture = decode(tmp_path / "real" / "big.jpg")
+    assert picture.size[0] * picture.size[1] <= KEEP_PIXELS
+    train_side = CorpusDataset(load_corpus(tmp_path), eval_transform(SIZE))[0]["image"]
+    assert torch.equal(train_side, image_batch([picture], SIZE)[0])
 
 
 def test_feature_extraction_and_attribution_use_the_same_rule_at_the_backbones_size(tmp_path, captured):
