@@ -16,7 +16,7 @@ The subclasses, by area (each in the module that raises it):
   (effort.residual), ``InversionError`` (features.inversion.models), ``TrainingError`` (training.engine),
   ``CheckpointError`` (training.checkpoint), ``CalibrationError`` (calibration);
 - evaluation: ``MetricsError`` (metrics), ``EvaluationError`` (evaluation.perturbations);
-- bundles and scoring: ``BundleError`` (bundle.detector), ``BranchFitError`` (bundle.branches),
+- bundles and scoring: ``BundleError`` (bundle.detector), ``BranchFitError`` (bundle.inversion),
   ``AttributionError`` (attribution.head), ``FusionError`` (fusion.model), ``ScoringError``
   (scoring.stream);
 - watermark, credentials, service: ``WatermarkError`` (watermark.api), ``RegistryError``

@@ -182,6 +182,16 @@ def test_rigid_and_inversion_branches_fit_score_and_switch_off(bundle, tmp_path)
     assert full.ok and set(full.branches) == {"detector", "attribution_distance", "rigid", "inversion"}
     assert all(np.isfinite(v) for v in full.branches.values())
     assert 0.0 <= full.branches["rigid"] <= 2.0  # 1 - cosine similarity
+    # each branch is what its model computes on the canonical pixels (detector.data), at the bundle's size
+    from detector.data import decode, image_batch
+    from detector.features.rigid import RigidConfig, rigid_score
+
+    det = load_detector(tmp_path / "b")
+    pixels = image_batch([decode(image)], det.image_size)
+    direct = rigid_score(det.model.backbone, pixels, RigidConfig(**meta["rigid"]))
+    assert full.branches["rigid"] == pytest.approx(float(direct[0]), rel=1e-4, abs=1e-6)
+    direct = det.inversion.decision(det.inversion.features([decode(image)]))
+    assert full.branches["inversion"] == pytest.approx(float(direct[0]), rel=1e-4, abs=1e-6)
 
     fast = ProvenanceDetector.load(tmp_path / "b", rigid=False, inversion=False)
     result = fast.score(image)

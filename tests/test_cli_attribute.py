@@ -206,3 +206,15 @@ def test_images_through_the_recorded_backbone(tmp_path):
         app, ["attribute", "predict", str(tmp_path / "plain.safetensors"), str(tmp_path / "probe")]
     )
     assert result.exit_code == 2 and "--backbone" in result.output
+
+
+def test_a_bundles_head_refuses_images_it_would_read_differently(tiny_bundle, tmp_path):
+    """A bundle's head was fitted on its detector's features at the checkpoint's input size; a backbone
+    built by name (other weights after fine-tuning, another input size) would give it other pixels."""
+    from detector.testing.tinybundle import write_rgb
+
+    write_rgb(tmp_path / "probe" / "a.png", size=(40, 36), seed=1)
+    head = tiny_bundle / "attribution.safetensors"
+    result = runner.invoke(app, ["attribute", "predict", str(head), str(tmp_path / "probe")])
+    assert result.exit_code == 2 and "detector score --model" in " ".join(result.output.split())
+    assert AttributionHead.load(head).metadata["image_size"] == 32

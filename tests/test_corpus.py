@@ -23,7 +23,8 @@ from detector.corpus import (
     validate_corpus,
     write_manifest,
 )
-from detector.corpus.dataset import CorpusDataset, collate_skip_errors, resize_transform
+from detector.corpus.dataset import CorpusDataset, collate_skip_errors
+from detector.data import resize_transform
 
 
 def test_folder_layout_labels_and_generators(folder_corpus):

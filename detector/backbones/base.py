@@ -16,56 +16,35 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-#: Bump when :meth:`Backbone.transform` changes what pixels reach the model (it is part of cache keys).
-TRANSFORM_VERSION = "shortest-side-resize+center-crop/v1"
-
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
-
 
 @dataclass(frozen=True)
 class Preprocess:
-    """What a backbone expects: square side, normalisation, and resize interpolation."""
+    """What a backbone expects: its square input side and normalisation. The pixels themselves (resize
+    rule and interpolation) are the same for every backbone: :func:`detector.data.resize_transform`."""
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
 
     @property
     def key(self) -> str:
         """A stable string naming exactly this preprocessing (used in feature-cache keys)."""
+        from detector.data import INTERPOLATION, TRANSFORM_VERSION
+
         mean = ",".join(f"{v:.6g}" for v in self.mean)
         std = ",".join(f"{v:.6g}" for v in self.std)
-        return f"{TRANSFORM_VERSION};size={self.image_size};mean={mean};std={std};interp={self.interpolation}"
+        return f"{TRANSFORM_VERSION};size={self.image_size};mean={mean};std={std};interp={INTERPOLATION}"
 
     def transform(self):
-        """An albumentations pipeline: shorter side to ``image_size`` with this interpolation, centre crop.
+        """The albumentations transform bringing any ``H x W x 3`` uint8 image to ``image_size`` square:
+        :func:`detector.data.resize_transform`, the one every consumer uses."""
+        from detector.data import resize_transform
 
-        Works on any ``H x W x 3`` uint8 array (what :class:`detector.corpus.dataset.CorpusDataset` feeds).
-        """
-        import albumentations as A
-        import cv2
-
-        flags = {
-            "nearest": cv2.INTER_NEAREST,
-            "bilinear": cv2.INTER_LINEAR,
-            "bicubic": cv2.INTER_CUBIC,
-            "area": cv2.INTER_AREA,
-            "lanczos": cv2.INTER_LANCZOS4,
-        }
-        size = self.image_size
-        return A.Compose(
-            [
-                A.SmallestMaxSize(max_size=size, interpolation=flags[self.interpolation]),
-                A.CenterCrop(size, size),
-            ]
-        )
+        return resize_transform(self.image_size)
 
 
 def state_dict_hash(module: nn.Module) -> str:
@@ -166,5 +145,6 @@ class Backbone(nn.Module, metaclass=abc.ABCMeta):
         return out.float()
 
     def transform(self):
-        """albumentations transform bringing any ``H x W x 3`` uint8 image to ``S x S``."""
+        """albumentations transform bringing any ``H x W x 3`` uint8 image to ``S x S`` (the one rule of
+        :mod:`detector.data`)."""
         return self.preprocess.transform()

@@ -174,7 +174,6 @@ def create_clip(
         image_size=int(size),
         mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
-        interpolation=cfg.get("interpolation", "bicubic"),
     )
     backbone = ClipBackbone(
         f"clip:{model_name}", visual, preprocess, feature_dim=int(visual.output_dim), weights_id=weights_id

@@ -59,7 +59,6 @@ def preprocess_from_timm(model: nn.Module) -> Preprocess:
         image_size=int(cfg["input_size"][-1]),
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),
-        interpolation=str(cfg.get("interpolation", "bicubic")),
     )
 
 

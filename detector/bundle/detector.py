@@ -14,13 +14,14 @@ the key is a secret and belongs where its owner keeps it).
 The pipeline it runs: one backbone forward per batch (at the checkpoint's input size) feeds the
 detector head (calibrated P(fake), branch ``detector``) and the attribution head (top-k generators and
 the distance to the nearest known generator, which is also a passive branch: ``attribution_distance``);
-two optional passive branches (:mod:`detector.bundle.branches`) add RIGID (``rigid``: the same
-backbone's embedding stability under noise) and diffusion inversion (``inversion``: a reconstruction-error
-score, when the bundle was fitted with a diffusion model); each can be switched off at load time, and the
-fusion then uses its model fitted without that branch. The watermark decoder, when referenced, adds its
-evidence; the fusion turns it all into one
-:class:`~detector.result.ProvenanceResult`. Everything is safetensors or JSON: loading a bundle runs no
-pickled code.
+two optional passive branches add RIGID (``rigid``: the same backbone's embedding stability under noise)
+and diffusion inversion (``inversion``: a reconstruction-error score, when the bundle was fitted with a
+diffusion model, :mod:`detector.bundle.inversion`); each can be switched off at load time, and the fusion
+then uses its model fitted without that branch. Every branch is one of the adapters of
+:mod:`detector.scoring.branches`, and the pixels are those of :mod:`detector.data` at the checkpoint's
+input size: what training, evaluation and bundle fitting saw. The watermark decoder, when referenced,
+adds its evidence; the fusion turns it all into one :class:`~detector.result.ProvenanceResult`.
+Everything is safetensors or JSON: loading a bundle runs no pickled code.
 """
 
 from __future__ import annotations
@@ -36,25 +37,35 @@ import torch
 from PIL import Image
 
 from detector.attribution import AttributionHead
-from detector.bundle.branches import INVERSION_BRANCH, RIGID_BRANCH, InversionBranch
+from detector.bundle.inversion import InversionBranch
 from detector.bundle.safety import UnsafeBundle, check_fields, confined_part, verify_hashes
 from detector.devices import resolve_device as _device
 from detector.errors import DetectorError
-from detector.features.rigid import RigidConfig, rigid_score
+from detector.features.rigid import RigidConfig
 from detector.fusion import FusionConfig, FusionModel
-from detector.io import DEFAULT_MAX_PIXELS, MIN_SCORE_SIDE, canonical_path, file_sha256
-from detector.result import AttributionEvidence, ProvenanceResult
-from detector.scoring import Batch, Pipeline, watermark_branch
-from detector.scoring.branches import attribution_evidence
+from detector.io import MIN_SCORE_SIDE, canonical_path, file_sha256
+from detector.result import ProvenanceResult
+from detector.scoring import Pipeline
+from detector.scoring.branches import (
+    DETECTOR_BRANCH,
+    DISTANCE_BRANCH,
+    INVERSION_BRANCH,
+    RIGID_BRANCH,
+    BackboneFeatures,
+    PassiveBranch,
+    attribution_branch,
+    detector_branch,
+    distance_branch,
+    inversion_branch,
+    rigid_branch,
+    watermark_branch,
+)
 
 FORMAT = "detector.bundle/1"
 MANIFEST = "bundle.json"
 DETECTOR_DIR = "detector"
 ATTRIBUTION_FILE = "attribution.safetensors"
 FUSION_FILE = "fusion.safetensors"
-#: Passive branch names (the fusion is fitted on exactly these).
-DETECTOR_BRANCH = "detector"
-DISTANCE_BRANCH = "attribution_distance"
 
 
 class BundleError(DetectorError, ValueError):
@@ -133,8 +144,6 @@ class ProvenanceDetector:
         inversion: InversionBranch | None = None,
         credentials=None,
     ):
-        from detector.corpus.dataset import resize_transform
-
         self.model = model.eval()
         self.calibrator = calibrator
         self.card = dict(card)
@@ -149,8 +158,8 @@ class ProvenanceDetector:
         self.rigid = rigid
         self.inversion = inversion
         self.credentials = credentials  # a detector.credentials.CredentialsReader, or None
-        self._transform = resize_transform(self.image_size)
-        self._memo_key = f"bundle-features:{id(self)}:{self.image_size}"
+        #: ``batch -> N x D`` backbone features at the checkpoint's input size, one forward per batch
+        self.features = BackboneFeatures(self.model.backbone, self.image_size)
         self._pipeline: Pipeline | None = None
 
     # ------------------------------------------------------------------ loading
@@ -251,57 +260,15 @@ class ProvenanceDetector:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _compute_inputs(self, batch: Batch) -> torch.Tensor:
-        from detector.corpus.dataset import stack_images
-
-        return stack_images(batch.images, self._transform).to(self.device)
-
-    def inputs(self, batch: Batch) -> torch.Tensor:
-        """The batch resized for the backbone (``N x 3 x S x S`` in [0, 1]), once per batch."""
-        return batch.memo(self._memo_key + ":inputs", self._compute_inputs)
-
-    @torch.inference_mode()
-    def _compute_features(self, batch: Batch) -> np.ndarray:
-        return self.model.backbone.encode(self.inputs(batch)).cpu().numpy()
-
-    def features(self, batch: Batch) -> np.ndarray:
-        """``N x D`` backbone features of a batch, computed once per batch whoever asks."""
-        return batch.memo(self._memo_key, self._compute_features)
-
-    @torch.inference_mode()
-    def detector_scores(self, batch: Batch) -> list[float]:
-        """The trained head's calibrated P(fake) per image."""
-        feats = torch.from_numpy(self.features(batch)).to(self.device)
-        logits = self.model.head(feats.float()).squeeze(-1).double().cpu().numpy()
-        return [float(p) for p in np.atleast_1d(self.calibrator(logits))]
-
-    def distance_scores(self, batch: Batch) -> list[float]:
-        """The attribution head's unknown score: how far an image is from every known generator."""
-        preds = self.attribution.predict(np.asarray(self.features(batch), dtype=np.float32))
-        return [float(v) for v in preds.unknown_score]
-
-    def rigid_scores(self, batch: Batch, config: RigidConfig | None = None) -> list[float]:
-        """RIGID's ``1 - similarity`` under the bundle's noise (higher = more likely generated)."""
-        config = config or self.rigid or RigidConfig()
-        clean = torch.from_numpy(self.features(batch))
-        scores = rigid_score(self.model.backbone, self.inputs(batch), config, clean=clean)
-        return [float(s) for s in scores.cpu().numpy()]
-
-    def inversion_scores(self, batch: Batch) -> list[float]:
-        """The inversion branch's log-odds of "generated"."""
-        return self.inversion.scores(batch.images)
-
-    def attributions(self, batch: Batch) -> list[AttributionEvidence]:
-        return attribution_evidence(self.attribution, self.features(batch), self.top_k)
-
-    def passive_branches(self) -> dict[str, Any]:
-        branches = {DETECTOR_BRANCH: self.detector_scores}
+    def passive_branches(self) -> dict[str, PassiveBranch]:
+        """Every passive branch this detector has, by name (the fusion uses those it was fitted on)."""
+        branches = {DETECTOR_BRANCH: detector_branch(self.model.head, self.calibrator, self.features)}
         if self.attribution is not None:
-            branches[DISTANCE_BRANCH] = self.distance_scores
+            branches[DISTANCE_BRANCH] = distance_branch(self.attribution, self.features)
         if self.rigid is not None:
-            branches[RIGID_BRANCH] = self.rigid_scores
+            branches[RIGID_BRANCH] = rigid_branch(self.features, self.rigid)
         if self.inversion is not None:
-            branches[INVERSION_BRANCH] = self.inversion_scores
+            branches[INVERSION_BRANCH] = inversion_branch(self.inversion)
         return branches
 
     @property
@@ -316,7 +283,9 @@ class ProvenanceDetector:
             self._pipeline = Pipeline(
                 passive=passive,
                 watermark=watermark_branch(self.watermarker) if self.watermarker is not None else None,
-                attribution=self.attributions if self.attribution is not None else None,
+                attribution=attribution_branch(self.attribution, self.features, self.top_k)
+                if self.attribution is not None
+                else None,
                 fusion=self.fusion,
                 config=self.fusion_config,
                 versions=self.versions,
@@ -339,23 +308,18 @@ class ProvenanceDetector:
         unreadable file yields a result with ``error`` set. For millions of images and resumable output
         use :meth:`score_files` (``detector score``)."""
         from detector.scoring import expand_inputs
-        from detector.scoring.stream import _decode
 
-        seen: set[str] = set()  # canonical paths: another spelling of a file already scored is skipped
-        paths: list[str] = []
-        decoded: list[Any] = []
-        for path in expand_inputs([images] if isinstance(images, (str, os.PathLike)) else images):
-            key = canonical_path(path)
-            if key in seen:
-                continue
-            seen.add(key)
-            decoded.append(_decode(path, DEFAULT_MAX_PIXELS, self.pipeline))
-            paths.append(path)
-            if len(paths) == batch_size:
-                yield from self.pipeline.score_decoded(paths, decoded)
-                paths, decoded = [], []
-        if paths:
-            yield from self.pipeline.score_decoded(paths, decoded)
+        def unique(paths: Iterable[str]) -> Iterator[str]:
+            seen: set[str] = set()  # canonical paths: another spelling of a file already scored is skipped
+            for path in paths:
+                key = canonical_path(path)
+                if key not in seen:
+                    seen.add(key)
+                    yield path
+
+        sources = [images] if isinstance(images, (str, os.PathLike)) else images
+        for results in self.pipeline.score_paths(unique(expand_inputs(sources)), batch_size):
+            yield from results
 
     def score_files(self, sources, out, **kwargs):
         """:func:`detector.scoring.score_stream` (or ``score_distributed`` under torchrun) with this

@@ -8,6 +8,11 @@ and, given a diffusion model, the inversion branch's score, whose own small regr
 training split like the head); a watermark,
 when the bundle references a decoder, enters by the verdict rule (its p-value's likelihood ratio), not
 through the regression: a found watermark is strong evidence, a missing one weak.
+
+:func:`build_bundle` runs named steps: :func:`load_sources` (checkpoint, corpus), :func:`create_inversion`,
+:func:`score_splits` (images read and scored as ``detector score`` reads them), :func:`fit_branches`
+(attribution head, inversion regression), :func:`fit_fusion` (+ its report), :func:`watermark_reference`
+and :func:`write_bundle`.
 """
 
 from __future__ import annotations
@@ -22,12 +27,9 @@ from typing import Any
 import numpy as np
 
 from detector.attribution import AttributionHead, FeatureSet, HeadConfig
-from detector.bundle.branches import INVERSION_BRANCH, INVERSION_FILE, RIGID_BRANCH, InversionBranch
 from detector.bundle.detector import (
     ATTRIBUTION_FILE,
-    DETECTOR_BRANCH,
     DETECTOR_DIR,
-    DISTANCE_BRANCH,
     FORMAT,
     FUSION_FILE,
     MANIFEST,
@@ -35,13 +37,22 @@ from detector.bundle.detector import (
     ProvenanceDetector,
     versions_for,
 )
+from detector.bundle.inversion import INVERSION_FILE, InversionBranch
 from detector.corpus import REAL_GENERATOR, load_corpus
+from detector.data import batched, decoded_batches
 from detector.features.inversion import InversionConfig
 from detector.features.rigid import RigidConfig
 from detector.fusion import FusionConfig, FusionModel
-from detector.io import ImageLoadError, atomic_write_text, load_image
+from detector.io import ImageLoadError, atomic_write_text
 from detector.metrics import auc, bootstrap_interval, tpr_at_fpr
 from detector.scoring import Batch
+from detector.scoring.branches import (
+    DETECTOR_BRANCH,
+    DISTANCE_BRANCH,
+    INVERSION_BRANCH,
+    RIGID_BRANCH,
+    rigid_branch,
+)
 
 CHECKPOINT_FILES = (
     "model.safetensors",
@@ -103,26 +114,26 @@ def score_split(
     inversion: InversionBranch | None = None,
 ) -> SplitScores:
     """Backbone features and the detector head's calibrated P(fake) for every loadable image of ``split``
-    (and RIGID scores / inversion statistics when asked)."""
+    (and RIGID scores / inversion statistics when asked), read and batched as scoring reads them
+    (:func:`detector.data.decoded_batches`) and scored by the same branch adapters."""
     records = corpus.subset(split).records if split != "all" else corpus.records
+    detector = det.passive_branches()[DETECTOR_BRANCH]
+    instability = rigid_branch(det.features, det.rigid) if rigid else None
     paths, targets, gens, groups, feats, scores, errors = [], [], [], [], [], [], []
     rigid_scores, inversion_feats = [], []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        images, kept = [], []
-        for record in chunk:
-            path = str(corpus.resolve(record))
-            try:
-                images.append(load_image(path))
-                kept.append(record)
-            except ImageLoadError as exc:
-                errors.append((path, exc.reason))
-        if kept:
-            batch = Batch([str(corpus.resolve(r)) for r in kept], images)
+    files = [str(corpus.resolve(r)) for r in records]
+    for chunk, (chunk_paths, decoded) in zip(
+        batched(records, batch_size), decoded_batches(files, batch_size), strict=True
+    ):
+        good = [i for i, item in enumerate(decoded) if not isinstance(item, ImageLoadError)]
+        errors.extend((chunk_paths[i], item.reason) for i, item in enumerate(decoded) if i not in good)
+        if good:
+            batch = Batch([chunk_paths[i] for i in good], [decoded[i] for i in good])
+            kept = [chunk[i] for i in good]
             feats.append(det.features(batch))
-            scores.extend(det.detector_scores(batch))
-            if rigid:
-                rigid_scores.extend(det.rigid_scores(batch))
+            scores.extend(detector(batch))
+            if instability is not None:
+                rigid_scores.extend(instability(batch))
             if inversion is not None:
                 inversion_feats.append(inversion.features(batch.images))
             paths.extend(batch.paths)
@@ -218,58 +229,79 @@ def _metrics(targets: np.ndarray, scores: np.ndarray, bootstrap: int = 0) -> dic
     return out
 
 
-def build_bundle(
-    config: BundleConfig,
-    out: str | Path,
-    progress: Callable | None = None,
-    log: Callable[[str], None] = lambda message: None,
-) -> dict[str, Any]:
-    """Copy the checkpoint into ``out``, fit attribution + fusion, write the bundle; returns its report."""
-    from detector.config import save_config
+def load_sources(config: BundleConfig):
+    """Step 1: the trained checkpoint and the corpus, checked to have both splits the bundle fits on."""
     from detector.training.checkpoint import CheckpointError, load_checkpoint
 
-    out = Path(out)
-    checkpoint = Path(config.checkpoint)
     try:
-        model, _, calibrator, card = load_checkpoint(checkpoint)
+        model, _, calibrator, card = load_checkpoint(Path(config.checkpoint))
     except CheckpointError as exc:
         raise BundleError(str(exc)) from None
     corpus = load_corpus(config.corpus)
     for split in (config.train_split, config.val_split):
         if not corpus.subset(split).records:
             raise BundleError(f"{config.corpus}: no images in split {split!r}")
-    rigid = config.rigid_config if config.rigid else None
-    det = ProvenanceDetector(model, calibrator, card, rigid=rigid)
-    inversion = None
-    if config.inversion_model:
-        try:
-            inversion = InversionBranch.create(config.inversion_model, config.inversion, det.device)
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"inversion model {config.inversion_model!r}: {exc}") from None
+    return model, calibrator, card, corpus
+
+
+def create_inversion(config: BundleConfig, device) -> InversionBranch | None:
+    """Step 2: the (not yet fitted) inversion branch, when the config names a diffusion model."""
+    if not config.inversion_model:
+        return None
+    try:
+        return InversionBranch.create(config.inversion_model, config.inversion, device)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"inversion model {config.inversion_model!r}: {exc}") from None
+
+
+def score_splits(
+    det: ProvenanceDetector,
+    corpus,
+    config: BundleConfig,
+    inversion: InversionBranch | None,
+    progress: Callable | None = None,
+) -> tuple[SplitScores, SplitScores]:
+    """Step 3: branch scores and features of the training and validation splits. RIGID is training-free:
+    only the validation split (where the fusion is fitted) needs its scores."""
 
     def run(split: str, with_rigid: bool) -> SplitScores:
-        n = len(corpus.subset(split).records)
         kwargs = dict(rigid=with_rigid, inversion=inversion)
         if progress is None:
             return score_split(det, corpus, split, config.batch_size, **kwargs)
-        with progress(f"features {split}", n) as advance:
+        with progress(f"features {split}", len(corpus.subset(split).records)) as advance:
             return score_split(det, corpus, split, config.batch_size, advance, **kwargs)
 
-    # RIGID is training-free: only the validation split (where the fusion is fitted) needs its scores
-    train, val = run(config.train_split, False), run(config.val_split, rigid is not None)
-    for path, reason in train.errors + val.errors:
-        log(f"skipped {path}: {reason}")
+    train, val = run(config.train_split, False), run(config.val_split, det.rigid is not None)
     if len(np.unique(val.targets)) < 2:
         raise BundleError(f"split {config.val_split!r} needs real and fake images to fit the fusion")
+    return train, val
+
+
+def fit_branches(
+    det: ProvenanceDetector,
+    train: SplitScores,
+    val: SplitScores,
+    config: BundleConfig,
+    inversion: InversionBranch | None,
+    log: Callable[[str], None],
+) -> None:
+    """Step 4: the attribution head (training fakes; thresholds on validation) and the inversion branch's
+    regression (training split), set on ``det``."""
     head = fit_attribution(train, val, config.attribution)
     if head is None:
         log("fewer than two fake generators in the training split: no attribution head")
     if inversion is not None:
         inversion.fit(train.inversion_features, train.targets)
     det.attribution, det.inversion = head, inversion
+
+
+def fit_fusion(
+    det: ProvenanceDetector, train: SplitScores, val: SplitScores, config: BundleConfig
+) -> tuple[FusionModel, dict[str, Any]]:
+    """Step 5: the fusion over every passive branch's validation scores, and the fit report (what it was
+    fitted on, each branch alone and fused on validation, the branch orientations)."""
     scores = split_branch_scores(det, val)
     fusion = FusionModel(config.fusion).fit(scores, val.targets, groups=val.groups)
-    fused = fusion.predict_proba(scores)
     signs = branch_signs(scores, val.targets)
     report = {
         "fitted_on": {
@@ -280,38 +312,71 @@ def build_bundle(
             "val_images": len(val.paths),
             "skipped": len(train.errors) + len(val.errors),
         },
-        "validation_branches": branch_table(scores, val.targets, fused, signs),
+        "validation_branches": branch_table(scores, val.targets, fusion.predict_proba(scores), signs),
         "branch_signs": signs,
         "fusion": fusion.describe(),
-        "attribution_classes": head.classes if head is not None else [],
+        "attribution_classes": det.attribution.classes if det.attribution is not None else [],
     }
+    fusion.metadata = {"fitted_on": report["fitted_on"], "branch_signs": signs}
+    return fusion, report
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DETECTOR_DIR).mkdir(exist_ok=True)
+
+def watermark_reference(config: BundleConfig) -> dict[str, Any] | None:
+    """The bundle's reference to a watermark decoder (absolute paths; the key stays where its owner keeps
+    it), checked to load now rather than at scoring time."""
+    if not config.watermark_key:
+        return None
+
+    def absolute(value: str | None) -> str | None:
+        return str(Path(value).resolve()) if value else None
+
+    reference = {
+        "key": absolute(config.watermark_key),
+        "checkpoint": absolute(config.watermark_checkpoint),
+        "registry": absolute(config.watermark_registry),
+        "fpr": config.fusion.watermark_fpr,
+        "search": config.watermark_search,
+    }
+    from detector.bundle.detector import load_watermarker
+
+    load_watermarker(reference)
+    return reference
+
+
+def write_bundle(
+    out: Path,
+    config: BundleConfig,
+    det: ProvenanceDetector,
+    fusion: FusionModel,
+    report: dict[str, Any],
+    watermark: dict[str, Any] | None,
+) -> None:
+    """Step 6: copy the checkpoint, write every fitted part, the versions and the manifest (last: a
+    ``bundle.json`` marks a finished bundle)."""
+    from detector.config import save_config
+
+    checkpoint, card, head, inversion, rigid = (
+        Path(config.checkpoint),
+        det.card,
+        det.attribution,
+        det.inversion,
+        det.rigid,
+    )
+    (out / DETECTOR_DIR).mkdir(parents=True, exist_ok=True)
     for name in CHECKPOINT_FILES:
         if (checkpoint / name).is_file():
             shutil.copyfile(checkpoint / name, out / DETECTOR_DIR / name)
-    fusion.metadata = {"fitted_on": report["fitted_on"], "branch_signs": signs}
     fusion.save(out / FUSION_FILE)
     if head is not None:
-        head.metadata = {"backbone": card.get("backbone"), "weights_id": card.get("weights_id")}
+        head.metadata = {
+            "backbone": card.get("backbone"),
+            "weights_id": card.get("weights_id"),
+            "method": card.get("method"),  # a fine-tuned backbone: only the bundle reproduces its features
+            "image_size": det.image_size,
+        }
         head.save(out / ATTRIBUTION_FILE)
     if inversion is not None:
         inversion.save(out)
-    watermark = None
-    if config.watermark_key:
-        watermark = {
-            "key": str(Path(config.watermark_key).resolve()),
-            "checkpoint": str(Path(config.watermark_checkpoint).resolve())
-            if config.watermark_checkpoint
-            else None,
-            "registry": str(Path(config.watermark_registry).resolve()) if config.watermark_registry else None,
-            "fpr": config.fusion.watermark_fpr,
-            "search": config.watermark_search,
-        }
-        from detector.bundle.detector import load_watermarker
-
-        load_watermarker(watermark)  # fail now, not at scoring time
     parts = {
         "attribution": ATTRIBUTION_FILE if head is not None else None,
         "fusion": FUSION_FILE,
@@ -338,11 +403,30 @@ def build_bundle(
         "fusion": FUSION_FILE,
         "watermark": watermark,
         "rigid": asdict(rigid) if rigid is not None else None,
-        "inversion": INVERSION_FILE if inversion is not None else None,
-        "branches": sorted(scores),
+        "inversion": parts["inversion"],
+        "branches": sorted(fusion.branches),
         "versions": versions,
     }
     save_config(config, out / "bundle.yaml")
     atomic_write_text(out / "fusion_report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / MANIFEST, json.dumps(meta, indent=2) + "\n")  # last: marks a finished bundle
+
+
+def build_bundle(
+    config: BundleConfig,
+    out: str | Path,
+    progress: Callable | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Copy the checkpoint into ``out``, fit attribution + fusion, write the bundle; returns its report."""
+    model, calibrator, card, corpus = load_sources(config)
+    det = ProvenanceDetector(model, calibrator, card, rigid=config.rigid_config if config.rigid else None)
+    inversion = create_inversion(config, det.device)
+    train, val = score_splits(det, corpus, config, inversion, progress)
+    for path, reason in train.errors + val.errors:
+        log(f"skipped {path}: {reason}")
+    fit_branches(det, train, val, config, inversion, log)
+    fusion, report = fit_fusion(det, train, val, config)
+    watermark = watermark_reference(config)
+    write_bundle(Path(out), config, det, fusion, report, watermark)
     return report

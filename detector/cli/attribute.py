@@ -24,7 +24,7 @@ from detector.attribution.protocol import AttributionFitConfig, evaluate, fit_he
 from detector.cli.choices import UnknownScore
 from detector.cli.common import console, fail, parse_list, progress_bar, stdout, write_json
 from detector.config import ConfigError, load_config, save_config
-from detector.io import KEEP_PIXELS, MIN_SCORE_SIDE, ImageLoadError, atomic_writer, json_line, load_image
+from detector.io import ImageLoadError, atomic_writer, json_line
 from detector.scoring.stream import ScoringError
 
 app = typer.Typer(
@@ -64,6 +64,13 @@ def _build_backbone(name: str, pretrained: str | None):
 
 def _backbone_for(head: AttributionHead):
     """The backbone whose features the head was fitted on, as recorded at fit time (checked, not trusted)."""
+    if head.metadata.get("backbone") and "features" not in head.metadata:
+        # written by `detector bundle`: fitted on the bundle detector's own (possibly fine-tuned) backbone
+        # at the checkpoint's input size, which a backbone built by name does not reproduce
+        fail(
+            "this head belongs to a bundle: its features come from the bundle's detector at its input size; "
+            "attribute images with `detector score --model BUNDLE` (each line's attribution)"
+        )
     name = head.metadata.get("backbone")
     if not name:
         fail(
@@ -80,39 +87,32 @@ def _backbone_for(head: AttributionHead):
 
 
 def _image_batches(backbone, sources: list[Path], batch_size: int):
-    """Yield ``(paths, features, errors)`` per batch of images; unreadable files come back as errors."""
+    """Yield ``(paths, features, errors)`` per batch of images, read and batched as scoring reads them
+    (:func:`detector.data.decoded_batches`); unreadable files and files a folder scan passed by come back
+    as errors."""
+    from detector.data import decoded_batches
     from detector.scoring import Batch, backbone_features, count_inputs, expand_inputs
 
     features = backbone_features(backbone)
-    total = count_inputs(sources)
-    with progress_bar(f"features ({backbone.name})", total) as advance:
-        paths: list[str] = []
-        images, errors = [], []
+    passed_by: list[tuple[str, str]] = []  # files a folder scan passes by get an error line
 
-        def flush():
+    def note(name: str, reason: str) -> None:
+        passed_by.append((name, reason))
+
+    with progress_bar(f"features ({backbone.name})", count_inputs(sources)) as advance:
+        for chunk, decoded in decoded_batches(expand_inputs(sources, on_skip=note), batch_size):
+            good = [i for i, item in enumerate(decoded) if not isinstance(item, ImageLoadError)]
+            errors = passed_by + [(chunk[i], item.reason) for i, item in enumerate(decoded) if i not in good]
+            passed_by.clear()
+            paths, images = [chunk[i] for i in good], [decoded[i] for i in good]
             feats = (
                 features(Batch(paths, images)) if images else np.zeros((0, backbone.feature_dim), np.float32)
             )
-            return list(paths), feats, list(errors)
-
-        def note(name: str, reason: str) -> None:  # files a folder scan passes by get an error line
-            errors.append((name, reason))
-
-        for path in expand_inputs(sources, on_skip=note):
-            try:
-                images.append(load_image(path, min_side=MIN_SCORE_SIDE, keep_pixels=KEEP_PIXELS))
-                paths.append(path)
-            except ImageLoadError as exc:
-                errors.append((path, exc.reason))
-            except Exception as exc:  # a decoder failure on one hostile file costs that file only
-                errors.append((path, f"cannot decode ({type(exc).__name__}: {exc})"))
-            if len(paths) + len(errors) >= batch_size:
-                yield flush()
-                advance(len(paths) + len(errors))
-                paths, images, errors = [], [], []
-        if paths or errors:
-            yield flush()
+            yield paths, feats, errors
             advance(len(paths) + len(errors))
+        if passed_by:
+            yield [], np.zeros((0, backbone.feature_dim), np.float32), list(passed_by)
+            advance(len(passed_by))
 
 
 def print_evaluation(title: str, result: dict, chosen: str) -> None:

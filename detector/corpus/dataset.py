@@ -1,4 +1,4 @@
-"""A torch ``Dataset`` over a corpus, reading through the safe loader.
+"""A torch ``Dataset`` over a corpus, reading through the one data path (:mod:`detector.data`).
 
 A file that fails to load does not crash a DataLoader worker: the sample comes back as an error
 record, and :func:`collate_skip_errors` drops it from the batch and reports it by name and reason.
@@ -14,34 +14,10 @@ import torch
 from torch.utils.data import Dataset
 
 from detector.corpus.manifest import Corpus
-from detector.io import DEFAULT_MAX_PIXELS, ImageLoadError, load_image_array
+from detector.data import decode_array, to_tensor
+from detector.io import DEFAULT_MAX_PIXELS, ImageLoadError
 
 Transform = Callable[..., Any]
-
-
-def to_tensor(array: np.ndarray) -> torch.Tensor:
-    """``H x W x 3`` uint8 -> ``3 x H x W`` float32 in [0, 1]."""
-    array = np.ascontiguousarray(array)
-    if not array.flags.writeable:  # e.g. np.asarray(PIL image): torch warns on read-only memory
-        array = array.copy()
-    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
-
-
-def stack_images(images, transform) -> torch.Tensor:
-    """Decoded images (PIL or ``H x W x 3`` uint8) through an albumentations ``transform``, stacked as
-    ``N x 3 x H x W`` float in [0, 1]: the batch a backbone or diffusion model takes."""
-    return torch.stack([to_tensor(transform(image=np.asarray(im, dtype=np.uint8))["image"]) for im in images])
-
-
-def resize_transform(size: int):
-    """The albumentations pipeline that brings every image to ``size x size`` without distortion:
-    shorter side to ``size``, then centre crop."""
-    import albumentations as A
-    import cv2
-
-    return A.Compose(
-        [A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_AREA), A.CenterCrop(size, size)]
-    )
 
 
 class CorpusDataset(Dataset):
@@ -80,7 +56,8 @@ class CorpusDataset(Dataset):
         record = self.corpus.records[index]
         path = self.corpus.resolve(record)
         try:
-            array = load_image_array(path, max_pixels=self.max_pixels)
+            # the scoring decode (reduced above KEEP_PIXELS), with no minimum side: a corpus is trusted
+            array = decode_array(path, max_pixels=self.max_pixels, min_side=1)
         except ImageLoadError as exc:
             return {"index": index, "error": f"{exc.path}: {exc.reason}"}
         image = self._apply(array)

@@ -1,29 +1,100 @@
-"""Adapters that turn the project's models into pipeline branches (see :mod:`detector.scoring.pipeline`)."""
+"""The adapters that turn the project's models into pipeline branches (see :mod:`detector.scoring.pipeline`).
+
+One set, used by every scorer (:class:`detector.bundle.ProvenanceDetector`, bundle fitting,
+``detector attribute``, hand-built pipelines). A backbone's pixels and features are computed once per
+batch through :meth:`Batch.memo` (:class:`BackboneFeatures`): the detector head, the attribution head and
+RIGID all read the same forward pass. Pixels come from :mod:`detector.data` (the one resize rule).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from detector.attribution import AttributionHead
+from detector.data import image_batch
 from detector.result import AttributionEvidence, WatermarkEvidence
-from detector.scoring.pipeline import AttributionBranch, Batch, WatermarkBranch
+from detector.scoring.pipeline import AttributionBranch, Batch, PassiveBranch, WatermarkBranch
+
+#: Passive branch names (a fusion model is fitted on exactly these, and results report them).
+DETECTOR_BRANCH = "detector"
+DISTANCE_BRANCH = "attribution_distance"
+RIGID_BRANCH = "rigid"
+INVERSION_BRANCH = "inversion"
 
 
-def backbone_features(backbone, key: str | None = None) -> Callable[[Batch], np.ndarray]:
-    """``batch -> N x feature_dim`` pooled features of a :class:`detector.backbones.Backbone`, memoised
-    in the batch under ``key`` (default: the backbone's name and weights id), so every branch asking for
-    the same backbone's features shares one forward pass."""
-    from detector.corpus.dataset import stack_images
+class BackboneFeatures:
+    """``batch -> N x feature_dim`` pooled features of a :class:`detector.backbones.Backbone` at input side
+    ``size`` (default: the backbone's own), memoised in the batch, so every branch asking for the same
+    backbone's features shares one forward pass. :meth:`inputs` is the resized pixel batch it encoded."""
 
-    transform = backbone.transform()
-    key = key or f"features:{backbone.name}:{backbone.weights_id}"
+    def __init__(self, backbone, size: int | None = None, key: str | None = None):
+        self.backbone = backbone
+        self.size = int(size or backbone.preprocess.image_size)
+        self.key = key or f"features:{backbone.name}:{id(backbone)}:{self.size}"
 
-    def compute(batch: Batch) -> np.ndarray:
-        return backbone.encode(stack_images(batch.images, transform)).cpu().numpy()
+    def inputs(self, batch: Batch) -> torch.Tensor:
+        """The batch resized to ``N x 3 x size x size`` in [0, 1] (shared by every backbone of this size)."""
+        return batch.memo(f"inputs:{self.size}", lambda b: image_batch(b.images, self.size))
 
-    return lambda batch: batch.memo(key, compute)
+    def _compute(self, batch: Batch) -> np.ndarray:
+        return self.backbone.encode(self.inputs(batch)).cpu().numpy()
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        return batch.memo(self.key, self._compute)
+
+
+def backbone_features(backbone, size: int | None = None, key: str | None = None) -> BackboneFeatures:
+    """The memoised feature function of ``backbone`` at ``size`` (see :class:`BackboneFeatures`)."""
+    return BackboneFeatures(backbone, size, key)
+
+
+def detector_branch(
+    head: torch.nn.Module, calibrator, features: Callable[[Batch], np.ndarray]
+) -> PassiveBranch:
+    """The trained detector head's calibrated P(fake) per image, on the shared backbone features."""
+
+    @torch.inference_mode()
+    def branch(batch: Batch) -> list[float]:
+        device = next(head.parameters()).device
+        feats = torch.from_numpy(np.asarray(features(batch))).to(device)
+        logits = head(feats.float()).squeeze(-1).double().cpu().numpy()
+        return [float(p) for p in np.atleast_1d(calibrator(logits))]
+
+    return branch
+
+
+def distance_branch(head: AttributionHead, features: Callable[[Batch], np.ndarray]) -> PassiveBranch:
+    """The attribution head's unknown score: how far an image is from every known generator."""
+
+    def branch(batch: Batch) -> list[float]:
+        preds = head.predict(np.asarray(features(batch), dtype=np.float32))
+        return [float(v) for v in preds.unknown_score]
+
+    return branch
+
+
+def rigid_branch(features: BackboneFeatures, config=None) -> PassiveBranch:
+    """RIGID's ``1 - similarity`` under fixed noise (:mod:`detector.features.rigid`; higher = more likely
+    generated), reusing the clean features: ``config.draws`` extra forwards per batch."""
+    from detector.features.rigid import RigidConfig, rigid_score
+
+    config = config or RigidConfig()
+
+    def branch(batch: Batch) -> list[float]:
+        clean = torch.from_numpy(features(batch))
+        scores = rigid_score(features.backbone, features.inputs(batch), config, clean=clean)
+        return [float(s) for s in scores.cpu().numpy()]
+
+    return branch
+
+
+def inversion_branch(inversion) -> PassiveBranch:
+    """A fitted inversion branch's (:class:`detector.bundle.inversion.InversionBranch`) log-odds of
+    "generated"."""
+    return lambda batch: inversion.scores(batch.images)
 
 
 def attribution_branch(

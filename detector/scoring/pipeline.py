@@ -17,16 +17,19 @@ image costs only its own result: it gets an ``error`` naming the branch, and the
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from detector.data import Decoded, decode, decode_or_error, decoded_batches
 from detector.fusion import FusionConfig, FusionModel, fuse
-from detector.io import KEEP_PIXELS, ImageLoadError, load_image
+from detector.io import DEFAULT_MAX_PIXELS, KEEP_PIXELS, ImageLoadError
 from detector.result import AttributionEvidence, C2PAEvidence, ProvenanceResult, WatermarkEvidence
 
 
@@ -181,6 +184,28 @@ class Pipeline:
                 results[i] = result
         return results
 
+    def decoder(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Callable[[str], Decoded]:
+        """How this pipeline reads a file (:func:`detector.data.decode` with its minimum side and kept
+        pixels): ``path -> image``, or the :class:`ImageLoadError` to report."""
+        return functools.partial(
+            decode_or_error, max_pixels=max_pixels, min_side=self.min_side, keep_pixels=self.keep_pixels
+        )
+
+    def score_paths(
+        self,
+        paths: Iterable[str],
+        batch_size: int = 16,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        workers: int = 0,
+    ) -> Iterator[list[ProvenanceResult]]:
+        """One list of results per batch of ``paths``, in order (:func:`detector.data.decoded_batches`,
+        decoding on ``workers`` threads one batch ahead); a file that cannot be read gets its error."""
+        with closing(decoded_batches(paths, batch_size, self.decoder(max_pixels), workers)) as batches:
+            for batch_paths, decoded in batches:
+                results = self.score_decoded(batch_paths, decoded)
+                del decoded  # free this batch's pixels before the next one is decoded
+                yield results
+
     def score(
         self, image: str | os.PathLike | Image.Image | np.ndarray, path: str | None = None
     ) -> ProvenanceResult:
@@ -188,7 +213,7 @@ class Pipeline:
         if isinstance(image, (str, os.PathLike)):
             path = path or os.fspath(image)
             try:
-                image = load_image(image, min_side=self.min_side, keep_pixels=self.keep_pixels)
+                image = decode(image, min_side=self.min_side, keep_pixels=self.keep_pixels)
             except ImageLoadError as exc:
                 return ProvenanceResult.failed(path, exc.reason, self.versions)
         elif isinstance(image, np.ndarray):

@@ -25,16 +25,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.io import (
-    DEFAULT_MAX_PIXELS,
-    KEEP_PIXELS,
-    MIN_SCORE_SIDE,
-    ImageLoadError,
-    load_image,
-)
+from detector.data import decode
+from detector.io import DEFAULT_MAX_PIXELS, ImageLoadError
 from detector.result import ProvenanceResult, csv_columns
 from detector.scoring.pipeline import Pipeline
-from detector.scoring.stream import OUTPUT_FORMATS, ScoreSummary, ScoringError, open_writer, pending_inputs
+from detector.scoring.stream import (
+    OUTPUT_FORMATS,
+    ScoreSummary,
+    ScoringError,
+    open_writer,
+    pending_inputs,
+    write_batch,
+)
 
 RAY_MISSING = 'the Ray engine needs Ray Data: pip install "detector[ray]" (ray[data] and pyarrow)'
 #: Pending paths handed to Ray per dataset: bounds the driver's memory; actors reload once per window.
@@ -97,21 +99,13 @@ def decode_batch(row: dict, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict
     pixels, heights, widths, errors = [], [], [], []
     for path in paths:
         try:
-            source = _source(path)
-            # as the bundle's pipeline reads it (see detector.scoring.stream._decode)
-            image = load_image(
-                source, max_pixels=max_pixels, min_side=MIN_SCORE_SIDE, keep_pixels=KEEP_PIXELS
-            )
-        except Exception as exc:  # a decoder bug on a hostile file costs that file's line, not the run
-            reason = (
-                exc.reason
-                if isinstance(exc, ImageLoadError)
-                else f"cannot decode ({type(exc).__name__}: {exc})"
-            )
+            # decoded as every scorer reads a file (detector.data.decode: minimum side, kept pixels)
+            image = decode(_source(path), max_pixels=max_pixels)
+        except ImageLoadError as exc:
             pixels.append(b"")
             heights.append(0)
             widths.append(0)
-            errors.append(reason)
+            errors.append(exc.reason)
             continue
         array = np.asarray(image, dtype=np.uint8)
         pixels.append(array.tobytes())
@@ -272,12 +266,7 @@ def score_ray(
                     raise ScoringError(f"Ray returned batch {row['index']} where {expected} was due")
                 expected += 1
                 results = [ProvenanceResult.from_json(line) for line in row["lines"]]
-                writer.write(results)
-                for result in results:
-                    summary.add(result)
-                summary.total += len(results)
-                if progress:
-                    progress(len(results))
+                write_batch(writer, summary, results, progress)
             if expected != len(rows):
                 raise ScoringError(f"Ray returned {expected} of {len(rows)} batches")
         finished = True

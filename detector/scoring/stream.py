@@ -31,24 +31,20 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from PIL import Image
 
 from detector.corpus import CorpusError, read_manifest
 from detector.corpus.shards import is_sharded_corpus, shard_member_paths
 from detector.errors import DetectorError
 from detector.io import (
     DEFAULT_MAX_PIXELS,
-    ImageLoadError,
     atomic_writer,
     canonical_path,
     csv_cell,
     csv_text,
     iter_image_files,
-    load_image,
     path_from_cells,
     printable,
 )
@@ -353,17 +349,14 @@ def open_writer(out: str | os.PathLike, fmt: str, columns: Sequence[str], expect
     return ResultWriter(out, fmt, columns, expect=expect)
 
 
-def _decode(path: str, max_pixels: int | None, pipeline: Pipeline) -> Image.Image | ImageLoadError:
-    """Decode one input as the pipeline reads it: refused below its minimum side, reduced right after
-    decoding to the pixels it keeps (so a batch's memory does not depend on the files' sizes)."""
-    try:
-        return load_image(
-            path, max_pixels=max_pixels, min_side=pipeline.min_side, keep_pixels=pipeline.keep_pixels
-        )
-    except ImageLoadError as exc:
-        return exc
-    except Exception as exc:  # a decoder bug on a hostile file costs that file's line, not the run
-        return ImageLoadError(path, f"cannot decode ({type(exc).__name__}: {exc})")
+def write_batch(writer, summary: ScoreSummary, results: Sequence[ProvenanceResult], progress=None) -> None:
+    """Write one batch's results (one write: a kill tears at most its last record) and count them."""
+    writer.write(results)
+    for result in results:
+        summary.add(result)
+    summary.total += len(results)
+    if progress:
+        progress(len(results))
 
 
 def pending_inputs(
@@ -388,17 +381,6 @@ def pending_inputs(
             continue
         done.add(key)
         yield path
-
-
-def _batches(paths: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for path in paths:
-        batch.append(path)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def score_stream(
@@ -431,40 +413,15 @@ def score_stream(
     def todo() -> Iterator[str]:
         return pending_inputs(sources, done, summary, progress, shard=(rank, world), confine=confine)
 
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
-
-    def submit(paths: list[str]) -> list[Future] | list:
-        if pool is None:
-            return [_decode(p, max_pixels, pipeline) for p in paths]
-        return [pool.submit(_decode, p, max_pixels, pipeline) for p in paths]
-
     finished = False
     try:
-        batches = _batches(todo(), batch_size)
-        current = next(batches, None)
-        pending = submit(current) if current else []
-        while current:
-            upcoming = next(batches, None)
-            # Worker threads decode the next batch while this one is scored (at most one batch ahead);
-            # decoding in this thread, the next batch waits until this one is scored and released.
-            queued = submit(upcoming) if upcoming and pool is not None else None
-            decoded = [item.result() if isinstance(item, Future) else item for item in pending]
-            pending = None
-            results = pipeline.score_decoded(current, decoded)
-            del decoded
-            writer.write(results)
-            for result in results:
-                summary.add(result)
-            summary.total += len(results)
-            if progress:
-                progress(len(results))
-            if queued is None and upcoming:
-                queued = submit(upcoming)
-            current, pending = upcoming, queued
+        # the one batching loop (detector.data.decoded_batches): decoding runs one batch ahead on worker
+        # threads; without workers the next batch is decoded only once this one is written and released
+        with closing(pipeline.score_paths(todo(), batch_size, max_pixels, workers)) as batches:
+            for results in batches:
+                write_batch(writer, summary, results, progress)
         finished = True
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
         writer.close(finished)
         summary.seconds = time.perf_counter() - start
     return summary

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from detector.data import decode
 from detector.errors import DetectorError
-from detector.io import ImageLoadError, load_image
+from detector.io import ImageLoadError
 from detector.io.sniff import sniff_mime
 
 _EXTENSIONS = {
@@ -147,7 +148,7 @@ def decode_upload(name: str, data: bytes, max_pixels: int, temp_dir: str) -> Upl
     """Type check, pixel budget, decode, temporary copy; a :class:`ServiceError` says what is wrong."""
     mime = check_type(name, data)
     try:
-        image = load_image(data, max_pixels=max_pixels)
+        image = decode(data, max_pixels=max_pixels)  # as every scorer reads a file (detector.data)
     except ImageLoadError as exc:
         too_large = exc.reason.startswith("too large")
         raise ServiceError(

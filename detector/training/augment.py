@@ -8,7 +8,7 @@ artefacts sit on the final pixels, on both classes).
 
 from __future__ import annotations
 
-from detector.corpus.dataset import resize_transform
+from detector.data import resize_transform
 from detector.training.config import AugmentConfig
 
 
@@ -45,5 +45,5 @@ def train_transform(config: AugmentConfig, size: int, seed: int | None = None):
 
 
 def eval_transform(size: int):
-    """Evaluation: shorter side to ``size``, centre crop (what the backbones' own transform does)."""
+    """Evaluation: :func:`detector.data.resize_transform`, the pixels bundling and scoring see too."""
     return resize_transform(size)

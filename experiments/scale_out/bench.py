@@ -94,7 +94,7 @@ def flops_per_image(model: torch.nn.Module, size: int) -> float:
 def per_image_costs(det: ProvenanceDetector, paths: list[Path], batch_size: int, repeats: int = 3) -> dict:
     """Seconds per image on 1 thread, best of ``repeats`` (the least disturbed on a shared machine):
     decoding, resizing to the bundle's input (the host work of a GPU actor), the backbone forward."""
-    from detector.corpus.dataset import stack_images
+    from detector.data import image_batch
 
     best = {"decode_s": float("inf"), "resize_s": float("inf"), "forward_s": float("inf")}
     for _ in range(repeats):
@@ -102,7 +102,7 @@ def per_image_costs(det: ProvenanceDetector, paths: list[Path], batch_size: int,
         decoded = [load_image(p) for p in paths]
         best["decode_s"] = min(best["decode_s"], (time.perf_counter() - start) / len(paths))
         start = time.perf_counter()
-        tensors = stack_images(decoded, det._transform)
+        tensors = image_batch(decoded, det.image_size)
         best["resize_s"] = min(best["resize_s"], (time.perf_counter() - start) / len(paths))
         start = time.perf_counter()
         with torch.inference_mode():

@@ -35,8 +35,8 @@ import torch
 from PIL import Image
 
 from detector.bundle import ProvenanceDetector
-from detector.corpus.dataset import resize_transform, stack_images
 from detector.corpus.photos import load_photos
+from detector.data import resize_transform, stack_images
 from detector.evaluation.provenance import provenance
 from detector.io import atomic_write_text, load_image
 

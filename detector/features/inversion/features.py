@@ -152,7 +152,7 @@ class InversionExtractor:
         self.config = config
         self.names = feature_names(config.mode, model.latent and config.vae_residual)
         self.feature_dim = len(self.names)
-        self.preprocess = Preprocess(model.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "area")
+        self.preprocess = Preprocess(model.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         c = config
         steps = f";steps={c.num_steps};fp={c.fixed_point_iters}" if c.mode != "lare" else ""
         prompt = f";prompt={c.prompt!r}" if c.prompt else ""

@@ -1,15 +1,12 @@
-"""The bundle's optional passive branches beside the trained head: RIGID and diffusion inversion.
+"""The bundle's fitted diffusion-inversion branch (LaRE/DIRE-style) and how it is stored.
 
-* **RIGID** (training-free): how far the detector backbone's embedding moves under a tiny fixed noise
-  (:mod:`detector.features.rigid`). It reuses the clean features the head already computed, so it costs
-  ``draws`` extra forwards per batch; nothing is fitted.
-* **Inversion** (LaRE/DIRE-style): statistics of a diffusion model's reconstruction error
-  (:mod:`detector.features.inversion`) turned into one score by a logistic regression fitted on the
-  *training* split, like the head. The diffusion model is copied into the bundle when it is a small local
-  folder (the benchmark zoo's DDPM), referenced by path or hub id otherwise.
-
-Each branch is one number per image; the fusion (fitted on validation) decides how much it counts, and
-scoring with a branch switched off uses the fusion model fitted without it.
+Statistics of a diffusion model's reconstruction error (:mod:`detector.features.inversion`) are turned
+into one score by a logistic regression fitted on the *training* split, like the head. The diffusion
+model is copied into the bundle when it is a small local folder (the benchmark zoo's DDPM), referenced by
+path or hub id otherwise. The branch is one number per image (the adapter is
+:func:`detector.scoring.branches.inversion_branch`); the fusion, fitted on validation, decides how much
+it counts. RIGID, the other optional branch, is training-free and needs no file
+(:func:`detector.scoring.branches.rigid_branch`).
 """
 
 from __future__ import annotations
@@ -26,8 +23,6 @@ from detector.errors import DetectorError
 from detector.features.inversion import InversionConfig, InversionExtractor, load_diffusion_model
 from detector.io.tensors import load_arrays, save_arrays
 
-RIGID_BRANCH = "rigid"
-INVERSION_BRANCH = "inversion"
 INVERSION_FILE = "inversion.safetensors"
 INVERSION_MODEL_DIR = "inversion-model"
 INVERSION_FORMAT = "detector.inversion-branch/1"
@@ -67,7 +62,7 @@ class InversionBranch:
     @torch.inference_mode()
     def features(self, images: list) -> np.ndarray:
         """``N x F`` inversion statistics of decoded RGB images (PIL or uint8 arrays)."""
-        from detector.corpus.dataset import stack_images
+        from detector.data import stack_images
 
         batch = stack_images(images, self.extractor.transform())
         return self.extractor.encode(batch).cpu().numpy().astype(np.float64)
