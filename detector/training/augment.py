@@ -2,8 +2,9 @@
 
 A corruption applied to one class only becomes a label shortcut (the classic JPEG-vs-PNG bias), so
 every image, whatever its label, goes through one pipeline: shorter side to the input size, random
-resized crop, flip, down-and-up resize, blur, colour jitter, noise, and JPEG re-encoding last (so its
-artefacts sit on the final pixels, on both classes).
+crop, flip, blur, colour jitter, noise, and JPEG re-encoding last (so its artefacts sit on the final
+pixels, on both classes). Resampling (random resized crop, down-and-up resize) is opt-in
+(``resample``): it hides generator traces (experiments/unseen_photos).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ def train_transform(config: AugmentConfig, size: int, seed: int | None = None):
     import albumentations as A
     import cv2
 
-    return A.Compose(
-        [
+    if config.resample:
+        geometry = [
             A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
             A.RandomResizedCrop(
                 size=(size, size), scale=(config.crop_scale_min, 1.0), ratio=(0.8, 1.25), p=1.0
@@ -33,6 +34,16 @@ def train_transform(config: AugmentConfig, size: int, seed: int | None = None):
                 interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
                 p=config.resize_p,
             ),
+        ]
+    else:  # the one resize of the data path, then a crop that moves but never rescales
+        geometry = [
+            A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
+            A.RandomCrop(height=size, width=size, p=1.0),
+            A.HorizontalFlip(p=config.flip_p),
+        ]
+    return A.Compose(
+        [
+            *geometry,
             A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.1, 1.5), p=config.blur_p),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=config.color_jitter_p),
             A.GaussNoise(std_range=(0.01, 0.05), p=config.noise_p),

@@ -43,6 +43,12 @@ class AugmentConfig:
     jpeg_p: float = 0.5
     jpeg_quality_min: int = 30
     jpeg_quality_max: int = 100
+    #: Resampling augmentations (random *resized* crop, down-and-up resize). Off by default: resampling
+    #: smears the high-frequency traces generators leave and pushes a model to content cues; without it
+    #: the unseen-family AUC rose from 0.733 to 0.851 and resized test images scored better too
+    #: (experiments/unseen_photos). Off, the crop is a plain random crop at the input size.
+    resample: bool = False
+    #: With ``resample``: smallest crop as a share of the area, and the down-up resize's odds and scale.
     crop_scale_min: float = 0.5
     resize_p: float = 0.3
     resize_scale_min: float = 0.5
