@@ -164,6 +164,34 @@ def selection_score(name: str, manifest: Path, family: str, args) -> float:
     return float(rows[0]["auc"])
 
 
+#: Perturbations of the robustness table (``detector eval`` names): compression, resampling, blur, zoom.
+ROBUSTNESS = ["clean", "jpeg95", "jpeg75", "jpeg50", "resize0.75", "resize0.5", "blur", "crop0.5"]
+
+
+def robustness(name: str, manifest: Path, args) -> dict[str, dict[str, float]]:
+    """``detector eval`` of the recipe's detector head on the test split under :data:`ROBUSTNESS`:
+    ``{perturbation: {"all": AUC, "unseen": AUC}}`` (kept in ``OUT/robustness/NAME``)."""
+    from detector.evaluation.evaluate import EvalConfig, evaluate
+
+    out = args.out / "robustness" / base_recipe(name)
+    if not (out / "metrics.csv").is_file():
+        run = args.runs / base_recipe(name) / "detector"
+        config = EvalConfig(
+            checkpoint=str(run),
+            corpus=str(manifest),
+            split="test",
+            perturbations=ROBUSTNESS,
+            out=str(out),
+            batch_size=args.batch_size,
+        )
+        evaluate(config)
+    table: dict[str, dict[str, float]] = {}
+    with (out / "metrics.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            table.setdefault(row["perturbation"], {})[row["subset"]] = float(row["auc"])
+    return table
+
+
 def bundle_recipe(run: Path, manifest: Path, bundle: Path, args, rigid: bool = False) -> None:
     from detector.bundle import BundleConfig, build_bundle
     from detector.config import load_config
@@ -310,6 +338,30 @@ def fmt(x, digits=3) -> str:
     return f"{x:.{digits}f}"
 
 
+def robustness_lines(report: dict) -> list[str]:
+    """The robustness table: detector-head AUC on test (all / unseen families) per perturbation."""
+    tables = report.get("robustness") or {}
+    if not tables:
+        return []
+    names = list(tables)
+    lines = [
+        "",
+        "## Robustness of the detector head (test split, `detector eval`; AUC all / unseen families)",
+        "",
+        "| perturbation | " + " | ".join(names) + " |",
+        "| --- | " + " | ".join("---" for _ in names) + " |",
+    ]
+    for pert in ROBUSTNESS:
+        cells = [
+            f"{fmt(tables[n].get(pert, {}).get('all'))} / {fmt(tables[n].get(pert, {}).get('unseen'))}"
+            for n in names
+        ]
+        lines.append(f"| {pert} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Full tables: `robustness/<recipe>/metrics.md` (per generator: `per_generator.csv`).")
+    return lines
+
+
 def write_results(report: dict, out: Path) -> None:
     lines = [
         "# Unseen photos: leave-photos-out + leave-families-out",
@@ -374,6 +426,7 @@ def write_results(report: dict, out: Path) -> None:
         f"{fmt(sel.get('attribution_known_called_unknown'))}.",
         "",
         "Per test photo: `per_photo.csv`, `per_photo_fpr.png`. Raw figures: `results.json`.",
+        *robustness_lines(report),
         "",
         "## The old protocol, for comparison",
         "",
@@ -407,6 +460,11 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="Choose the recipe by validation AUC on this training family held out of a second training "
         "run of each recipe (a leave-one-family-out proxy for unseen generators); default: validation AUC.",
+    )
+    ap.add_argument(
+        "--robustness",
+        default="",
+        help="Comma list of recipes whose detector head is also evaluated under perturbations (detector eval).",
     )
     ap.add_argument("--ship", type=Path, default=None, help="Copy the selected bundle here (+ model card).")
     args = ap.parse_args(argv)
@@ -475,6 +533,9 @@ def main(argv: list[str] | None = None) -> dict:
         key=lambda n: (report["recipes"][n][key] if key else 0.0, report["recipes"][n]["val"]["auc"]),
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    report["robustness"] = {
+        name: robustness(name, args.corpus, args) for name in args.robustness.split(",") if name.strip()
+    }
     selected = report["recipes"][report["selected"]]
     with (args.out / "per_photo.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
