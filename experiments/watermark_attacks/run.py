@@ -1,11 +1,12 @@
 """Attack suite for our watermark: forgery (copy), removal (subtraction), geometry, compression, denoising.
 
-Evaluation images are crops of the bundled photos the watermark was never trained on (the model card's
-held-out five), resized to ``--size``; the attacker's own marked images (same key and payload: one
-generator's output) are crops of the other photos. Every claim is the API's: ``watermarked`` (mark
+Evaluation images: one square crop of each catalogued photo the shipped checkpoint was never trained on
+(``detector.watermark.train.unseen_photos``: about 70 once ``detector corpus photos fetch`` has run;
+set ``DETECTOR_PHOTO_STORE`` to the store), resized to ``--size``; the attacker's own marked images
+(same key and payload: one generator's output) are crops of the photos it was trained on. Every claim is the API's: ``watermarked`` (mark
 found and bound to the content), ``forged``, ``inverted`` or ``absent``, at FPR 1e-6.
 
-    python experiments/watermark_attacks/run.py                      # binding on (the default), 15 images
+    python experiments/watermark_attacks/run.py                      # binding on (the default), every photo
     python experiments/watermark_attacks/run.py --content-bits 0     # the legacy unbound mark, same attacks
     python experiments/watermark_attacks/run.py --report-only        # rewrite RESULTS.md from the CSVs
     python experiments/watermark_attacks/run.py --only resize0.3,resize0.4   # rerun some rows after a change
@@ -31,18 +32,11 @@ sys.path.insert(0, str(HERE))
 
 import attacks  # noqa: E402
 
-from detector.corpus.photos import bundled_photos, load_photos  # noqa: E402
+from detector.corpus.photos import catalogue, load_photos  # noqa: E402
 from detector.io import atomic_write_text  # noqa: E402
 from detector.watermark import Watermarker, WatermarkKey, load_model  # noqa: E402
+from detector.watermark.train import CHECKPOINT_TRAINED_ON, unseen_photos  # noqa: E402
 
-#: Held out of the shipped checkpoint's training (checkpoints/watermark/README.md).
-HELD_OUT = (
-    "skimage-astronaut",
-    "skimage-coffee",
-    "sklearn-china",
-    "matplotlib-grace_hopper",
-    "libjxl-cvo9xd_keong_macan",
-)
 PAYLOAD = 4242
 COPY_ALPHAS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 AVG_COPY_ALPHAS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -53,7 +47,8 @@ FIELDS = ("attack", "family", "image", "status", "payload_ok", "bit_accuracy", "
 
 
 def crops(photos: list[tuple[str, np.ndarray]], n: int, size: int, seed: int) -> list[tuple[str, np.ndarray]]:
-    """``n`` square crops spread over ``photos`` (round robin), random side >= size, resized to size."""
+    """``n`` square crops spread over ``photos`` (round robin: one per photo while n <= len(photos)),
+    random side >= size, resized to size."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -73,12 +68,11 @@ def run(args: argparse.Namespace) -> Path:
     mode = "bound" if args.content_bits else "legacy"
     key = WatermarkKey(hashlib.sha256(b"watermark-attack-suite").digest())
     wm = Watermarker(key, model=load_model(args.checkpoint), content_bits=args.content_bits)
-    photos = load_photos(bundled_photos())
-    held = [p for p in photos if p[0] in HELD_OUT]
-    other = [p for p in photos if p[0] not in HELD_OUT]
-    images = crops(held, args.n, args.size, seed=0)
+    held = load_photos(unseen_photos())
+    trained = load_photos([p for p in catalogue() if p.name in CHECKPOINT_TRAINED_ON])
+    images = crops(held, args.n or len(held), args.size, seed=0)
     attacker = [
-        wm.embed_array(x, PAYLOAD, args.psnr) for _, x in crops(other, args.attacker_images, args.size, 1)
+        wm.embed_array(x, PAYLOAD, args.psnr) for _, x in crops(trained, args.attacker_images, args.size, 1)
     ]
     estimate = attacks.averaged_residual(attacker)
     rows = []
@@ -321,7 +315,9 @@ def report(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=15, help="evaluation images (crops of the held-out photos)")
+    parser.add_argument(
+        "--n", type=int, default=0, help="evaluation images (default: one crop of every unseen photo)"
+    )
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--attacker-images", type=int, default=8)
     parser.add_argument("--psnr", type=float, default=None, help="embedding strength (default: the model's)")

@@ -11,12 +11,14 @@ p-values), the per-bit bias over images, and the agreement between the decoded w
 different images (Binomial(64, 1/2) if the decoder does not output similar words for every clean image).
 
 Images: random windows (64..512 px, random aspect) of every bundled photo after a random rescale
-(0.5..1.0), flipped at random, half of them re-encoded as JPEG at a random quality 40..95. They all come
-from the 14 bundled photos (``detector.corpus.photos``), so they are many views of few scenes, not
-thousands of independent photos. Results are appended per image to ``clean.jsonl`` / ``other_key.jsonl``
+(0.5..1.0), flipped at random, half of them re-encoded as JPEG at a random quality 40..95. They come
+from the catalogued photos the shipped checkpoint was never trained on
+(``detector.watermark.train.unseen_photos``: about 70 once ``detector corpus photos fetch`` has run;
+set ``DETECTOR_PHOTO_STORE`` to the store), so they are views of some 70 scenes, not thousands of
+independent photos. Results are appended per image to ``clean.jsonl`` / ``other_key.jsonl``
 so an interrupted run resumes where it stopped.
 
-    python experiments/watermark_fpr/run.py --clean 3000 --other-key 1000
+    python experiments/watermark_fpr/run.py --clean 4000 --other-key 1000
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from detector.watermark.api import Watermarker, default_checkpoint
 from detector.watermark.distortions import jpeg_numpy
 from detector.watermark.model import WatermarkModel
 from detector.watermark.payload import WatermarkKey
+from detector.watermark.train import unseen_photos
 
 HERE = Path(__file__).resolve().parent
 ALPHAS = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 0.5)
@@ -371,7 +374,7 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=default_checkpoint())
-    parser.add_argument("--clean", type=int, default=3000)
+    parser.add_argument("--clean", type=int, default=4000)
     parser.add_argument("--other-key", type=int, default=1000)
     parser.add_argument("--self-check", type=int, default=100, help="Own-key images that must be detected.")
     parser.add_argument("--out", type=Path, default=HERE)
@@ -383,7 +386,7 @@ def main() -> None:
     key_a = WatermarkKey(b"fpr-check-key-A-0123456789abcdef")
     key_b = WatermarkKey(b"fpr-check-key-B-0123456789abcdef")
     detector, other = Watermarker(key_a, model=model), Watermarker(key_b, model=model)
-    photos = load_photos()
+    photos = load_photos(unseen_photos())
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     report = {
