@@ -231,8 +231,8 @@ class Watermarker:
         Candidates: the plain reading (1x and 0.5x grids, rotations to 6 degrees), the image mirrored,
         and the lattice-synchronised views of :mod:`.sync` (any resize 0.3x-2x, aspect change, rotation
         to 45 degrees), each also mirrored. "full": a coarse pass reads every candidate at sub-cell phase
-        0 (stopping at the first confident one), then a fine pass reads the ``FINE_CANDIDATES`` most
-        confident at every phase, on the grid their coarse reading chose; "exhaustive": every
+        0 (but the plain reading's native grid at every phase), stopping at the first confident one, then
+        a fine pass reads the ``FINE_CANDIDATES`` most confident at every phase; "exhaustive": every
         candidate at every phase (about 2.5x the work on an unmarked image); "fast": the native grid
         only. The most confident reading wins, a choice from the image alone, so the keyed test's FPR
         holds whatever is searched."""
@@ -249,24 +249,33 @@ class Watermarker:
         coarse = self.search == "full"
 
         def candidates():
-            yield image, (lambda: whole), model.search_factors, model.search_angles
-            yield _mirror(image), (lambda: _mirror(whole)), (native,), SYNC_ANGLES
+            # The plain reading's native grid at every phase even in the coarse pass: a crop shifts
+            # the phase, and crops are the commonest edit (the other grids and views: phase 0 first).
+            yield image, (lambda: whole), (native,), model.search_angles, False
+            halves = tuple(f for f in model.search_factors if f != native)
+            if halves:
+                yield image, (lambda: whole), halves, model.search_angles, coarse
+            yield _mirror(image), (lambda: _mirror(whole)), (native,), SYNC_ANGLES, coarse
             for view, m in sync.canonical_views(image, model.decoder, model.cfg.scale):
                 seen = (lambda m=m: sync.view_of(whole, m)) if whole is not image else (lambda v=view: v)
-                yield view, seen, (native,), SYNC_ANGLES
-                yield _mirror(view), (lambda s=seen: _mirror(s())), (native,), SYNC_ANGLES
+                yield view, seen, (native,), SYNC_ANGLES, coarse
+                yield _mirror(view), (lambda s=seen: _mirror(s())), (native,), SYNC_ANGLES, coarse
 
-        read = []  # (confidence, logits, seen, angle, view, factor, angles) of every candidate read
-        for view, seen, factors, angles in candidates():
-            logits, factor, angle = self._read(view, factors, angles, coarse)
-            read.append((float(np.abs(logits).mean()), logits, seen, angle, view, factor, angles))
+        read = []  # (confidence, logits, seen, angle, view, factor, angles, coarsely read) per reading
+        for view, seen, factors, angles, rough in candidates():
+            logits, factor, angle = self._read(view, factors, angles, rough)
+            read.append((float(np.abs(logits).mean()), logits, seen, angle, view, factor, angles, rough))
             if read[-1][0] >= stop:
                 break
         first = max(r[0] for r in read)
         if coarse and first < stop:
-            for _, _, seen, _, view, factor, angles in sorted(read, key=lambda r: -r[0])[:FINE_CANDIDATES]:
-                logits, _, angle = self._read(view, (factor,), angles)
-                read.append((float(np.abs(logits).mean()), logits, seen, angle, view, factor, angles))
+            ranked = sorted(read, key=lambda r: -r[0])[:FINE_CANDIDATES]
+            for _, _, seen, _, view, factor, angles, rough in ranked:
+                if rough:  # read at phase 0 only so far
+                    logits, _, angle = self._read(view, (factor,), angles)
+                    read.append(
+                        (float(np.abs(logits).mean()), logits, seen, angle, view, factor, angles, False)
+                    )
         conf, logits, seen, angle = max(read, key=lambda r: r[0])[:4]
         return logits, unrotate(seen(), angle), first if coarse else None
 
