@@ -8,8 +8,9 @@ JSONL write per batch, in four configurations, each loaded from the same bundle:
 
 * ``core``: head + attribution distance + attribution + fusion (``--no-watermark --no-rigid --no-inversion``)
 * ``+ watermark``: the watermark decoder too (``--no-rigid --no-inversion``), with its fast search
-  (``--watermark-search fast``: native grid only) and its full one (undoes a 0.5x resize and rotations
-  up to 6 degrees; the default)
+  (``--watermark-search fast``: native grid only), its full one (the default: plain, mirrored and
+  lattice-synchronised readings, coarse then fine) and the exhaustive one (the same readings, every one
+  at every sub-cell phase: what the full search did before; library only)
 * ``+ watermark + RIGID``: RIGID costs ``draws`` extra backbone forwards by design (``--no-inversion``)
 * ``all``: + diffusion inversion (the default ``detector score``)
 
@@ -43,6 +44,9 @@ CONFIGS = {
     "core (head + attribution + fusion)": dict(watermark=False, rigid=False, inversion=False),
     "+ watermark, fast search": dict(watermark=True, watermark_search="fast", rigid=False, inversion=False),
     "+ watermark, full search": dict(watermark=True, watermark_search="full", rigid=False, inversion=False),
+    "+ watermark, exhaustive search (the full search before issue 12)": dict(
+        watermark=True, watermark_search="exhaustive", rigid=False, inversion=False
+    ),
     "+ watermark (full) + RIGID": dict(watermark=True, watermark_search="full", rigid=True, inversion=False),
     "all (+ inversion)": dict(watermark=True, watermark_search="full", rigid=True, inversion=True),
 }

@@ -263,40 +263,33 @@ def report(args: argparse.Namespace) -> None:
     parts = [
         "# Watermark attack suite",
         "",
-        "Commands (each run writes its CSVs; the report is rebuilt from whatever CSVs exist). The tables below",
-        "come from the two full runs, then `--only` reruns (same images) of the rows that a later decoder change",
-        "touched (the 1.25 px grid for images <= 200 px) or that were added later (the resize-then-JPEG chains):",
+        "Command (the full run writes `results_bound.csv` after each photo; the report is rebuilt from the CSVs):",
         "",
         "```bash",
-        "python experiments/watermark_attacks/run.py                          # content binding on (the default)",
-        "python experiments/watermark_attacks/run.py --content-bits 0 --n 8   # the legacy unbound mark",
-        'ONLY="resize0.3,resize0.4,resize0.5,crop10%,chain(rot3,resize0.6,jpeg60,crop70%)"',
-        'ONLY="$ONLY,resize0.75+jpeg80,resize0.5+jpeg80"',
-        'python experiments/watermark_attacks/run.py --only "$ONLY"',
-        'python experiments/watermark_attacks/run.py --only "$ONLY" --content-bits 0 --n 8',
+        "export DETECTOR_PHOTO_STORE=/path/to/photos   # after `detector corpus photos fetch`",
+        "python experiments/watermark_attacks/run.py",
         "python experiments/watermark_attacks/run.py --report-only",
         "```",
         "",
-        "Shipped checkpoint at its default strength (PSNR 41 dB). Images: square crops of the five photos held",
-        "out of the checkpoint's training, resized to the run's size; the attacker's marked images (same key and",
-        "payload, i.e. one generator's output) are crops of the other bundled photos. Statuses are the API's at",
+        f"Code: commit `{args.commit}` (the CSV's rows; `git log` of this file for later report-only changes).",
+        "Shipped checkpoint at its default strength (PSNR 41 dB), content binding on, the default (staged)",
+        "search. Images: one 384 px square crop of each catalogued photo the checkpoint was never trained on",
+        "(`detector.watermark.train.unseen_photos`: every catalogued photo but the nine of",
+        "`CHECKPOINT_TRAINED_ON`), listed at the end; the attacker's marked images (same key and payload,",
+        "i.e. one generator's output) are crops of the nine training photos. Statuses are the API's at",
         "FPR 1e-6: `watermarked` (found and bound to the content), `forged` (a mark of the key made for other",
         "content), `inverted` (the complement of a mark: a removal attempt), `absent`. TPR = `watermarked` with",
         "the right payload. Bit accuracy: decoded bits against the word embedded in that image. PSNR: attacked",
         "image against the marked one (copy attacks: against the clean photo), where the size is unchanged.",
-        "Seconds: wall time of one detection on our shared 2-core machine, which ran at a load of about 8",
-        "during these runs (an idle core takes about a quarter of that).",
+        "Seconds: wall time of one detection on our shared 2-core machine under a load of 5-9 (an idle core",
+        "takes a third to a half of that). `lost_vs_exhaustive`: marked images the default search missed",
+        "and the exhaustive search (every candidate at every sub-cell phase, `search='exhaustive'`) found.",
         "",
-        "Only five photos held out of training exist offline, so the images are several crops of each",
-        "(correlated views, not independent photos): the issue's '>= 50 photos' is not met by `--n`, which",
-        "adds crops, not photos. Peers (invisible-watermark, blind-watermark) and regeneration/purification",
-        "attacks are not in this suite yet (see experiments/watermark_vs_peers for the peers on the old grid).",
+        "Peers (invisible-watermark, blind-watermark) and regeneration/purification attacks are not in this",
+        "suite yet (see experiments/watermark_vs_peers for the peers on the old grid).",
         "",
     ]
-    for mode, title in (
-        ("bound", "Content binding on (default)"),
-        ("legacy", "Legacy unbound mark (`--content-bits 0`)"),
-    ):
+    for mode, title in (("bound", "Content binding on (default)"),):
         path = HERE / f"results_{mode}.csv"
         if not path.is_file():
             continue
@@ -342,6 +335,8 @@ def report(args: argparse.Namespace) -> None:
             f"{sum(r['status'] != 'absent' for r in rows if r['family'] == 'clean')} of {n_img}.",
             "",
         ]
+        photos = sorted({r["image"].split("#")[0] for r in rows})
+        parts += [f"Photos ({len(photos)}): " + ", ".join(f"`{p}`" for p in photos) + ".", ""]
     atomic_write_text(HERE / "RESULTS.md", "\n".join(parts) + "\n")
 
 
@@ -356,6 +351,7 @@ def main() -> None:
     parser.add_argument("--content-bits", type=int, default=16, help="0: the legacy unbound mark")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--commit", default="see git log", help="the commit the CSV was measured with")
     parser.add_argument(
         "--only", default="", help="comma-separated single-image attacks to rerun into the CSV"
     )

@@ -262,6 +262,9 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
         command,
         "```",
         "",
+        f"Code: commit `{report.get('commit', '?')}`. Images: views of the {len(report.get('photos', []))} "
+        "catalogued photos the checkpoint was never trained on (listed at the end).",
+        "",
         f"Checkpoint `{report['checkpoint']}`, FPR target {report['fpr']:g}: declared watermarked when the "
         f"best payload's re-encoded word matches k >= {report['threshold_matches']} of "
         f"{report['n_bits']} decoded bits. Decoder search: scale factors "
@@ -280,6 +283,13 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
         lines.append(
             f"| {label} | {r['n']} | {r['distinct_source_photos']} | {r['declared_watermarked']} | "
             f"{r.get('any_claim', '-')} | {r['fpr_95_upper_bound']:.2e} | {r['payload_candidate_found']} | {r['best_match_max']} |"
+        )
+    if "all_images" in report:
+        r = report["all_images"]
+        lines.append(
+            f"| **all images (clean + other key)** | {r['n']} | {r['distinct_source_photos']} | "
+            f"{r['declared_watermarked']} | {r['any_claim']} | {r['fpr_95_upper_bound']:.2e} | "
+            f"{r['payload_candidate_found']} | {r['best_match_max']} |"
         )
     sim = report["simulated_fair_coins"]
     lines.append(
@@ -362,6 +372,8 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
         "",
         "![best-match counts and raw-bit calibration](fpr.png)",
         "",
+        "Photos: " + ", ".join(f"`{p}`" for p in report.get("photos", [])) + ".",
+        "",
         "## results.json",
         "",
         "```json",
@@ -371,10 +383,23 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=default_checkpoint())
     parser.add_argument("--clean", type=int, default=4000)
+    parser.add_argument("--commit", default=None, help="the decoder's commit (default: HEAD)")
     parser.add_argument("--other-key", type=int, default=1000)
     parser.add_argument("--self-check", type=int, default=100, help="Own-key images that must be detected.")
     parser.add_argument("--out", type=Path, default=HERE)
@@ -390,6 +415,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     report = {
+        "commit": args.commit or _commit(),
         "checkpoint": str(args.checkpoint.resolve().relative_to(Path.cwd().resolve()))
         if args.checkpoint.resolve().is_relative_to(Path.cwd().resolve())
         else str(args.checkpoint),
@@ -415,6 +441,8 @@ def main() -> None:
     others = run_part(args.out / "other_key.jsonl", args.other_key, marked, detector, "other key")
     report["clean"] = summarise(clean)
     report["other_key"] = summarise(others)
+    report["all_images"] = summarise(clean + others)
+    report["photos"] = sorted({r["source"] for r in clean + others})
     cal = calibration(clean, detector.codec)
     agree = cal.pop("_agree")
     report["clean_raw_bit_calibration"] = cal
