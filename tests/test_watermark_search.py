@@ -53,6 +53,12 @@ def test_trim_border_finds_the_picture_inside_a_frame(photo):
     assert trim_border(photo) is photo  # no border: unchanged
     flat = np.full((64, 64, 3), 128, np.uint8)
     assert trim_border(flat) is flat  # a flat picture is not all border
+    for shape in ((64, 64), (9, 9), (5, 300), (300, 5)):  # all uniform, or too small: nothing to trim
+        uniform = np.full((*shape, 3), 100, np.uint8)
+        assert trim_border(uniform) is uniform
+    lines = np.full((100, 100, 3), 100, np.uint8)
+    lines[:, 50] = 0  # one dark column: the rest uniform, but a border must not take the whole image
+    assert trim_border(lines) is lines
     hashes = received_hashes(shot, KEY, 16)
     assert np.array_equal(hashes[1], content_hash(photo, KEY, 16))
     assert not np.array_equal(hashes[0], hashes[1])

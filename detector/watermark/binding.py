@@ -130,6 +130,8 @@ def trim_border(image: np.ndarray) -> np.ndarray:
     if min(luma.shape) < 4 * EDGE:
         return image
     for _ in range(3):  # rows then columns, again: a title bar spans the frame's columns
+        if bottom - top < 4 * EDGE or right - left < 4 * EDGE:  # (almost) all of it uniform: no border
+            return image
         before = (top, bottom, left, right)
         rows = np.zeros(luma.shape[0], bool)
         rows[top:bottom] = _uniform(luma[top:bottom, left:right], axis=1)
