@@ -127,7 +127,13 @@ def run(args: argparse.Namespace) -> Path:
     if unknown:
         raise SystemExit(f"--only: unknown attack(s) {sorted(unknown)}; known: {list(attacks.TRANSFORMS)}")
     out = HERE / f"results_{mode}.csv"
+    done = set()
+    if args.resume and out.is_file() and not only:  # a stopped full run: keep its photos, do the rest
+        rows += read_csv(out)
+        done = {r["image"] for r in rows}
     for i, (name, clean) in enumerate(images):
+        if name in done:
+            continue
         truth = wm.codec.encode(PAYLOAD, wm.content_of(clean))
         marked = wm.embed_array(clean, PAYLOAD, args.psnr)
         if only:  # rerun some single-image attacks only; the other rows are kept from the last full run
@@ -351,6 +357,7 @@ def main() -> None:
     parser.add_argument("--content-bits", type=int, default=16, help="0: the legacy unbound mark")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue a stopped full run from its CSV")
     parser.add_argument("--commit", default="see git log", help="the commit the CSV was measured with")
     parser.add_argument(
         "--only", default="", help="comma-separated single-image attacks to rerun into the CSV"
