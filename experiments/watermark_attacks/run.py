@@ -265,6 +265,56 @@ def checks(summary: list[dict]) -> list[str]:
     ]
 
 
+def done_when(summary: list[dict], rows: list[dict]) -> list[str]:
+    """The issue's 'Done when' items, each met or not with its figure (FPR and speed from their runs)."""
+    import json
+
+    by = {s["attack"]: s for s in summary}
+    n_photos = len({r["image"] for r in rows})
+    spoofed = {
+        r["image"]
+        for r in rows
+        if r["family"] == "copy" and r["status"] == "watermarked" and r["psnr"] and float(r["psnr"]) >= 30
+    }
+    missed = [f"{a} {by[a]['tpr']:.2f}" for a in TARGETS if a in by and by[a]["tpr"] < 0.95]
+    subs = [s for s in summary if s["family"] == "subtract" and s["tpr"] < 0.95]
+    first = max(subs, key=lambda s: s["psnr"] or 0) if subs else None
+    lines = ["### The issue's 'Done when'", ""]
+    ok = len(spoofed) <= n_photos / 100
+    lines.append(
+        f"- Forgery (<= 1 clean photo in 100 declared `watermarked` by a copy attack at >= 30 dB): "
+        f"**{'met' if ok else 'not met'}**, {len(spoofed)} of {n_photos} photos ({', '.join(sorted(spoofed)) or '-'})."
+    )
+    lines.append(
+        f"- TPR >= 0.95 on every listed edit, on >= 50 unseen photos ({n_photos} here): "
+        f"**{'met' if not missed else 'not met'}**; misses: {', '.join(missed) or '-'}."
+    )
+    if first:
+        lines.append(
+            f"- Removal by subtraction fails only below 30 dB: **{'met' if first['psnr'] < 30 else 'not met'}**, "
+            f"first failure at {first['attack']} ({first['psnr']} dB)."
+        )
+    fpr = HERE.parent / "watermark_fpr" / "unseen_photos" / "results.json"
+    if fpr.is_file():
+        r = json.loads(fpr.read_text())
+        a = r.get("all_images", r["clean"])
+        ok = a["any_claim"] == 0 and a["n"] >= 5000 and a["distinct_source_photos"] >= 50
+        lines.append(
+            f"- FPR run (>= 5,000 images of >= 50 photos, 0 false positives): **{'met' if ok else 'not met'}**, "
+            f"{a['any_claim']} claims in {a['n']} images of {a['distinct_source_photos']} photos "
+            f"(95% upper bound {a['fpr_95_upper_bound']:.1e}; `experiments/watermark_fpr/unseen_photos`)."
+        )
+    bench = HERE.parent / "throughput" / "bench_score.json"
+    if bench.is_file():
+        ratio = json.loads(bench.read_text())["ratio_to_raw"].get("+ watermark, full search")
+        if ratio is not None:
+            lines.append(
+                f"- `detector score` with the watermark (full search) >= 0.5x the raw backbone: "
+                f"**{'met' if ratio >= 0.5 else 'not met'}**, {ratio:.2f}x (`experiments/throughput`)."
+            )
+    return [*lines, ""]
+
+
 def report(args: argparse.Namespace) -> None:
     parts = [
         "# Watermark attack suite",
@@ -341,6 +391,7 @@ def report(args: argparse.Namespace) -> None:
             f"{sum(r['status'] != 'absent' for r in rows if r['family'] == 'clean')} of {n_img}.",
             "",
         ]
+        parts += done_when(summary, rows)
         photos = sorted({r["image"].split("#")[0] for r in rows})
         parts += [f"Photos ({len(photos)}): " + ", ".join(f"`{p}`" for p in photos) + ".", ""]
     atomic_write_text(HERE / "RESULTS.md", "\n".join(parts) + "\n")

@@ -299,6 +299,11 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
     )
     lines += [
         "",
+        "The fair-coin row counts simulated words whose best candidate reaches the `watermarked` threshold "
+        "whatever its content hash; a real `watermarked` claim also needs that hash within the tolerance of the "
+        "image's (a share `bound_candidates / 2**content_bits` of random hashes), so with binding on that row "
+        "over-counts claims by that factor (about 240x for 16 bits, tolerance 2, two views).",
+        "",
         "Mean best-match k among decoded candidates: clean "
         f"{report['clean']['best_match_mean']:.2f}, other key {report['other_key']['best_match_mean']:.2f}, "
         f"fair coins {sim['best_match_mean']:.2f}.",
