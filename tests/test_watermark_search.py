@@ -78,6 +78,7 @@ def test_two_view_binding_test_counts_both_views():
 
 
 def test_screenshot_of_a_marked_image_is_watermarked_not_forged(wm, photo):
+    assert wm.binding["views"] == 2 == wm.codec.content_views  # what a verifier must know
     marked = wm.embed_array(photo, 4242)
     small = np.asarray(Image.fromarray(marked).resize((179, 179), Image.Resampling.LANCZOS))  # 0.7x
     result = wm.detect_array(_screenshot(small))

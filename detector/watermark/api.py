@@ -200,6 +200,8 @@ class Watermarker:
             "scheme": BINDING_SCHEME if self.codec.content_bits else "none",
             "content_bits": self.codec.content_bits,
             "tolerance": self.codec.tolerance,
+            # received hashes compared (as read, inside a uniform border): the test's correction counts them
+            "views": self.codec.content_views if self.codec.content_bits else 0,
         }
 
     def decode_logits(self, image: np.ndarray) -> np.ndarray:
