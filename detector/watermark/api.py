@@ -27,21 +27,26 @@ from detector.errors import DetectorError
 from detector.io import ImageLoadError, atomic_writer, file_sha256, load_image_array
 from detector.watermark import sync
 from detector.watermark.binding import SCHEME as BINDING_SCHEME
-from detector.watermark.binding import content_hash, hash_to_int, unrotate
+from detector.watermark.binding import content_hash, hash_to_int, received_hashes, unrotate
 from detector.watermark.model import WatermarkModel
 from detector.watermark.payload import PayloadCodec, WatermarkKey, load_key
 from detector.watermark.registry import PayloadRecord, PayloadRegistry
 
 DEFAULT_FPR = 1e-6
-#: Decoder search profiles. "full": both grids (1x and a 0.5x resize) and rotations up to +-6 degrees,
-#: then lattice-synchronised views (any resize 0.3x-2x, aspect change, rotation) and mirrored readings;
-#: "fast": the native grid, no rotation (about 10x cheaper on an unmarked image, misses resized, rotated
-#: or mirrored marks). Both choose their reading from the image alone, so the keyed test's FPR holds.
-SEARCHES = ("full", "fast")
+#: Decoder search profiles (see :meth:`Watermarker.search_image`). "full" (the default): plain, mirrored
+#: and lattice-synchronised readings (any resize 0.3x-2x, aspect change, rotation, flip), coarse then
+#: fine; "exhaustive": the same candidates, each at every sub-cell phase (slower, the reference the
+#: full search is measured against); "fast": the native grid, no rotation (misses resized, rotated or
+#: mirrored marks). All choose their reading from the image alone, so the keyed test's FPR holds.
+SEARCHES = ("full", "exhaustive", "fast")
+#: The full search's fine pass reads this many of the coarse pass's most confident candidates.
+FINE_CANDIDATES = 2
 #: Content-hash bits carried in the mark (0 turns binding off: legacy marks) and the hash distance
 #: still read as the same content (measured in experiments/watermark_attacks).
 CONTENT_BITS = 16
 CONTENT_TOLERANCE = 2
+#: Received hashes the binding test compares with: the image as read and inside its uniform border.
+CONTENT_VIEWS = 2
 #: Residual rotations (degrees) tried on each synchronised view (the lattice estimate is within ~1).
 SYNC_ANGLES = (0.0, -1.5, 1.5)
 STATUSES = ("watermarked", "forged", "inverted", "absent")
@@ -157,7 +162,9 @@ class Watermarker:
         self.model.eval()
         self.model_name = str(checkpoint or (default_checkpoint() if model is None else "in-memory"))
         try:
-            self.codec = PayloadCodec(self.key, self.model.cfg.n_bits, payload_bits, content_bits, tolerance)
+            self.codec = PayloadCodec(
+                self.key, self.model.cfg.n_bits, payload_bits, content_bits, tolerance, CONTENT_VIEWS
+            )
         except ValueError as exc:
             raise WatermarkError(str(exc)) from exc
         if registry is not None and not isinstance(registry, PayloadRegistry):
@@ -193,6 +200,8 @@ class Watermarker:
             "scheme": BINDING_SCHEME if self.codec.content_bits else "none",
             "content_bits": self.codec.content_bits,
             "tolerance": self.codec.tolerance,
+            # received hashes compared (as read, inside a uniform border): the test's correction counts them
+            "views": self.codec.content_views if self.codec.content_bits else 0,
         }
 
     def decode_logits(self, image: np.ndarray) -> np.ndarray:
@@ -208,54 +217,94 @@ class Watermarker:
     @torch.no_grad()
     def decode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits of the most confident reading, and the image as that reading saw it (geometry undone,
-        for the content hash).
+        for the content hash). See :meth:`search_image`."""
+        logits, seen, _ = self.search_image(image)
+        return logits, seen
 
-        "full": the plain search (1x and 0.5x grids, rotations to 6 degrees, stopping early on a confident
-        mark), then, unless that was confident, the lattice-synchronised views of :mod:`.sync` (any resize
-        0.3x-2x, aspect change, rotation to 45 degrees), each also mirrored, and the image itself mirrored.
-        "fast": the native grid only. The most confident reading wins: a choice from the image alone."""
+    @torch.no_grad()
+    def search_image(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """``(logits, seen, coarse confidence)``: the most confident reading, the image as it saw it, and
+        the best confidence of the coarse pass (None where there is none).
+
+        Why not a pre-check that stops at a low coarse confidence: marks weakened by JPEG 50 or
+        denoising read with confidences (1.5-2) inside the range of unmarked photos (1-3), so any cut
+        that saves time loses them (measured in experiments/watermark_attacks/RESULTS.md).
+
+        Candidates: the plain reading (1x and 0.5x grids, rotations to 6 degrees), the image mirrored,
+        and the lattice-synchronised views of :mod:`.sync` (any resize 0.3x-2x, aspect change, rotation
+        to 45 degrees), each also mirrored. "full": a coarse pass reads every candidate at sub-cell phase
+        0 (but the plain reading's native grid at every phase), stopping at the first confident one, then
+        a fine pass reads the ``FINE_CANDIDATES`` most confident at every phase; "exhaustive": every
+        candidate at every phase (about 2.5x the work on an unmarked image); "fast": the native grid
+        only. The most confident reading wins, a choice from the image alone, so the keyed test's FPR
+        holds whatever is searched."""
         whole = image  # what the content hash is taken on: the whole image, never the decoding window
         h, w = image.shape[:2]
         if max(h, w) > DECODE_WINDOW:  # the decoder reads a centre window anyway: skip converting the rest
             top, left = max(0, (h - DECODE_WINDOW) // 2), max(0, (w - DECODE_WINDOW) // 2)
             image = image[top : top + DECODE_WINDOW, left : left + DECODE_WINDOW]
         model = self.model
-        stop = model.cfg.stop_confidence
+        stop, native = model.cfg.stop_confidence, float(model.cfg.scale)
         if self.search == "fast":
-            logits, _ = self._read(image, (float(model.cfg.scale),), (0.0,))
-            return logits, whole
-        logits, angle = self._read(image, model.search_factors, model.search_angles)
-        best = (float(np.abs(logits).mean()), logits, lambda a=angle: unrotate(whole, a))
-        if best[0] < stop:
-            views = [(_mirror(image), lambda: _mirror(whole))]
+            logits, _, _ = self._read(image, (native,), (0.0,))
+            return logits, whole, None
+        coarse = self.search == "full"
+
+        def candidates():
+            # The plain reading's native grid at every phase even in the coarse pass: a crop shifts
+            # the phase, and crops are the commonest edit (the other grids and views: phase 0 first).
+            yield image, (lambda: whole), (native,), model.search_angles, False
+            halves = tuple(f for f in model.search_factors if f != native)
+            if halves:
+                yield image, (lambda: whole), halves, model.search_angles, coarse
+            yield _mirror(image), (lambda: _mirror(whole)), (native,), SYNC_ANGLES, coarse
             for view, m in sync.canonical_views(image, model.decoder, model.cfg.scale):
                 seen = (lambda m=m: sync.view_of(whole, m)) if whole is not image else (lambda v=view: v)
-                views += [(view, seen), (_mirror(view), lambda s=seen: _mirror(s()))]
-            for view, seen in views:
-                logits, angle = self._read(view, (float(model.cfg.scale),), SYNC_ANGLES)
-                conf = float(np.abs(logits).mean())
-                if conf > best[0]:
-                    best = (conf, logits, lambda s=seen, a=angle: unrotate(s(), a))
-                    if conf >= stop:
-                        break
-        return best[1], best[2]()
+                yield view, seen, (native,), SYNC_ANGLES, coarse
+                yield _mirror(view), (lambda s=seen: _mirror(s())), (native,), SYNC_ANGLES, coarse
 
-    def _read(self, image: np.ndarray, factors, angles) -> tuple[np.ndarray, float]:
+        read = []  # (confidence, logits, seen, angle, view, factor, angles, coarsely read) per reading
+        for view, seen, factors, angles, rough in candidates():
+            logits, factor, angle = self._read(view, factors, angles, rough)
+            read.append((float(np.abs(logits).mean()), logits, seen, angle, view, factor, angles, rough))
+            if read[-1][0] >= stop:
+                break
+        first = max(r[0] for r in read)
+        if coarse and first < stop:
+            ranked = sorted(read, key=lambda r: -r[0])[:FINE_CANDIDATES]
+            for _, _, seen, _, view, factor, angles, rough in ranked:
+                if rough:  # read at phase 0 only so far
+                    logits, _, angle = self._read(view, (factor,), angles)
+                    read.append(
+                        (float(np.abs(logits).mean()), logits, seen, angle, view, factor, angles, False)
+                    )
+        conf, logits, seen, angle = max(read, key=lambda r: r[0])[:4]
+        return logits, unrotate(seen(), angle), first if coarse else None
+
+    def _read(
+        self, image: np.ndarray, factors, angles, coarse: bool = False
+    ) -> tuple[np.ndarray, float, float]:
+        """The decoder's most confident reading: ``(logits, grid factor, angle)``."""
         logits, choice = self.model.decoder(
             _to_tensor(image),
             factors,
             angles=angles,
             stop_confidence=self.model.cfg.stop_confidence,
             return_choice=True,
+            phases=not coarse,
         )
-        return logits[0].detach().numpy(), choice[0][1]
+        return logits[0].detach().numpy(), choice[0][0], choice[0][1]
 
     def detect_array(self, image: np.ndarray, path: str | None = None) -> WatermarkResult:
-        logits, seen = self.decode(image)
+        logits, seen, first = self.search_image(image)
+        extra = {"binding": self.binding} | ({} if first is None else {"coarse_confidence": round(first, 4)})
+        return self._result(logits, seen, path, extra)
+
+    def _result(self, logits, seen, path, extra: dict) -> WatermarkResult:
         bits = (logits > 0).astype(np.uint8)
         received = None
         if self.codec.content_bits:  # hashed as the decoder saw it: the geometry it found undone
-            received = content_hash(seen, self.key, self.codec.content_bits)
+            received = received_hashes(seen, self.key, self.codec.content_bits)
         decoded = self.codec.decode(bits, np.abs(logits), self.fpr, received)
         status = "watermarked" if decoded.watermarked else "forged" if decoded.forged else "absent"
         if status == "absent":
@@ -270,7 +319,6 @@ class Watermarker:
         if status != "absent" and self.registry is not None:
             found = self.registry.lookup(self.key.key_id, decoded.payload)
             record = found.to_dict() if found else None
-        extra = {"binding": self.binding}
         if record and record.get("binding") not in (None, self.binding_tag):
             extra["binding_mismatch"] = f"the registry says this payload's marks carry {record['binding']}"
         shown = status in ("watermarked", "forged", "inverted")

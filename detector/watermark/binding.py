@@ -15,6 +15,9 @@ from the secret key (SimHash): two images agree on a bit with probability ``1 - 
 edits flip few bits and unrelated images about half. Keyed, so an attacker cannot compute a photo's
 hash to pick a matching mark to copy.
 
+**Borders.** A screenshot adds a frame and a title bar, which change the thumbnail: the detector also
+hashes the picture inside any uniform border (:func:`trim_border`) and the test counts both views.
+
 **What it does not survive.** Edits that change the coarse picture: crops that keep a small part
 (10% of the area), large rotations, heavy recolouring. The binding then fails and the mark reads as
 ``forged``; ``experiments/watermark_attacks/`` measures how often.
@@ -84,6 +87,72 @@ def hyperplanes(key: WatermarkKey, n_bits: int) -> np.ndarray:
 def content_hash(image: np.ndarray, key: WatermarkKey, n_bits: int) -> np.ndarray:
     """The keyed ``n_bits`` SimHash of the image's content (uint8 0/1)."""
     return (hyperplanes(key, n_bits) @ content_features(image) > 0).astype(np.uint8)
+
+
+#: A border row or column: its luma spread (2nd to 98th percentile, 0..255) at most this much (the
+#: percentiles ignore the few pixels at its ends that a resampling blends with the outside).
+BORDER_SPREAD = 3
+#: Trimming never keeps less than this share of a side (a flat picture is not a border).
+MIN_KEPT = 0.5
+#: Lines at each edge that may be blended with the outside and are skipped when a border follows.
+EDGE = 2
+
+
+def _spread(luma: np.ndarray, axis: int) -> np.ndarray:
+    low, high = np.percentile(luma, (2, 98), axis=axis)
+    return high - low
+
+
+def _uniform(luma: np.ndarray, axis: int) -> np.ndarray:
+    """Which lines (rows: axis=1) are uniform; the outermost ``EDGE`` on each side count as uniform (a
+    resampling blends them with the outside), which only matters when a real border follows them."""
+    flat = _spread(luma, axis) <= BORDER_SPREAD
+    flat[:EDGE] = flat[-EDGE:] = True
+    return flat
+
+
+def _span(flat: np.ndarray, start: int, stop: int) -> tuple[int, int]:
+    """``[start, stop)`` shrunk past the uniform lines at both ends; ends with only edge lines stay."""
+    lo, hi = start, stop
+    while lo < hi and flat[lo]:
+        lo += 1
+    while hi > lo and flat[hi - 1]:
+        hi -= 1
+    return (start if lo - start <= EDGE else lo), (stop if stop - hi <= EDGE else hi)
+
+
+def trim_border(image: np.ndarray) -> np.ndarray:
+    """The image without uniform rows and columns along its edges (a screenshot's frame and title bar,
+    a letterbox): the content hash of the picture inside. Unchanged when nothing or too much would go."""
+    rgb = np.asarray(image, dtype=np.uint8)[..., :3]
+    luma = rgb.astype(np.int16) @ np.array([2, 5, 1], dtype=np.int16) // 8
+    top, bottom, left, right = 0, luma.shape[0], 0, luma.shape[1]
+    if min(luma.shape) < 4 * EDGE:
+        return image
+    for _ in range(3):  # rows then columns, again: a title bar spans the frame's columns
+        if bottom - top < 4 * EDGE or right - left < 4 * EDGE:  # (almost) all of it uniform: no border
+            return image
+        before = (top, bottom, left, right)
+        rows = np.zeros(luma.shape[0], bool)
+        rows[top:bottom] = _uniform(luma[top:bottom, left:right], axis=1)
+        top, bottom = _span(rows, top, bottom)
+        cols = np.zeros(luma.shape[1], bool)
+        if bottom - top >= 4 * EDGE:
+            cols[left:right] = _uniform(luma[top:bottom, left:right], axis=0)
+            left, right = _span(cols, left, right)
+        if (top, bottom, left, right) == before:
+            break
+    if (top, bottom, left, right) == (0, luma.shape[0], 0, luma.shape[1]):
+        return image
+    if bottom - top < MIN_KEPT * luma.shape[0] or right - left < MIN_KEPT * luma.shape[1]:
+        return image
+    return np.ascontiguousarray(image[top:bottom, left:right])
+
+
+def received_hashes(image: np.ndarray, key: WatermarkKey, n_bits: int) -> np.ndarray:
+    """The hashes a detector compares a mark's hash with (rows): the image as read, and the picture
+    inside its uniform border (the same twice when it has none). Two views: the test counts both."""
+    return np.stack([content_hash(image, key, n_bits), content_hash(trim_border(image), key, n_bits)])
 
 
 def hash_to_int(bits: np.ndarray) -> int:

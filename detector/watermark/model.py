@@ -191,6 +191,7 @@ class Decoder(nn.Module):
         angles: tuple[float, ...] = (0.0,),
         stop_confidence: float | None = None,
         return_choice: bool = False,
+        phases: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, list[tuple[float, float]]]:
         """Logits at the most confident (scale, sub-cell phase, rotation, shift).
 
@@ -206,6 +207,8 @@ class Decoder(nn.Module):
         ``return_choice=True`` also returns the chosen ``(factor, angle)`` of each image (the content
         binding hashes the image turned back by that angle).
 
+        ``phases=False`` reads each grid at sub-cell phase 0 only (the coarse pass of the pre-check).
+
         ``aligned=True`` reads at shift 0 (the image's own top-left is the tile origin): training starts
         so, on uncropped images, because the shift search only finds the right shift once the readout
         has learned the carriers.
@@ -215,7 +218,7 @@ class Decoder(nn.Module):
         for factor in factors or (self.cfg.scale,):
             # Sub-cell phase: a crop rarely starts on the grid; try offsets within a cell (key-independent).
             step = max(1, int(factor) // 2) if not aligned else int(max(factor, 1))
-            offsets = range(0, max(1, int(factor)), step)
+            offsets = range(0, max(1, int(factor)), step) if phases else range(1)
             candidates += [(factor, dy, dx) for dy in offsets for dx in offsets]
         for factor, dy, dx in candidates:
             feats = self.grid_features(x[:, :, dy:, dx:], factor)

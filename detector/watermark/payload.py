@@ -33,7 +33,8 @@ detector, given the hash ``h`` of the image it received, makes two claims, each 
 
 * ``watermarked`` (the mark belongs to this image): the decoded hash is within ``tolerance`` bits of
   ``h`` and ``p = 2**payload_bits * N_t * P(Binomial(n, 1/2) >= k) <= fpr``, where ``N_t`` counts the
-  hashes within the tolerance of ``h``. Under H0 that bounds the claim over every (payload, hash)
+  hashes within the tolerance of ``h``. With ``content_views = v`` received hashes (the API's: the
+  image as read and its border-trimmed copy) the closest one counts and ``N_t`` is ``v`` times as large. Under H0 that bounds the claim over every (payload, hash)
   candidate the test could accept, so P(watermarked | no mark) <= fpr, as before.
 * ``forged`` (a mark of this key is present but was made for other content): the decoded hash is
   farther than ``tolerance`` and ``p = 2**(payload_bits + m) * P(Binomial(n, 1/2) >= k) <= fpr``
@@ -208,6 +209,7 @@ class PayloadCodec:
         payload_bits: int = 16,
         content_bits: int = 0,
         tolerance: int = 2,
+        content_views: int = 1,
     ):
         import reedsolo
 
@@ -219,8 +221,12 @@ class PayloadCodec:
             raise ValueError(f"content_bits must be a non-negative multiple of {s}, got {content_bits}")
         if tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+        if content_views < 1:
+            raise ValueError(f"content_views must be >= 1, got {content_views}")
         self.content_bits = content_bits
         self.tolerance = min(tolerance, content_bits)
+        #: How many received hashes (views of the image) the ``watermarked`` test may compare against.
+        self.content_views = content_views
         self.n_symbols = min(2**s - 1, n_bits // s)
         self.data_symbols = (payload_bits + content_bits) // s
         self.parity = self.n_symbols - self.data_symbols
@@ -311,7 +317,8 @@ class PayloadCodec:
     ) -> Decoded:
         """Decode raw bits (embedded order; ``confidence`` = |logit| per bit, optional) and test them.
 
-        With binding on, ``content_hash`` is the received image's hash (see the module docstring); without
+        With binding on, ``content_hash`` is the received image's hash, or up to ``content_views`` of
+        them as rows (views of the image: the closest counts; see the module docstring); without
         it a bound mark can only be tested with the any-hash bound and is never declared ``forged``."""
         bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
         if bits.size != self.n_bits:
@@ -335,7 +342,10 @@ class PayloadCodec:
             return Decoded(payload, matches, self.n_bits, p_any, p_any <= fpr, expected, content)
         from detector.watermark.binding import int_to_hash
 
-        distance = int((int_to_hash(content, self.content_bits) != np.asarray(content_hash)).sum())
+        received = np.atleast_2d(np.asarray(content_hash))
+        if len(received) > self.content_views:
+            raise ValueError(f"{len(received)} received hashes, the test allows {self.content_views}")
+        distance = int((int_to_hash(content, self.content_bits) != received).sum(axis=1).min())
         if distance <= self.tolerance:
             p = self.p_value(matches, bound=True)
             return Decoded(payload, matches, self.n_bits, p, p <= fpr, expected, content, distance)
@@ -344,8 +354,8 @@ class PayloadCodec:
 
     @property
     def bound_candidates(self) -> int:
-        """Content hashes the ``watermarked`` test accepts for one received hash (within the tolerance)."""
-        return sum(math.comb(self.content_bits, i) for i in range(self.tolerance + 1))
+        """Content hashes the ``watermarked`` test accepts: within the tolerance of any received view."""
+        return self.content_views * sum(math.comb(self.content_bits, i) for i in range(self.tolerance + 1))
 
     def multiplicity(self, bound: bool = True) -> int:
         """Codewords the test is corrected for: every payload, times the hashes it may accept."""

@@ -91,8 +91,8 @@ def _whiten(corr: np.ndarray, centre: np.ndarray, rr: np.ndarray) -> np.ndarray:
     return (corr - mean[ring]) / std[ring]
 
 
-def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[np.ndarray]:
-    """Candidate lattice bases (2x2, columns = the vertical-ish and horizontal-ish vector, in cells)."""
+def _scores(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(whitened corr, score of each lag as a lattice vector, that score on the searched ring else -inf)."""
     centre = np.array(corr.shape) // 2
     yy, xx = np.mgrid[: corr.shape[0], : corr.shape[1]] - centre[:, None, None]
     rr = np.hypot(yy, xx)
@@ -102,7 +102,21 @@ def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[n
     c2 = np.clip(centre[1] + 2 * xx, 0, corr.shape[1] - 1)
     score = corr + corr[r2, c2]
     ring = (rr >= MIN_LAG) & (rr <= MAX_LAG) & ((yy > 0) | ((yy == 0) & (xx > 0)))  # one of each +-pair
-    masked = np.where(ring, score, -np.inf)
+    return corr, score, np.where(ring, score, -np.inf)
+
+
+def lattice_strength(corr: np.ndarray) -> float:
+    """How strongly the autocorrelation shows a lattice: the best lag's score (in ring standard
+    deviations, its own plus its harmonic's). A marked image's lattice stands far out; content does not."""
+    masked = _scores(corr)[2]
+    best = float(masked.max())
+    return best if np.isfinite(best) else 0.0
+
+
+def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[np.ndarray]:
+    """Candidate lattice bases (2x2, columns = the vertical-ish and horizontal-ish vector, in cells)."""
+    centre = np.array(corr.shape) // 2
+    corr, score, masked = _scores(corr)
     bases = []
     for _ in range(n_peaks):
         idx = np.unravel_index(int(np.argmax(masked)), masked.shape)

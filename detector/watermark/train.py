@@ -33,6 +33,19 @@ DEFAULT_HOLDOUT = (
     "matplotlib-grace_hopper",
     "libjxl-cvo9xd_keong_macan",
 )
+#: The photos the shipped checkpoint was trained on (the 14 photos the package bundled then, less
+#: ``DEFAULT_HOLDOUT``; see its model card). Every other catalogued photo is unseen by it.
+CHECKPOINT_TRAINED_ON = (
+    "skimage-chelsea",
+    "skimage-rocket",
+    "skimage-stereo_motorcycle",
+    "skimage-hubble_deep_field",
+    "sklearn-flower",
+    "libjxl-flower",
+    "libjxl-hdr_room",
+    "libjxl-tmshre_riaphotographs",
+    "libjxl-u76c0g_bliznaca",
+)
 
 
 @dataclass
@@ -90,6 +103,13 @@ class PhotoCrops:
 def _ramp(step: int, total: int, start: float, length: float) -> float:
     frac = step / max(1, total)
     return min(1.0, max(0.0, (frac - start) / max(1e-9, length)))
+
+
+def unseen_photos() -> list:
+    """The catalogued photos on this machine that the shipped checkpoint never saw (evaluation photos)."""
+    from detector.corpus.photos import available_photos
+
+    return [p for p in available_photos() if p.name not in CHECKPOINT_TRAINED_ON]
 
 
 def split_photos(holdout: list[str]) -> tuple[list, list]:

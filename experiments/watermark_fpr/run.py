@@ -11,12 +11,14 @@ p-values), the per-bit bias over images, and the agreement between the decoded w
 different images (Binomial(64, 1/2) if the decoder does not output similar words for every clean image).
 
 Images: random windows (64..512 px, random aspect) of every bundled photo after a random rescale
-(0.5..1.0), flipped at random, half of them re-encoded as JPEG at a random quality 40..95. They all come
-from the 14 bundled photos (``detector.corpus.photos``), so they are many views of few scenes, not
-thousands of independent photos. Results are appended per image to ``clean.jsonl`` / ``other_key.jsonl``
+(0.5..1.0), flipped at random, half of them re-encoded as JPEG at a random quality 40..95. They come
+from the catalogued photos the shipped checkpoint was never trained on
+(``detector.watermark.train.unseen_photos``: about 70 once ``detector corpus photos fetch`` has run;
+set ``DETECTOR_PHOTO_STORE`` to the store), so they are views of some 70 scenes, not thousands of
+independent photos. Results are appended per image to ``clean.jsonl`` / ``other_key.jsonl``
 so an interrupted run resumes where it stopped.
 
-    python experiments/watermark_fpr/run.py --clean 3000 --other-key 1000
+    python experiments/watermark_fpr/run.py --clean 4000 --other-key 1000
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from detector.watermark.api import Watermarker, default_checkpoint
 from detector.watermark.distortions import jpeg_numpy
 from detector.watermark.model import WatermarkModel
 from detector.watermark.payload import WatermarkKey
+from detector.watermark.train import unseen_photos
 
 HERE = Path(__file__).resolve().parent
 ALPHAS = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 0.5)
@@ -259,6 +262,9 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
         command,
         "```",
         "",
+        f"Code: commit `{report.get('commit', '?')}`. Images: views of the {len(report.get('photos', []))} "
+        "catalogued photos the checkpoint was never trained on (listed at the end).",
+        "",
         f"Checkpoint `{report['checkpoint']}`, FPR target {report['fpr']:g}: declared watermarked when the "
         f"best payload's re-encoded word matches k >= {report['threshold_matches']} of "
         f"{report['n_bits']} decoded bits. Decoder search: scale factors "
@@ -278,6 +284,13 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
             f"| {label} | {r['n']} | {r['distinct_source_photos']} | {r['declared_watermarked']} | "
             f"{r.get('any_claim', '-')} | {r['fpr_95_upper_bound']:.2e} | {r['payload_candidate_found']} | {r['best_match_max']} |"
         )
+    if "all_images" in report:
+        r = report["all_images"]
+        lines.append(
+            f"| **all images (clean + other key)** | {r['n']} | {r['distinct_source_photos']} | "
+            f"{r['declared_watermarked']} | {r['any_claim']} | {r['fpr_95_upper_bound']:.2e} | "
+            f"{r['payload_candidate_found']} | {r['best_match_max']} |"
+        )
     sim = report["simulated_fair_coins"]
     lines.append(
         f"| fair coins (simulated words, the p-value's model) | {sim['n']} | - | {sim['declared_watermarked']} | - | "
@@ -285,6 +298,11 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
         f"{sim['payload_candidate_found']} | {sim['best_match_max']} |"
     )
     lines += [
+        "",
+        "The fair-coin row counts simulated words whose best candidate reaches the `watermarked` threshold "
+        "whatever its content hash; a real `watermarked` claim also needs that hash within the tolerance of the "
+        "image's (a share `bound_candidates / 2**content_bits` of random hashes), so with binding on that row "
+        "over-counts claims by that factor (about 240x for 16 bits, tolerance 2, two views).",
         "",
         "Mean best-match k among decoded candidates: clean "
         f"{report['clean']['best_match_mean']:.2f}, other key {report['other_key']['best_match_mean']:.2f}, "
@@ -359,6 +377,8 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
         "",
         "![best-match counts and raw-bit calibration](fpr.png)",
         "",
+        "Photos: " + ", ".join(f"`{p}`" for p in report.get("photos", [])) + ".",
+        "",
         "## results.json",
         "",
         "```json",
@@ -368,10 +388,23 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=default_checkpoint())
-    parser.add_argument("--clean", type=int, default=3000)
+    parser.add_argument("--clean", type=int, default=4000)
+    parser.add_argument("--commit", default=None, help="the decoder's commit (default: HEAD)")
     parser.add_argument("--other-key", type=int, default=1000)
     parser.add_argument("--self-check", type=int, default=100, help="Own-key images that must be detected.")
     parser.add_argument("--out", type=Path, default=HERE)
@@ -383,10 +416,11 @@ def main() -> None:
     key_a = WatermarkKey(b"fpr-check-key-A-0123456789abcdef")
     key_b = WatermarkKey(b"fpr-check-key-B-0123456789abcdef")
     detector, other = Watermarker(key_a, model=model), Watermarker(key_b, model=model)
-    photos = load_photos()
+    photos = load_photos(unseen_photos())
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     report = {
+        "commit": args.commit or _commit(),
         "checkpoint": str(args.checkpoint.resolve().relative_to(Path.cwd().resolve()))
         if args.checkpoint.resolve().is_relative_to(Path.cwd().resolve())
         else str(args.checkpoint),
@@ -412,6 +446,8 @@ def main() -> None:
     others = run_part(args.out / "other_key.jsonl", args.other_key, marked, detector, "other key")
     report["clean"] = summarise(clean)
     report["other_key"] = summarise(others)
+    report["all_images"] = summarise(clean + others)
+    report["photos"] = sorted({r["source"] for r in clean + others})
     cal = calibration(clean, detector.codec)
     agree = cal.pop("_agree")
     report["clean_raw_bit_calibration"] = cal
