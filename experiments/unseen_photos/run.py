@@ -58,6 +58,7 @@ RECIPES: dict[str, list[str]] = {
     "lora-traces-e4": ["method.name=lora", *TRACE_PRESERVING, "optim.epochs=4"],
     "full-finetune-traces": ["method.name=full-finetune", "optim.lr=3e-4", *TRACE_PRESERVING],
     "effort-traces": ["method.name=effort", *TRACE_PRESERVING],
+    "linear-probe-traces": ["method.name=linear-probe", *TRACE_PRESERVING],
     "linear-probe": ["method.name=linear-probe", *RESAMPLING],
     "full-finetune": ["method.name=full-finetune", "optim.lr=3e-4", *RESAMPLING],
 }
@@ -578,7 +579,8 @@ def model_card_markdown(report: dict, name: str) -> str:
 `detector score PATH` and `load_detector()` use this bundle when no model is named.
 
 **What it is.** A scoring bundle: EfficientNet-Lite0 (ImageNet weights) tuned with `{report["selected"]}`
-on 128 px images, its calibrated real/fake head, an open-set attribution head over the 8 training
+on 128 px images (training overrides `{" ".join(RECIPES[base_recipe(report["selected"])])}`, chosen by
+{report.get("selection", "validation AUC")}), its calibrated real/fake head, an open-set attribution head over the 8 training
 generators, a diffusion-inversion branch (the benchmark's own small DDPM), and a logistic fusion whose
 decision threshold ({r["threshold"]:.3f}) was set at {report["target_fpr"]:.0%} real false positives on
 the validation photos. No watermark decoder is referenced: a watermark key is a secret and belongs to
