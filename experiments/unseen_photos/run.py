@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import shutil
 import sys
@@ -116,24 +117,25 @@ def train_recipe(name: str, manifest: Path, run: Path, args) -> None:
     train(load_config(TrainConfig, None, overrides))
 
 
-def manifest_without(manifest: Path, family: str) -> Path:
-    """A copy of ``manifest`` (beside it, so relative paths still resolve) whose ``family`` rows of the
-    train split are excluded: a model trained on it meets that family first in validation."""
-    out = manifest.with_name(f"{manifest.stem}.without-{family}.csv")
+def manifest_without(manifest: Path, family: str, splits: tuple[str, ...]) -> Path:
+    """A copy of ``manifest`` (beside it, so relative paths still resolve) whose ``family`` rows in
+    ``splits`` are excluded."""
+    out = manifest.with_name(f"{manifest.stem}.without-{family}-in-{'-'.join(splits)}.csv")
     with manifest.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not any(r["family"] == family for r in rows):
         raise SystemExit(f"{manifest}: no family {family!r} to hold out for selection")
     for row in rows:
-        if row["family"] == family and row["split"] == "train":
+        if row["family"] == family and row["split"] in splits:
             row["split"] = "excluded"
     if not out.is_file():
-        tmp = out.with_suffix(".tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(out)
+        from detector.io import atomic_write_text
+
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out, text.getvalue())
     return out
 
 
@@ -145,15 +147,18 @@ def selection_score(name: str, manifest: Path, family: str, args) -> float:
     """
     from detector.evaluation.evaluate import EvalConfig, evaluate
 
-    variant = manifest_without(manifest, family)
+    # Trained as the recipe's real run is, but blind to ``family`` in train *and* val (so the epoch it
+    # keeps is chosen on seen families, as in the real run); then scored on val with the family back.
+    blind = manifest_without(manifest, family, ("train", "val"))
+    scored = manifest_without(manifest, family, ("train",))
     run = args.runs / f"_select-without-{family}" / base_recipe(name)
-    train_recipe(name, variant, run, args)
+    train_recipe(name, blind, run, args)
     out = run / "eval-val"
     if not (out / "metrics.csv").is_file():
         evaluate(
             EvalConfig(
                 checkpoint=str(run),
-                corpus=str(variant),
+                corpus=str(scored),
                 split="val",
                 perturbations=["clean"],
                 out=str(out),
