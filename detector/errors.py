@@ -19,7 +19,8 @@ The subclasses, by area (each in the module that raises it):
 - bundles and scoring: ``BundleError`` (bundle.detector), ``BranchFitError`` (bundle.inversion),
   ``AttributionError`` (attribution.head), ``FusionError`` (fusion.model), ``ScoringError``
   (scoring.stream);
-- watermark, credentials, service: ``WatermarkError`` (watermark.api), ``RegistryError``
+- watermark, credentials, service: ``WatermarkError`` (watermark.api), ``WatermarkTrainError``
+  (watermark.train), ``RegistryError``
   (watermark.registry), ``KeyFileError`` (watermark.payload), ``CredentialsError`` (credentials.write),
   ``ApiKeyFileError`` (service.auth), ``ServiceError`` (service.uploads: an HTTP error answer).
 """

@@ -330,7 +330,7 @@ def train(
         run_training(
             cfg, run_dir, resume=not fresh, log=lambda msg: console.print(msg, markup=False, highlight=False)
         )
-    except ValueError as exc:  # e.g. resuming a state trained for another number of steps
+    except DetectorError as exc:  # e.g. resuming a state trained for another number of steps
         fail(str(exc))
     if export is not None:
         target = export / "model.safetensors" if export.suffix != ".safetensors" else export

@@ -22,8 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from detector.errors import DetectorError
 from detector.watermark.distortions import JPEG, Crop, Quantize, training_layer
 from detector.watermark.model import WatermarkModel, WatermarkModelConfig
+
+
+class WatermarkTrainError(DetectorError, ValueError):
+    """Watermark training cannot start or resume as configured (no photos, another run's state)."""
+
 
 #: Photos kept out of training: the watermark benchmark and the FPR check evaluate on these.
 DEFAULT_HOLDOUT = (
@@ -86,7 +92,7 @@ class PhotoCrops:
                     continue
                 self.levels.append(np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC)))
         if not self.levels:
-            raise ValueError(f"no training photo is at least {patch}px on its short side")
+            raise WatermarkTrainError(f"no training photo is at least {patch}px on its short side")
 
     def batch(self, n: int) -> torch.Tensor:
         out = np.empty((n, self.patch, self.patch, 3), dtype=np.uint8)
@@ -147,7 +153,7 @@ def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=pri
 
     train_photos, held = split_photos(cfg.holdout)
     if not train_photos:
-        raise ValueError("no training photos left after the holdout")
+        raise WatermarkTrainError("no training photos left after the holdout")
     data = PhotoCrops(train_photos, cfg.patch, cfg.seed)
     val_source = PhotoCrops(held or train_photos, 256, cfg.seed + 1)
     val_images = val_source.batch(8)
@@ -166,7 +172,7 @@ def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=pri
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         if int(state["sched"].get("total_steps", cfg.steps)) != cfg.steps:
-            raise ValueError(
+            raise WatermarkTrainError(
                 f"{state_path} was trained for {state['sched'].get('total_steps')} steps, not {cfg.steps}: "
                 "resume with the same steps, or start over (--fresh / init=...)"
             )
