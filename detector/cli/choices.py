@@ -36,10 +36,12 @@ class Engine(Choice):
 
 
 class WatermarkSearch(Choice):
-    """``detector.watermark.SEARCHES``: full (undo resizes and rotations) or fast (native grid only)."""
+    """``detector.watermark.SEARCHES``: full (undo resizes and rotations, two passes), fast (native grid
+    only) or exhaustive (every synchronisation candidate at every phase: slower, finds a few more)."""
 
     full = "full"
     fast = "fast"
+    exhaustive = "exhaustive"
 
 
 class PageMode(Choice):
@@ -99,8 +101,9 @@ NO_WATERMARK_OPT = typer.Option(False, "--no-watermark", help="Skip the bundle's
 WATERMARK_SEARCH_OPT = typer.Option(
     None,
     "--watermark-search",
-    help="full (undo resizes and rotations) or fast (~10x cheaper on unmarked images); default: the "
-    "bundle's choice (full).",
+    help="full (undo resizes, rotations and flips, in two passes), fast (native grid only, several times "
+    "cheaper on unmarked images) or exhaustive (every candidate at every phase: slowest, finds a few more); "
+    "default: the bundle's choice (full).",
 )
 
 

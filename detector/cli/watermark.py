@@ -199,8 +199,9 @@ def detect(
     search: WatermarkSearch = typer.Option(
         WatermarkSearch.full,
         "--search",
-        help="full: undo a 0.5x resize and rotations up to 6 degrees; fast: native grid only (~10x cheaper "
-        "on unmarked images). The FPR holds for both.",
+        help="full: undo resizes, rotations and flips (two passes); fast: native grid only (several times "
+        "cheaper on unmarked images); exhaustive: every candidate at every phase (slowest). The FPR holds "
+        "for each.",
     ),
 ) -> None:
     """Decode and test each image; one JSON line per image on stdout (bits, bit accuracy, p-value, payload...).
