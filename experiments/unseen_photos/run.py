@@ -121,6 +121,8 @@ def manifest_without(manifest: Path, family: str, splits: tuple[str, ...]) -> Pa
     """A copy of ``manifest`` (beside it, so relative paths still resolve) whose ``family`` rows in
     ``splits`` are excluded."""
     out = manifest.with_name(f"{manifest.stem}.without-{family}-in-{'-'.join(splits)}.csv")
+    if out.is_file():
+        return out
     with manifest.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not any(r["family"] == family for r in rows):
@@ -128,65 +130,27 @@ def manifest_without(manifest: Path, family: str, splits: tuple[str, ...]) -> Pa
     for row in rows:
         if row["family"] == family and row["split"] in splits:
             row["split"] = "excluded"
-    if not out.is_file():
-        from detector.io import atomic_write_text
+    from detector.io import atomic_write_text
 
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(out, text.getvalue())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out, text.getvalue())
     return out
 
 
-def selection_score(name: str, manifest: Path, family: str, args) -> float:
-    """Validation AUC of real photos vs ``family`` for the recipe trained *without* that family.
-
-    Validation AUC over seen families rewards fitting them (longer training keeps raising it while
-    unseen families get worse); this asks each recipe the question the test asks, on validation only.
-    """
+def auc_table(run: Path, manifest: Path, split: str, perturbations: list[str], out: Path, args) -> dict:
+    """``detector eval`` of a trained run (kept in ``out``, reused when there):
+    ``{perturbation: {subset: AUC}}`` with subsets all / seen / unseen."""
     from detector.evaluation.evaluate import EvalConfig, evaluate
 
-    # Trained as the recipe's real run is, but blind to ``family`` in train *and* val (so the epoch it
-    # keeps is chosen on seen families, as in the real run); then scored on val with the family back.
-    blind = manifest_without(manifest, family, ("train", "val"))
-    scored = manifest_without(manifest, family, ("train",))
-    run = args.runs / f"_select-without-{family}" / base_recipe(name)
-    train_recipe(name, blind, run, args)
-    out = run / "eval-val"
     if not (out / "metrics.csv").is_file():
-        evaluate(
-            EvalConfig(
-                checkpoint=str(run),
-                corpus=str(scored),
-                split="val",
-                perturbations=["clean"],
-                out=str(out),
-                batch_size=args.batch_size,
-            )
-        )
-    with (out / "metrics.csv").open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["perturbation"] == "clean" and r["subset"] == "unseen"]
-    return float(rows[0]["auc"])
-
-
-#: Perturbations of the robustness table (``detector eval`` names): compression, resampling, blur, zoom.
-ROBUSTNESS = ["clean", "jpeg95", "jpeg75", "jpeg50", "resize0.75", "resize0.5", "blur", "crop0.5"]
-
-
-def robustness(name: str, manifest: Path, args) -> dict[str, dict[str, float]]:
-    """``detector eval`` of the recipe's detector head on the test split under :data:`ROBUSTNESS`:
-    ``{perturbation: {"all": AUC, "unseen": AUC}}`` (kept in ``OUT/robustness/NAME``)."""
-    from detector.evaluation.evaluate import EvalConfig, evaluate
-
-    out = args.out / "robustness" / base_recipe(name)
-    if not (out / "metrics.csv").is_file():
-        run = args.runs / base_recipe(name) / "detector"
         config = EvalConfig(
             checkpoint=str(run),
             corpus=str(manifest),
-            split="test",
-            perturbations=ROBUSTNESS,
+            split=split,
+            perturbations=perturbations,
             out=str(out),
             batch_size=args.batch_size,
         )
@@ -196,6 +160,32 @@ def robustness(name: str, manifest: Path, args) -> dict[str, dict[str, float]]:
         for row in csv.DictReader(fh):
             table.setdefault(row["perturbation"], {})[row["subset"]] = float(row["auc"])
     return table
+
+
+def selection_score(name: str, manifest: Path, family: str, args) -> float:
+    """Validation AUC of real photos vs ``family`` for the recipe trained *without* that family.
+
+    Validation AUC over seen families rewards fitting them (longer training keeps raising it while
+    unseen families get worse); this asks each recipe the question the test asks, on validation only.
+    """
+    # Trained as the recipe's real run is, but blind to ``family`` in train *and* val (so the epoch it
+    # keeps is chosen on seen families, as in the real run); then scored on val with the family back.
+    blind = manifest_without(manifest, family, ("train", "val"))
+    scored = manifest_without(manifest, family, ("train",))
+    run = args.runs / f"_select-without-{family}" / base_recipe(name)
+    train_recipe(name, blind, run, args)
+    return auc_table(run, scored, "val", ["clean"], run / "eval-val", args)["clean"]["unseen"]
+
+
+#: Perturbations of the robustness table (``detector eval`` names): compression, resampling, blur, zoom.
+ROBUSTNESS = ["clean", "jpeg95", "jpeg75", "jpeg50", "resize0.75", "resize0.5", "blur", "crop0.5"]
+
+
+def robustness(name: str, manifest: Path, args) -> dict[str, dict[str, float]]:
+    """``detector eval`` of the recipe's detector head on the test split under :data:`ROBUSTNESS`:
+    ``{perturbation: {"all": AUC, "unseen": AUC}}`` (kept in ``OUT/robustness/NAME``)."""
+    run = args.runs / base_recipe(name) / "detector"
+    return auc_table(run, manifest, "test", ROBUSTNESS, args.out / "robustness" / base_recipe(name), args)
 
 
 def bundle_recipe(run: Path, manifest: Path, bundle: Path, args, rigid: bool = False) -> None:
@@ -370,7 +360,7 @@ def robustness_lines(report: dict) -> list[str]:
 
 def selection_lines(report: dict) -> list[str]:
     """How the recipe was chosen, and what had been read when the rule was set (said, not hidden)."""
-    if not report.get("selection", "").startswith("validation AUC, real photos vs"):
+    if not report.get("select_family"):
         return []
     return [
         "",
@@ -550,6 +540,7 @@ def main(argv: list[str] | None = None) -> dict:
                 name, args.corpus, args.select_family, args
             )
         print(json.dumps({name: {k: report["recipes"][name]["test"][k] for k in ("real_fpr", "auc", "ece")}}))
+    report["select_family"] = args.select_family
     report["selection"] = (
         f"validation AUC, real photos vs {args.select_family}, each recipe retrained without {args.select_family}"
         if args.select_family
