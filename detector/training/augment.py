@@ -23,24 +23,24 @@ def train_transform(config: AugmentConfig, size: int, seed: int | None = None):
     import cv2
 
     if config.resample:
-        geometry = [
-            A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
-            A.RandomResizedCrop(
-                size=(size, size), scale=(config.crop_scale_min, 1.0), ratio=(0.8, 1.25), p=1.0
-            ),
-            A.HorizontalFlip(p=config.flip_p),
+        crop = A.RandomResizedCrop(
+            size=(size, size), scale=(config.crop_scale_min, 1.0), ratio=(0.8, 1.25), p=1.0
+        )
+    else:  # after the data path's one resize, a crop that moves but never rescales
+        crop = A.RandomCrop(height=size, width=size, p=1.0)
+    geometry = [
+        A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
+        crop,
+        A.HorizontalFlip(p=config.flip_p),
+    ]
+    if config.resample:
+        geometry.append(
             A.Downscale(
                 scale_range=(config.resize_scale_min, 0.95),
                 interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
                 p=config.resize_p,
-            ),
-        ]
-    else:  # the one resize of the data path, then a crop that moves but never rescales
-        geometry = [
-            A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
-            A.RandomCrop(height=size, width=size, p=1.0),
-            A.HorizontalFlip(p=config.flip_p),
-        ]
+            )
+        )
     return A.Compose(
         [
             *geometry,
