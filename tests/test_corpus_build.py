@@ -61,6 +61,13 @@ def test_small_build_has_every_generator_and_a_clean_split(built):
     assert {r.group for r in corpus.records if r.family == "sdedit"} <= real_groups
     assert not [r for r in corpus.records if r.family in config.holdout and r.split in ("train", "val")]
     assert {r.split for r in corpus.records if not r.is_fake} >= {"train", "test"}
+    # every content-preserving fake names the real crop it was made from, of its own photo
+    by_path = {r.path: r for r in corpus.records}
+    for record in corpus.records:
+        conditional = GENERATORS[record.generator].conditional if record.is_fake else False
+        assert bool(record.source) == conditional, record
+        if conditional:
+            assert by_path[record.source].label == "real" and by_path[record.source].group == record.group
 
 
 def test_real_and_fake_share_format_and_size(built):

@@ -244,3 +244,30 @@ def test_one_seed_gives_one_run(split_corpus, tmp_path):
         train(config, show_progress=False)
         weights.append(read_tensors(tmp_path / f"run{k}" / "model.safetensors"))
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_paired_training_with_the_ranking_loss_runs_and_changes_the_model(split_corpus, tmp_path):
+    from detector.corpus import read_manifest
+    from detector.training import TrainingError
+
+    corpus = read_manifest(split_corpus)
+    reals = {}
+    for r in corpus.records:
+        if not r.is_fake:
+            reals.setdefault(r.split, []).append(r.path)
+    for k, r in enumerate(x for x in corpus.records if x.is_fake):
+        r.source = reals[r.split][k % len(reals[r.split])]  # each fake "made from" a real of its split
+    paired = split_corpus.with_name("paired.csv")
+    write_manifest(corpus.records, paired, split_corpus.parent)
+    assert read_manifest(paired).records[-1].source  # the column round-trips
+    weights = {}
+    for name, extra in {
+        "plain": {},
+        "paired": {"data.paired": "true", "optim.pair_loss_weight": "1.0"},
+    }.items():
+        config = config_for(paired, tmp_path / name, "linear-probe", **{"optim.epochs": 1, **extra})
+        train(config, show_progress=False)
+        weights[name] = read_tensors(tmp_path / name / "model.safetensors")
+    assert any(not torch.equal(weights["plain"][k], weights["paired"][k]) for k in weights["plain"])
+    with pytest.raises(TrainingError, match="data.paired"):
+        train(config_for(paired, tmp_path / "x", "linear-probe", **{"optim.pair_loss_weight": "1.0"}))

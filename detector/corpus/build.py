@@ -134,7 +134,7 @@ def build_corpus(
     for gen_spec in specs_g:
         start = time.perf_counter()
         records, written[gen_spec.name] = _fakes(
-            out, gen_spec, config, photos, crops, folders, loaded, progress, log
+            out, gen_spec, config, photos, crops, real_records, folders, loaded, progress, log
         )
         fake_records += records
         timings[f"fake:{gen_spec.name}"] = time.perf_counter() - start
@@ -189,9 +189,10 @@ def _zoo_models(specs_g, config: BuildConfig, cache: Path, photos, crops, progre
     return folders, trained
 
 
-def _fakes(out: Path, gen_spec, config: BuildConfig, photos, crops, folders, loaded, progress, log):
+def _fakes(out: Path, gen_spec, config: BuildConfig, photos, crops, reals, folders, loaded, progress, log):
     """Stage 3, one generator: write its missing fakes (a batch at a time) and return the records of all
-    of them with how many this run wrote. ``loaded`` caches models across generators."""
+    of them with how many this run wrote. ``reals[k]`` is the record of ``crops[k]`` (a conditional
+    fake's source); ``loaded`` caches models across generators."""
     log(f"fakes: {gen_spec.name}")
     policy = config.policy()
     folder = out / "fake" / gen_spec.name
@@ -200,9 +201,8 @@ def _fakes(out: Path, gen_spec, config: BuildConfig, photos, crops, folders, loa
     perm = np.random.default_rng([config.seed, len(gen_spec.name), *gen_spec.name.encode()]).permutation(
         len(crops)
     )
-    sources: list[CropSpec | None] = [
-        crops[perm[i % len(crops)]] if gen_spec.conditional else None for i in range(len(keys))
-    ]
+    source_index = [int(perm[i % len(crops)]) if gen_spec.conditional else None for i in range(len(keys))]
+    sources: list[CropSpec | None] = [None if k is None else crops[k] for k in source_index]
     count = 0
     with progress(f"fake {gen_spec.name}", len(keys)) as advance:
         for b in range(0, len(keys), config.batch):
@@ -217,7 +217,8 @@ def _fakes(out: Path, gen_spec, config: BuildConfig, photos, crops, folders, loa
             advance(len(batch))
     log(f"{gen_spec.name}: {count} written, {len(keys) - count} already there")
     return [
-        _fake_record(out, gen_spec, config, policy, path, i, sources[i]) for i, path in enumerate(paths)
+        _fake_record(out, gen_spec, config, policy, path, i, sources[i], None if k is None else reals[k].path)
+        for i, (path, k) in enumerate(zip(paths, source_index, strict=True))
     ], count
 
 
@@ -247,8 +248,11 @@ def _generate_batch(gen_spec, config: BuildConfig, photos, sources, batch: range
         )
 
 
-def _fake_record(out: Path, gen_spec, config: BuildConfig, policy, path: Path, i: int, source) -> Record:
-    """A fake's manifest row: grouped with its source photo, or in blocks of UNCONDITIONAL_GROUP."""
+def _fake_record(
+    out: Path, gen_spec, config: BuildConfig, policy, path: Path, i: int, source, source_path: str | None
+) -> Record:
+    """A fake's manifest row: grouped with its source photo (and naming its source crop's file), or in
+    blocks of UNCONDITIONAL_GROUP."""
     group = source.photo if gen_spec.conditional else f"{gen_spec.name}-b{i // UNCONDITIONAL_GROUP:03d}"
     return Record(
         path.relative_to(out).as_posix(),
@@ -259,6 +263,7 @@ def _fake_record(out: Path, gen_spec, config: BuildConfig, policy, path: Path, i
         width=config.size,
         height=config.size,
         format=policy.format_name(path),
+        source=source_path or "",
     )
 
 

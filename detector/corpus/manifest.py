@@ -37,7 +37,18 @@ SPLITS = ("train", "val", "test")
 #: Split value for images a leave-generators-out protocol had to drop to keep groups whole.
 EXCLUDED = "excluded"
 REAL_GENERATOR = "real"
-MANIFEST_FIELDS = ("path", "label", "generator", "group", "split", "family", "width", "height", "format")
+MANIFEST_FIELDS = (
+    "path",
+    "label",
+    "generator",
+    "group",
+    "split",
+    "family",
+    "width",
+    "height",
+    "format",
+    "source",
+)
 
 
 class CorpusError(DetectorError, ValueError):
@@ -57,6 +68,9 @@ class Record:
     width: int = 0
     height: int = 0
     format: str = ""
+    #: A content-preserving fake's source: the manifest path of the real crop it was made from ("" for
+    #: reals and unconditional fakes). Paired training puts the two in one batch.
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.label not in LABELS:
@@ -242,14 +256,20 @@ def write_manifest(records: Iterable[Record], path: str | Path, root: str | Path
     path = Path(path)
     base = path.parent.resolve()
     root = Path(root).resolve() if root is not None else base
+
+    def relative(name: str) -> str:
+        absolute = Path(name) if Path(name).is_absolute() else root / name
+        try:
+            return absolute.resolve().relative_to(base).as_posix()
+        except ValueError:
+            return os.path.abspath(absolute)
+
     rows = []
     for record in records:
         row = dataclasses.asdict(record)
-        absolute = Path(record.path) if Path(record.path).is_absolute() else root / record.path
-        try:
-            row["path"] = absolute.resolve().relative_to(base).as_posix()
-        except ValueError:
-            row["path"] = os.path.abspath(absolute)
+        row["path"] = relative(record.path)
+        if record.source:
+            row["source"] = relative(record.source)
         rows.append(row)
     if path.suffix.lower() == ".csv":
         fields = list(MANIFEST_FIELDS)

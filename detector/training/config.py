@@ -68,6 +68,9 @@ class DataConfig:
     batch_size: int = 32
     workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: Batch each content-preserving fake with the real crop it was made from (the manifest's
+    #: ``source`` column; :mod:`detector.training.pairing`).
+    paired: bool = False
 
 
 @dataclass
@@ -82,6 +85,9 @@ class OptimConfig:
     #: Stop after this many epochs without a better validation AUC (0 = never stop early).
     patience: int = 3
     generator_loss_weight: float = 0.5
+    #: Weight of the pair ranking loss (each fake must score above its own source crop; needs
+    #: ``data.paired``). 0 = off.
+    pair_loss_weight: float = 0.0
     #: Cap on optimizer steps per epoch (None = the whole training split); for smoke runs and tests.
     max_steps_per_epoch: int | None = None
 

@@ -52,6 +52,7 @@ from detector.training.model import (
     prepare_method,
     set_train_mode,
 )
+from detector.training.pairing import PairedSampler, pair_ranking_loss
 from detector.training.predict import LogitPredictions, autocast, make_loader, predict
 
 
@@ -76,6 +77,10 @@ class TrainData:
 
 
 def load_data(config: TrainConfig) -> TrainData:
+    if config.optim.pair_loss_weight > 0 and not config.data.paired:
+        raise TrainingError(
+            "optim.pair_loss_weight needs data.paired=true (the pairs come from paired batches)"
+        )
     if not config.data.corpus:
         raise TrainingError("no corpus given: set data.corpus (a folder or a manifest with splits)")
     corpus = load_corpus(config.data.corpus)
@@ -255,9 +260,12 @@ def _make_loaders(r: _Run) -> None:
     augment = train_transform(config.data.augment, r.size, seed=config.seed * 1000 + r.info.rank)
     train_ds = CorpusDataset(data.train, augment, data.generators)
     val_ds = CorpusDataset(data.val, eval_transform(r.size), data.generators)
-    r.sampler = DistributedSampler(
-        train_ds, num_replicas=r.info.world_size, rank=r.info.rank, shuffle=True, seed=config.seed
-    )
+    if config.data.paired:
+        r.sampler = PairedSampler(data.train.records, r.info.world_size, r.info.rank, config.seed)
+    else:
+        r.sampler = DistributedSampler(
+            train_ds, num_replicas=r.info.world_size, rank=r.info.rank, shuffle=True, seed=config.seed
+        )
     # A ragged last batch of one image breaks BatchNorm in training mode: drop it when there is more.
     drop_last = len(r.sampler) > config.data.batch_size
     r.train_loader = make_loader(
@@ -341,6 +349,10 @@ def _step(r: _Run, images: torch.Tensor, batch: dict) -> torch.Tensor:
             outputs["generator_logits"].float(), batch["generator"].to(device), ignore_index=-1
         )
         loss = loss + config.optim.generator_loss_weight * gen_loss
+    if config.optim.pair_loss_weight > 0:
+        pair_loss = pair_ranking_loss(outputs["logit"].float(), batch["index"], r.sampler.sources)
+        if pair_loss is not None:
+            loss = loss + config.optim.pair_loss_weight * pair_loss
     reg = method_regularisers(r.state, config.method.orth_weight, config.method.ksv_weight)
     if reg is not None:
         loss = loss + reg

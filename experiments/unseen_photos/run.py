@@ -57,6 +57,13 @@ RECIPES: dict[str, list[str]] = {
     "lora": ["method.name=lora", *RESAMPLING],
     "lora-traces": ["method.name=lora", *TRACE_PRESERVING],
     "lora-traces-e4": ["method.name=lora", *TRACE_PRESERVING, "optim.epochs=4"],
+    # paired batches (each content-preserving fake beside its source crop) + the pair ranking loss
+    "lora-traces-paired": [
+        "method.name=lora",
+        *TRACE_PRESERVING,
+        "data.paired=true",
+        "optim.pair_loss_weight=1.0",
+    ],
     "full-finetune-traces": ["method.name=full-finetune", "optim.lr=3e-4", *TRACE_PRESERVING],
     "effort-traces": ["method.name=effort", *TRACE_PRESERVING],
     "linear-probe-traces": ["method.name=linear-probe", *TRACE_PRESERVING],
