@@ -12,7 +12,7 @@ test for the copied message. Our rows come from the suite's own ``summary_bound.
     pip install -e ".[peers]"
     export DETECTOR_PHOTO_STORE=/path/to/photos
     python experiments/watermark_attacks/peers.py --peers dwtDct,dwtDctSvd,blind-watermark
-    python experiments/watermark_attacks/peers.py --peers rivaGan --n 20     # slow: ~1 s a decode
+    python experiments/watermark_attacks/peers.py --peers rivaGan --n 10     # slow: seconds a decode
     python experiments/watermark_attacks/peers.py --report-only
 
 Writes ``peers/<peer>.csv`` (one row per image and attack) and ``peers/RESULTS.md`` from every CSV there.
@@ -140,7 +140,7 @@ def report(out: Path, commit: str) -> None:
         "",
         "Command: `python experiments/watermark_attacks/peers.py --peers "
         + ",".join(tables)
-        + "` (rivaGan, where present, with `--n 20`), then `--report-only`.  ",
+        + "` (rivaGan, where present, with `--n 10`), then `--report-only`.  ",
         f"Commit: `{commit}`. Images: the suite's crops (384 px) of catalogued photos the checkpoint never "
         "saw (n per column below); peers embed 32 random bits at their default strength; detected = "
         "known-message binomial test at FPR 1e-6 (>= 30 of 32 bits), decoding blind. Ours: the suite's "
