@@ -31,9 +31,12 @@ def sharded(folder_corpus: Path, tmp_path: Path) -> tuple[Path, Path]:
     """(manifest of folder_corpus plus a broken image and a missing file, its sharded copy)."""
     (folder_corpus / "real" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     records = records_from_folder(folder_corpus)
+    reals = [r.path for r in records if not r.is_fake]
+    for k, record in enumerate(r for r in records if r.is_fake):
+        record.source = reals[k % len(reals)]  # paired training's link, across shards
     manifest = write_manifest(records, folder_corpus / "manifest.csv")
     with open(manifest, "a") as handle:
-        handle.write("real/gone.png,real,real,gone,,,0,0,\n")
+        handle.write("real/gone.png,real,real,gone,,,0,0,,\n")
     result = runner.invoke(
         app, ["corpus", "shard", str(manifest), "--out", str(tmp_path / "shards"), "--images-per-shard", "7"]
     )
@@ -59,6 +62,17 @@ def test_sharded_corpus_has_the_records_and_the_bytes_of_its_source(sharded):
         assert file_sha256(path) == file_sha256(source.resolve(original))
         if original.path != "real/broken.png":
             np.testing.assert_array_equal(load_image_array(path), load_image_array(source.resolve(original)))
+    # a fake's source names its real crop's member path, wherever that crop's shard is
+    members = {r.path.split("::", 1)[1]: r.path for r in copy.records}
+    for original, member in zip(kept, copy.records, strict=True):
+        assert member.source == (members[original.source] if original.source else "")
+    assert any(r.source.split("::")[0] != r.path.split("::")[0] for r in copy.records if r.source)
+    # shards written before the source column still load (no sources)
+    import pyarrow.parquet as pq
+
+    first = shards / index["shards"][0]["file"]
+    pq.write_table(pq.read_table(first).drop(["source"]), first)
+    assert all(not r.source for r in load_corpus(shards).records[:7])
     broken = next(p for p in (copy.resolve(r) for r in copy.records) if str(p).endswith("broken.png"))
     with pytest.raises(ImageLoadError, match="not an image"):
         load_image(broken)

@@ -35,7 +35,7 @@ FORMAT = "detector.shards/1"
 INDEX = "corpus.json"
 #: What separates a shard file from an image key in a member path.
 MEMBER_MARK = ".parquet::"
-RECORD_COLUMNS = ("label", "generator", "group", "split", "family", "width", "height", "format")
+RECORD_COLUMNS = ("label", "generator", "group", "split", "family", "width", "height", "format", "source")
 
 
 def _pyarrow():
@@ -77,14 +77,20 @@ def load_sharded(folder: str | os.PathLike) -> Corpus:
     folder = Path(folder)
     meta = _read_index(folder)
     records = []
+    member: dict[str, str] = {}
     for shard in meta["shards"]:
         try:
-            table = pa.parquet.read_table(folder / shard["file"], columns=["key", *RECORD_COLUMNS])
+            names = pa.parquet.read_schema(folder / shard["file"]).names  # "source" came later
+            columns = ["key", *(c for c in RECORD_COLUMNS if c in names)]
+            table = pa.parquet.read_table(folder / shard["file"], columns=columns)
         except (OSError, pa.ArrowException) as exc:
             raise CorpusError(f"{folder / shard['file']}: unreadable shard ({exc})") from None
         for row in table.to_pylist():
             key = row.pop("key")
-            records.append(Record(path=f"{shard['file']}::{key}", **row))
+            member[key] = f"{shard['file']}::{key}"
+            records.append(Record(path=member[key], **row))
+    for record in records:  # a source is stored as its key; it may live in another shard
+        record.source = member.get(record.source, "") if record.source else ""
     return Corpus(records, folder.resolve())
 
 
@@ -206,6 +212,7 @@ def write_shards(
         else:
             seen.add(key)
             fields = {c: getattr(record, c) for c in RECORD_COLUMNS}
+            fields["source"] = Path(record.source).as_posix().lstrip("/") if record.source else ""
             rows.append({"key": key, "image": data, "sha256": hashlib.sha256(data).hexdigest(), **fields})
             if len(rows) == images_per_shard:
                 flush()
