@@ -138,9 +138,9 @@ def report(out: Path, commit: str) -> None:
     lines = [
         "# The attack suite on the peer watermarks",
         "",
-        "Command: `python experiments/watermark_attacks/peers.py --peers "
-        + ",".join(tables)
-        + "` (rivaGan, where present, with `--n 10`), then `--report-only`.  ",
+        "Commands: `python experiments/watermark_attacks/peers.py --peers dwtDct,dwtDctSvd,blind-watermark`, "
+        "`python experiments/watermark_attacks/peers.py --peers rivaGan --n 10` (its decoder takes seconds), "
+        "then `python experiments/watermark_attacks/peers.py --report-only`.  ",
         f"Commit: `{commit}`. Images: the suite's crops (384 px) of catalogued photos the checkpoint never "
         "saw (n per column below); peers embed 32 random bits at their default strength; detected = "
         "known-message binomial test at FPR 1e-6 (>= 30 of 32 bits), decoding blind. Ours: the suite's "
