@@ -181,6 +181,28 @@ class Resize(Distortion):
         return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
+class Resample(Distortion):
+    """What the lattice sync leaves of a resized image: scaled by a factor (bicubic), then mapped back
+    to about the original size (+-``error``) by plain bilinear sampling, without antialiasing, as
+    :func:`detector.watermark.sync.view_of` does."""
+
+    name = "resample"
+
+    def __init__(self, factor: tuple[float, float] = (1.2, 1.6), error: float = 0.015):
+        super().__init__()
+        self.factor = factor
+        self.error = error
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        f = _uniform(rng, *self.factor)
+        _, _, h, w = x.shape
+        up = F.interpolate(x, size=(max(8, round(h * f)), max(8, round(w * f))), mode="bicubic")
+        e = 1 + _uniform(rng, -self.error, self.error)
+        back = (max(8, round(h * e)), max(8, round(w * e)))
+        return F.interpolate(up.clamp(0, 1), size=back, mode="bilinear", align_corners=False)
+
+
 class Blur(Distortion):
     name = "blur"
 
@@ -328,12 +350,15 @@ def training_layer(progress: float) -> RandomDistortion:
     return RandomDistortion(choices)
 
 
-def codec_layer() -> RandomDistortion:
+def codec_layer(resample: float = 0.0) -> RandomDistortion:
     """Decoder fine-tuning: the full-strength training layer plus the real codecs and denoiser that
     ``experiments/watermark_attacks`` found weakest (JPEG and WebP 30-90, non-local means), alone and
-    after a resize, so the compression rows gain without the geometric ones losing their share."""
+    after a resize, so the compression rows gain without the geometric ones losing their share.
+    ``resample`` > 0 adds (with that weight) the sync's resampling of resized images, 0.3-2x."""
+    extra = [(Resample((0.3, 2.0)), resample)] if resample else []
     return RandomDistortion(
         [
+            *extra,
             (training_layer(1.0), 6.0),
             (JPEG((30, 90)), 2.0),
             (WebP((30, 90)), 2.0),

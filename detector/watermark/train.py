@@ -81,6 +81,7 @@ class WatermarkTrainConfig:
     val_band: float = 0.0  # >0: the right band of each photo (this fraction of its width) is held out
     grey: float = 0.0  # probability that a training crop is turned greyscale (luma in all channels)
     codecs: bool = False  # add real WebP / JPEG 30-90 / non-local means to the layer (codec_layer)
+    resample: float = 0.0  # with codecs: weight of the sync's resampling of resized images (of 13.5)
 
 
 class PhotoCrops:
@@ -259,7 +260,7 @@ def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=pri
         if cfg.freeze_embedder:  # the decoder alone learns: shipped strength, full attacks at once
             psnr, dist_progress, aligned = cfg.model.target_psnr, 1.0, False
         if cfg.codecs and not aligned:
-            layer = codec_layer()
+            layer = codec_layer(cfg.resample)
         else:
             layer = training_layer(dist_progress) if not aligned else Quantize()
         x = data.batch(cfg.batch_size)

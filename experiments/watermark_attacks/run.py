@@ -318,8 +318,9 @@ def by_colour(rows: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-def done_when(summary: list[dict], rows: list[dict]) -> list[str]:
-    """The issue's 'Done when' items, each met or not with its figure (FPR and speed from their runs)."""
+def done_when(summary: list[dict], rows: list[dict], suffix: str = "") -> list[str]:
+    """The issue's 'Done when' items, each met or not with its figure (FPR and speed from their runs;
+    a tagged run reads the FPR run of the same tag, ``unseen_photos_TAG``)."""
     import json
 
     by = {s["attack"]: s for s in summary}
@@ -347,15 +348,19 @@ def done_when(summary: list[dict], rows: list[dict]) -> list[str]:
             f"- Removal by subtraction fails only below 30 dB: **{'met' if first['psnr'] < 30 else 'not met'}**, "
             f"first failure at {first['attack']} ({first['psnr']} dB)."
         )
-    fpr = HERE.parent / "watermark_fpr" / "unseen_photos" / "results.json"
-    if fpr.is_file():
+    fpr = HERE.parent / "watermark_fpr" / f"unseen_photos{suffix}" / "results.json"
+    if not fpr.is_file():
+        lines.append(
+            f"- FPR run: not run for this checkpoint (`{fpr.parent.relative_to(HERE.parent.parent)}`)."
+        )
+    else:
         r = json.loads(fpr.read_text())
         a = r.get("all_images", r["clean"])
         ok = a["any_claim"] == 0 and a["n"] >= 5000 and a["distinct_source_photos"] >= 50
         lines.append(
             f"- FPR run (>= 5,000 images of >= 50 photos, 0 false positives): **{'met' if ok else 'not met'}**, "
             f"{a['any_claim']} claims in {a['n']} images of {a['distinct_source_photos']} photos "
-            f"(95% upper bound {a['fpr_95_upper_bound']:.1e}; `experiments/watermark_fpr/unseen_photos`)."
+            f"(95% upper bound {a['fpr_95_upper_bound']:.1e}; `experiments/watermark_fpr/unseen_photos{suffix}`)."
         )
     bench = HERE.parent / "throughput" / "bench_score.json"
     if bench.is_file():
@@ -363,7 +368,8 @@ def done_when(summary: list[dict], rows: list[dict]) -> list[str]:
         if ratio is not None:
             lines.append(
                 f"- `detector score` with the watermark (full search) >= 0.5x the raw backbone: "
-                f"**{'met' if ratio >= 0.5 else 'not met'}**, {ratio:.2f}x (`experiments/throughput`)."
+                f"**{'met' if ratio >= 0.5 else 'not met'}**, {ratio:.2f}x (`experiments/throughput`"
+                f"{', the shipped decoder' if suffix else ''})."
             )
     return [*lines, ""]
 
@@ -446,7 +452,7 @@ def report(args: argparse.Namespace) -> None:
             f"{sum(r['status'] != 'absent' for r in rows if r['family'] == 'clean')} of {n_img}.",
             "",
         ]
-        parts += done_when(summary, rows)
+        parts += done_when(summary, rows, _suffix(args))
         parts += by_colour(rows)
         baseline = HERE / f"results_{mode}.csv"
         if args.tag and baseline.is_file():

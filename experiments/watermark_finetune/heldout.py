@@ -6,11 +6,13 @@ this compares checkpoints on the right band of each photo of ``CHECKPOINT_TRAINE
 its width, the same cut :func:`detector.watermark.train.band_split` makes; a fine-tuning run with that
 ``val_band`` never sees these pixels), in colour and in grey. Each crop is marked with the *shipped*
 embedder (what a fine-tuned decoder has to read), attacked, and read by the decoder alone (native and
-half grid, rotations, shifts: ``WatermarkModel.search_factors`` / ``search_angles``, no lattice sync).
+half grid, rotations, shifts: ``WatermarkModel.search_factors`` / ``search_angles``, no lattice sync),
+except the ``(full search)`` rows (colour only): those go through the API's search, lattice sync included.
 Figures: mean bit accuracy and the share of crops with >= 60 of 64 bits right (the bound test's
 threshold for ``watermarked`` at FPR 1e-6).
 
     python experiments/watermark_finetune/heldout.py CHECKPOINT [CHECKPOINT ...] [--out FILE.json]
+    python experiments/watermark_finetune/heldout.py --table FILE.json [FILE.json ...]  # markdown table
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ ATTACKS = {
     "crop0.5": lambda x: x[: x.shape[0] * 7 // 10, : x.shape[1] * 7 // 10],
     "resize0.75+jpeg80": lambda x: jpeg_numpy(_resize(x, 0.75), 80),
 }
+#: Read through the API's full search (lattice sync, mirrors), colour crops only (slower): the resizes
+#: the decoder's own 1x / 0.5x grids cannot read.
+SYNC_ATTACKS = {
+    "resize0.8 (full search)": lambda x: _resize(x, 0.8),
+    "resize1.3 (full search)": lambda x: _resize(x, 1.3),
+    "resize1.4 (full search)": lambda x: _resize(x, 1.4),
+}
 
 
 def crops(band: float, size: int, per_photo: int, seed: int) -> list[np.ndarray]:
@@ -73,8 +82,27 @@ def crops(band: float, size: int, per_photo: int, seed: int) -> list[np.ndarray]
     return out
 
 
+def carrier_energy(model: WatermarkModel) -> dict[str, float]:
+    """Share of the embedder's carrier energy in luma and in each chroma channel (JPEG's YCbCr): JPEG
+    and WebP subsample and coarsely quantise chroma, so a mark that lives in chroma is what they hit."""
+    ycbcr = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+    energy = torch.einsum("ij,njtu->nitu", ycbcr, model.embedder.carriers.detach()).pow(2).mean(dim=(0, 2, 3))
+    return {c: round(float(e), 4) for c, e in zip(("Y", "Cb", "Cr"), energy / energy.sum(), strict=True)}
+
+
+def _full_search(model: WatermarkModel):
+    """The API's full search as a function image -> logits (the key plays no part in the reading)."""
+    from detector.watermark.api import Watermarker
+    from detector.watermark.payload import WatermarkKey
+
+    wm = Watermarker(WatermarkKey(b"heldout-choice-set-key-0123456789"), model=model)
+    return lambda image: torch.from_numpy(wm.search_image(image)[0]).unsqueeze(0)
+
+
 @torch.no_grad()
-def evaluate(decoder_model: WatermarkModel, embedder_model: WatermarkModel, images, seed: int) -> dict:
+def evaluate(
+    decoder_model: WatermarkModel, embedder_model: WatermarkModel, images, seed: int, sync: bool = False
+) -> dict:
     gen = torch.Generator().manual_seed(seed)
     out = {}
     marked, truth = [], []
@@ -83,16 +111,19 @@ def evaluate(decoder_model: WatermarkModel, embedder_model: WatermarkModel, imag
         x = from_uint8(image).unsqueeze(0)
         marked.append(to_uint8(embedder_model.embedder(x, bits)[0]))
         truth.append(bits[0].numpy())
-    for name, attack in ATTACKS.items():
+    full = _full_search(decoder_model) if sync else None
+    for name, attack in (ATTACKS | SYNC_ATTACKS if sync else ATTACKS).items():
         accs = []
         for m, t in zip(marked, truth, strict=True):
-            x = from_uint8(attack(m)).unsqueeze(0)
-            logits = decoder_model.decoder(
-                x,
-                decoder_model.search_factors,
-                angles=decoder_model.search_angles,
-                stop_confidence=decoder_model.cfg.stop_confidence,
-            )
+            if name in SYNC_ATTACKS:
+                logits = full(attack(m))
+            else:
+                logits = decoder_model.decoder(
+                    from_uint8(attack(m)).unsqueeze(0),
+                    decoder_model.search_factors,
+                    angles=decoder_model.search_angles,
+                    stop_confidence=decoder_model.cfg.stop_confidence,
+                )
             accs.append(float(((logits[0] > 0).long().numpy() == t).mean()))
         accs = np.array(accs)
         out[name] = {
@@ -102,9 +133,27 @@ def evaluate(decoder_model: WatermarkModel, embedder_model: WatermarkModel, imag
     return out
 
 
+def table(result: dict) -> str:
+    """Markdown: one row per (crops, attack), bit accuracy and share >= 60 bits for each checkpoint."""
+    ckpts = [k for k, v in result.items() if isinstance(v, dict)]
+    head = " | ".join(f"`{Path(c).name}` acc | >= 60" for c in ckpts)
+    lines = [f"| crops | attack | {head} |", "| --- | --- |" + " --- | --- |" * len(ckpts)]
+    for kind in ("colour", "grey"):
+        for attack in result[ckpts[0]][kind]:  # the full-search rows: colour only
+            cells = " | ".join(
+                f"{result[c][kind][attack]['bit_accuracy']:.3f} | {result[c][kind][attack]['share_ge_60']:.3f}"
+                for c in ckpts
+            )
+            lines.append(f"| {kind} | {attack} | {cells} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("checkpoints", nargs="*")
+    parser.add_argument(
+        "--table", nargs="+", default=[], help="print the markdown table of result JSONs (merged) and stop"
+    )
     parser.add_argument("--embedder", default="checkpoints/watermark/model.safetensors")
     parser.add_argument("--band", type=float, default=0.3)
     parser.add_argument("--size", type=int, default=192)
@@ -112,15 +161,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
+    if args.table:
+        merged = {}
+        for path in args.table:
+            merged |= json.loads(Path(path).read_text())
+        print(table(merged))
+        return
     torch.set_num_threads(1)
     embedder = WatermarkModel.load(args.embedder)
     colour = crops(args.band, args.size, args.per_photo, args.seed)
     grey = [greyscale(x) for x in colour]
-    result = {"band": args.band, "size": args.size, "crops": len(colour), "embedder": args.embedder}
+    result = {
+        "band": args.band,
+        "size": args.size,
+        "crops": len(colour),
+        "embedder": args.embedder,
+        "carrier_energy_share": carrier_energy(embedder),
+    }
     for ckpt in args.checkpoints:
         model = WatermarkModel.load(ckpt)
         result[ckpt] = {
-            "colour": evaluate(model, embedder, colour, args.seed),
+            "colour": evaluate(model, embedder, colour, args.seed, sync=True),
             "grey": evaluate(model, embedder, grey, args.seed),
         }
         print(ckpt, file=sys.stderr)
