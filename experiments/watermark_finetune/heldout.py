@@ -135,7 +135,7 @@ def evaluate(
 
 def table(result: dict) -> str:
     """Markdown: one row per (crops, attack), bit accuracy and share >= 60 bits for each checkpoint."""
-    ckpts = [k for k, v in result.items() if isinstance(v, dict)]
+    ckpts = [k for k, v in result.items() if isinstance(v, dict) and "colour" in v]
     head = " | ".join(f"`{Path(c).name}` acc | >= 60" for c in ckpts)
     lines = [f"| crops | attack | {head} |", "| --- | --- |" + " --- | --- |" * len(ckpts)]
     for kind in ("colour", "grey"):
