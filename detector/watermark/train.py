@@ -82,6 +82,9 @@ class WatermarkTrainConfig:
     grey: float = 0.0  # probability that a training crop is turned greyscale (luma in all channels)
     codecs: bool = False  # add real WebP / JPEG 30-90 / non-local means to the layer (codec_layer)
     resample: float = 0.0  # with codecs: weight of the sync's resampling of resized images (of 13.5)
+    decoder_curriculum: bool = (
+        False  # with freeze_embedder: keep the aligned start and the ramp (new carriers)
+    )
 
 
 class PhotoCrops:
@@ -257,8 +260,10 @@ def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=pri
         psnr = cfg.psnr_start + (cfg.model.target_psnr - cfg.psnr_start) * psnr_progress
         dist_progress = _ramp(step, cfg.steps, cfg.distortion_start, cfg.distortion_ramp)
         aligned = step < cfg.distortion_start * cfg.steps  # no crops yet: the tile origin is known
-        if cfg.freeze_embedder:  # the decoder alone learns: shipped strength, full attacks at once
-            psnr, dist_progress, aligned = cfg.model.target_psnr, 1.0, False
+        if cfg.freeze_embedder:  # the decoder alone learns: the init's strength
+            psnr = cfg.model.target_psnr
+            if not cfg.decoder_curriculum:  # a trained decoder: full attacks at once
+                dist_progress, aligned = 1.0, False
         if cfg.codecs and not aligned:
             layer = codec_layer(cfg.resample)
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -171,7 +172,9 @@ def main() -> None:
     embedder = WatermarkModel.load(args.embedder)
     colour = crops(args.band, args.size, args.per_photo, args.seed)
     grey = [greyscale(x) for x in colour]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
     result = {
+        "commit": commit.strip() or "unknown",
         "band": args.band,
         "size": args.size,
         "crops": len(colour),

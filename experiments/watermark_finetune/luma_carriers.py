@@ -1,0 +1,35 @@
+"""The luma test of the chroma diagnosis: the shipped checkpoint with every carrier replaced by its luma.
+
+83% of the shipped carriers' energy is chroma, which JPEG and WebP subsample and quantise hardest. This
+writes a checkpoint whose carriers are grey (each carrier's ITU-R 601 luma in all three channels; the
+embedder still rescales the residual to the target PSNR, so the strength is unchanged) and the shipped
+decoder, as the ``--init-from`` of a decoder-only run (``--set decoder_curriculum=true``: the decoder has
+to find new carriers). A new embedder: marks made with the shipped checkpoint do not decode with it.
+
+    python experiments/watermark_finetune/luma_carriers.py OUT.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from detector.watermark.model import WatermarkModel
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out")
+    parser.add_argument("--checkpoint", default="checkpoints/watermark/model.safetensors")
+    args = parser.parse_args()
+    model = WatermarkModel.load(args.checkpoint)
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        luma = (model.embedder.carriers * weights).sum(dim=1, keepdim=True)
+        model.embedder.carriers.copy_(luma.expand_as(model.embedder.carriers))
+    model.save(args.out, extra={"derived_from": args.checkpoint, "carriers": "luma only (luma_carriers.py)"})
+
+
+if __name__ == "__main__":
+    main()
