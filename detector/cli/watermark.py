@@ -323,7 +323,7 @@ def train(
 ) -> None:
     """Train the embedder/decoder on crops of the bundled photos (CPU; resumable; wandb offline).
 
-    Decoder fine-tuning on real codecs, as the shipped decoder was made (see its model card):
+    Decoder fine-tuning on real codecs (tried, not shipped: experiments/watermark_finetune):
     ``--init-from checkpoints/watermark/model.safetensors --freeze-embedder --set codecs=true``."""
     import shutil
 

@@ -75,16 +75,16 @@ class WatermarkTrainConfig:
     wandb: bool = True
     # Decoder fine-tuning (needs ``init``): the embedder's weights stay bit-identical, so marks already
     # made with the ``init`` checkpoint still decode. Marks are made at ``model.target_psnr`` and the
-    # distortion layer is at full strength from the first step (no curriculum: the decoder is trained).
+    # distortion layer is at full strength from the first step (no curriculum: the decoder is trained),
+    # unless ``decoder_curriculum`` keeps the curriculum (PSNR and distortion ramps, aligned start) for a
+    # decoder learning new carriers.
     freeze_embedder: bool = False
+    decoder_curriculum: bool = False
     photos: list[str] = field(default_factory=list)  # train on these photos only ([]: all but holdout)
     val_band: float = 0.0  # >0: the right band of each photo (this fraction of its width) is held out
     grey: float = 0.0  # probability that a training crop is turned greyscale (luma in all channels)
     codecs: bool = False  # add real WebP / JPEG 30-90 / non-local means to the layer (codec_layer)
     resample: float = 0.0  # with codecs: weight of the sync's resampling of resized images (of 13.5)
-    decoder_curriculum: bool = (
-        False  # with freeze_embedder: keep the aligned start and the ramp (new carriers)
-    )
 
 
 class PhotoCrops:
@@ -260,10 +260,8 @@ def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=pri
         psnr = cfg.psnr_start + (cfg.model.target_psnr - cfg.psnr_start) * psnr_progress
         dist_progress = _ramp(step, cfg.steps, cfg.distortion_start, cfg.distortion_ramp)
         aligned = step < cfg.distortion_start * cfg.steps  # no crops yet: the tile origin is known
-        if cfg.freeze_embedder:  # the decoder alone learns: the init's strength
-            psnr = cfg.model.target_psnr
-            if not cfg.decoder_curriculum:  # a trained decoder: full attacks at once
-                dist_progress, aligned = 1.0, False
+        if cfg.freeze_embedder and not cfg.decoder_curriculum:  # a trained decoder: the init's strength,
+            psnr, dist_progress, aligned = cfg.model.target_psnr, 1.0, False  # full attacks at once
         if cfg.codecs and not aligned:
             layer = codec_layer(cfg.resample)
         else:
