@@ -384,3 +384,33 @@ def test_fast_search_reads_a_plain_mark_and_refuses_unknown_profiles(keys, photo
     assert not fast.detect_array(photo).watermarked
     with pytest.raises(WatermarkError, match="search"):
         Watermarker(keys[0], model=shipped, search="quick")
+
+
+def test_cli_decoder_only_run_keeps_the_embedder_bit_identical(tmp_path):
+    """--freeze-embedder trains the decoder alone (real codecs, grey crops, a held-out band): every
+    embedder weight of the exported model equals the init's bit for bit, and the decoder did move."""
+    init = tmp_path / "init.safetensors"
+    WatermarkModel(WatermarkModelConfig(decode_width=8)).save(init)
+    args = ["watermark", "train", str(tmp_path / "run"), "--init-from", str(init), "--freeze-embedder"]
+    for override in (
+        "steps=2",
+        "patch=64",
+        "batch_size=2",
+        "wandb=false",
+        "eval_every=2",
+        "model.decode_width=8",
+        "codecs=true",
+        "grey=0.5",
+        "val_band=0.3",
+        "photos=[skimage-chelsea]",
+    ):
+        args += ["--set", override]
+    res = runner.invoke(app, [*args, "--export", str(tmp_path / "exp")])
+    assert res.exit_code == 0, res.output
+    before = WatermarkModel.load(init).state_dict()
+    after = WatermarkModel.load(tmp_path / "exp" / "model.safetensors").state_dict()
+    embedder = [k for k in before if k.startswith("embedder.")]
+    assert embedder and all(torch.equal(before[k], after[k]) for k in embedder)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    res = runner.invoke(app, ["watermark", "train", str(tmp_path / "bad"), "--freeze-embedder"])
+    assert res.exit_code != 0 and "init" in res.output

@@ -311,8 +311,20 @@ def train(
         None, "--export", help="Copy the final model here (e.g. checkpoints/watermark/)."
     ),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore an existing state.pt and start over."),
+    init_from: Path | None = typer.Option(
+        None, "--init-from", help="Start from this checkpoint (model.safetensors or a run's state.pt)."
+    ),
+    freeze_embedder: bool = typer.Option(
+        False,
+        "--freeze-embedder",
+        help="Train the decoder only (needs --init-from): the embedder stays bit-identical, so marks "
+        "made with that checkpoint still decode.",
+    ),
 ) -> None:
-    """Train the embedder/decoder on crops of the bundled photos (CPU; resumable; wandb offline)."""
+    """Train the embedder/decoder on crops of the bundled photos (CPU; resumable; wandb offline).
+
+    Decoder fine-tuning on real codecs (tried, not shipped: experiments/watermark_finetune):
+    ``--init-from checkpoints/watermark/model.safetensors --freeze-embedder --set codecs=true``."""
     import shutil
 
     from detector.config import ConfigError, load_config, save_config
@@ -325,6 +337,9 @@ def train(
         fail(str(exc))
     if holdout is not None:
         cfg.holdout = parse_list(holdout)
+    if init_from is not None:
+        cfg.init = str(init_from)
+    cfg.freeze_embedder = cfg.freeze_embedder or freeze_embedder
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     try:

@@ -26,10 +26,27 @@ def _uniform(rng: random.Random, low: float, high: float) -> float:
 
 def jpeg_numpy(image: np.ndarray, quality: int) -> np.ndarray:
     """Real JPEG round trip of an HxWx3 uint8 array (4:2:0, like most encoders in the wild)."""
+    return _codec_numpy(image, "JPEG", quality)
+
+
+def webp_numpy(image: np.ndarray, quality: int) -> np.ndarray:
+    """Real (lossy) WebP round trip of an HxWx3 uint8 array (libwebp through PIL)."""
+    return _codec_numpy(image, "WEBP", quality)
+
+
+def _codec_numpy(image: np.ndarray, fmt: str, quality: int) -> np.ndarray:
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+    Image.fromarray(image).save(buffer, format=fmt, quality=int(quality))
     buffer.seek(0)
     return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def nlm_numpy(image: np.ndarray, strength: float) -> np.ndarray:
+    """Non-local-means denoising (OpenCV, colour; ``strength`` is its h, luma and colour alike)."""
+    import cv2
+
+    h = float(strength)
+    return cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(image), None, h, h, 7, 21)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -72,21 +89,53 @@ class Quantize(Distortion):
         return x + ((x * 255).round() / 255 - x).detach()
 
 
-class JPEG(Distortion):
+class _ImageFilter(Distortion):
+    """A non-differentiable per-image operation on 8-bit pixels (a codec, a denoiser): forward = the real
+    thing, backward = identity (straight-through). ``_apply(uint8 image, rng)`` is the operation."""
+
+    @abc.abstractmethod
+    def _apply(self, image: np.ndarray, rng: random.Random) -> np.ndarray:
+        """The operation on one HxWx3 uint8 image."""
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        out = [from_uint8(self._apply(to_uint8(image), rng)).to(x.device) for image in x]
+        return x + (torch.stack(out).to(x.dtype) - x).detach()
+
+
+class JPEG(_ImageFilter):
     name = "jpeg"
 
     def __init__(self, quality: tuple[int, int] = (50, 50)):
         super().__init__()
         self.quality = quality
 
-    def forward(self, x, rng=None):
-        rng = rng or random.Random()
-        out = []
-        for image in x:
-            q = int(round(_uniform(rng, *self.quality)))
-            out.append(from_uint8(jpeg_numpy(to_uint8(image), q)).to(x.device))
-        compressed = torch.stack(out).to(x.dtype)
-        return x + (compressed - x).detach()  # straight-through
+    def _apply(self, image, rng):
+        return jpeg_numpy(image, int(round(_uniform(rng, *self.quality))))
+
+
+class WebP(_ImageFilter):
+    name = "webp"
+
+    def __init__(self, quality: tuple[int, int] = (50, 50)):
+        super().__init__()
+        self.quality = quality
+
+    def _apply(self, image, rng):
+        return webp_numpy(image, int(round(_uniform(rng, *self.quality))))
+
+
+class Denoise(_ImageFilter):
+    """Non-local-means denoising at a strength (OpenCV's h) drawn from ``strength``."""
+
+    name = "nlm"
+
+    def __init__(self, strength: tuple[float, float] = (5.0, 5.0)):
+        super().__init__()
+        self.strength = strength
+
+    def _apply(self, image, rng):
+        return nlm_numpy(image, _uniform(rng, *self.strength))
 
 
 class Crop(Distortion):
@@ -130,6 +179,28 @@ class Resize(Distortion):
         _, _, h, w = x.shape
         size = (max(8, round(h * f)), max(8, round(w * f)))
         return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+class Resample(Distortion):
+    """What the lattice sync leaves of a resized image: scaled by a factor (bicubic), then mapped back
+    to about the original size (+-``error``) by plain bilinear sampling, without antialiasing, as
+    :func:`detector.watermark.sync.view_of` does."""
+
+    name = "resample"
+
+    def __init__(self, factor: tuple[float, float] = (1.2, 1.6), error: float = 0.015):
+        super().__init__()
+        self.factor = factor
+        self.error = error
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        f = _uniform(rng, *self.factor)
+        _, _, h, w = x.shape
+        up = F.interpolate(x, size=(max(8, round(h * f)), max(8, round(w * f))), mode="bicubic")
+        e = 1 + _uniform(rng, -self.error, self.error)
+        back = (max(8, round(h * e)), max(8, round(w * e)))
+        return F.interpolate(up.clamp(0, 1), size=back, mode="bilinear", align_corners=False)
 
 
 class Blur(Distortion):
@@ -277,6 +348,25 @@ def training_layer(progress: float) -> RandomDistortion:
         (Chain(JPEG((q_low, 95)), Crop((area_low, 1.0)), Brightness((1 - 0.3 * p, 1 + 0.3 * p))), 2.0),
     ]
     return RandomDistortion(choices)
+
+
+def codec_layer(resample: float = 0.0) -> RandomDistortion:
+    """Decoder fine-tuning: the full-strength training layer plus the real codecs and denoiser that
+    ``experiments/watermark_attacks`` found weakest (JPEG and WebP 30-90, non-local means), alone and
+    after a resize, so the compression rows gain without the geometric ones losing their share.
+    ``resample`` > 0 adds (with that weight) the sync's resampling of resized images, 0.3-2x."""
+    extra = [(Resample((0.3, 2.0)), resample)] if resample else []
+    return RandomDistortion(
+        [
+            *extra,
+            (training_layer(1.0), 6.0),
+            (JPEG((30, 90)), 2.0),
+            (WebP((30, 90)), 2.0),
+            (Denoise((3.0, 7.0)), 1.5),
+            (Chain(Resize((0.6, 1.4)), JPEG((40, 90))), 1.0),
+            (Chain(Crop((0.3, 1.0)), WebP((40, 90))), 1.0),
+        ]
+    )
 
 
 def evaluation_grid() -> dict[str, Distortion]:

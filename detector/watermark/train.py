@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from detector.errors import DetectorError
-from detector.watermark.distortions import JPEG, Crop, Quantize, training_layer
+from detector.watermark.distortions import JPEG, Crop, Quantize, codec_layer, training_layer
 from detector.watermark.model import WatermarkModel, WatermarkModelConfig
 
 
@@ -73,15 +73,28 @@ class WatermarkTrainConfig:
     threads: int = 1
     init: str = ""  # start from these weights (a state.pt or model.safetensors), e.g. a shorter run's
     wandb: bool = True
+    # Decoder fine-tuning (needs ``init``): the embedder's weights stay bit-identical, so marks already
+    # made with the ``init`` checkpoint still decode. Marks are made at ``model.target_psnr`` and the
+    # distortion layer is at full strength from the first step (no curriculum: the decoder is trained),
+    # unless ``decoder_curriculum`` keeps the curriculum (PSNR and distortion ramps, aligned start) for a
+    # decoder learning new carriers.
+    freeze_embedder: bool = False
+    decoder_curriculum: bool = False
+    photos: list[str] = field(default_factory=list)  # train on these photos only ([]: all but holdout)
+    val_band: float = 0.0  # >0: the right band of each photo (this fraction of its width) is held out
+    grey: float = 0.0  # probability that a training crop is turned greyscale (luma in all channels)
+    codecs: bool = False  # add real WebP / JPEG 30-90 / non-local means to the layer (codec_layer)
+    resample: float = 0.0  # with codecs: weight of the sync's resampling of resized images (of 13.5)
 
 
 class PhotoCrops:
     """Random square crops from a few photos at several scales (pyramid precomputed once)."""
 
-    def __init__(self, photos: list[tuple[str, np.ndarray]], patch: int, seed: int):
+    def __init__(self, photos: list[tuple[str, np.ndarray]], patch: int, seed: int, grey: float = 0.0):
         from PIL import Image
 
         self.patch = patch
+        self.grey = grey
         self.rng = np.random.default_rng(seed)
         self.levels: list[np.ndarray] = []
         for _, image in photos:
@@ -103,7 +116,31 @@ class PhotoCrops:
             left = self.rng.integers(0, w - self.patch + 1)
             crop = image[top : top + self.patch, left : left + self.patch]
             out[i] = crop[:, ::-1] if self.rng.random() < 0.5 else crop
+            if self.grey and self.rng.random() < self.grey:
+                out[i] = greyscale(out[i])
         return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0
+
+
+def greyscale(image: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 -> the same picture in grey (ITU-R 601 luma in all three channels)."""
+    luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat((luma + 0.5).clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def band_split(
+    photos: list[tuple[str, np.ndarray]], band: float, min_side: int
+) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
+    """Each photo cut in two at a column: the left part for training, the right band (``band`` of the
+    width, at least ``min_side`` px) for validation, so validation crops share no pixel with training."""
+    train, val = [], []
+    for name, image in photos:
+        w = image.shape[1]
+        cut = w - max(min_side, round(band * w))
+        if cut < min_side:
+            raise WatermarkTrainError(f"{name}: {w}px wide, too narrow to split off a {min_side}px band")
+        train.append((name, np.ascontiguousarray(image[:, :cut])))
+        val.append((name, np.ascontiguousarray(image[:, cut:])))
+    return train, val
 
 
 def _ramp(step: int, total: int, start: float, length: float) -> float:
@@ -118,11 +155,16 @@ def unseen_photos() -> list:
     return [p for p in available_photos() if p.name not in CHECKPOINT_TRAINED_ON]
 
 
-def split_photos(holdout: list[str]) -> tuple[list, list]:
-    from detector.corpus.photos import load_photos
+def split_photos(holdout: list[str], only: list[str] | None = None) -> tuple[list, list]:
+    """(training photos, held-out photos); ``only`` restricts training to those names."""
+    from detector.corpus.photos import catalogue, load_photos
 
-    photos = load_photos()
-    train = [p for p in photos if p[0] not in holdout]
+    photos = load_photos([p for p in catalogue() if p.name in only] if only else None)
+    if only:
+        missing = set(only) - {name for name, _ in photos}
+        if missing:
+            raise WatermarkTrainError(f"training photos not on this machine: {sorted(missing)}")
+    train = [p for p in photos if p[0] not in holdout and (not only or p[0] in only)]
     held = [p for p in photos if p[0] in holdout]
     return train, held
 
@@ -145,29 +187,36 @@ def quick_eval(model: WatermarkModel, images: torch.Tensor, psnr: float, seed: i
 
 def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=print) -> WatermarkModel:
     """Train (or resume) into ``run_dir``; returns the model and writes ``run_dir/model.safetensors``."""
+    if cfg.freeze_embedder and not cfg.init:
+        raise WatermarkTrainError("freeze_embedder needs init=CHECKPOINT (--init-from: the embedder to keep)")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
-    train_photos, held = split_photos(cfg.holdout)
+    train_photos, held = split_photos(cfg.holdout, cfg.photos)
     if not train_photos:
         raise WatermarkTrainError("no training photos left after the holdout")
-    data = PhotoCrops(train_photos, cfg.patch, cfg.seed)
-    val_source = PhotoCrops(held or train_photos, 256, cfg.seed + 1)
+    if cfg.val_band:
+        train_photos, held = band_split(train_photos, cfg.val_band, cfg.patch)
+    data = PhotoCrops(train_photos, cfg.patch, cfg.seed, cfg.grey)
+    val_source = PhotoCrops(held or train_photos, min(256, cfg.patch) if cfg.val_band else 256, cfg.seed + 1)
     val_images = val_source.batch(8)
 
     model = WatermarkModel(cfg.model)
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
-    step = 0
     if cfg.init:
         if cfg.init.endswith(".safetensors"):
             model.load_state_dict(WatermarkModel.load(cfg.init).state_dict())
         else:
             model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True)["model"])
         log(f"initialised from {cfg.init}")
+    if cfg.freeze_embedder:
+        model.embedder.requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    step = 0
     state_path = run_dir / "state.pt"
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -210,17 +259,23 @@ def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=pri
         psnr_progress = _ramp(step, cfg.steps, 0.0, cfg.psnr_ramp)
         psnr = cfg.psnr_start + (cfg.model.target_psnr - cfg.psnr_start) * psnr_progress
         dist_progress = _ramp(step, cfg.steps, cfg.distortion_start, cfg.distortion_ramp)
-        layer = training_layer(dist_progress) if step / cfg.steps >= cfg.distortion_start else Quantize()
+        aligned = step < cfg.distortion_start * cfg.steps  # no crops yet: the tile origin is known
+        if cfg.freeze_embedder and not cfg.decoder_curriculum:  # a trained decoder: the init's strength,
+            psnr, dist_progress, aligned = cfg.model.target_psnr, 1.0, False  # full attacks at once
+        if cfg.codecs and not aligned:
+            layer = codec_layer(cfg.resample)
+        else:
+            layer = training_layer(dist_progress) if not aligned else Quantize()
         x = data.batch(cfg.batch_size)
         bits = torch.randint(0, 2, (cfg.batch_size, cfg.model.n_bits))
-        marked = model.embedder(x, bits, psnr)
+        with torch.set_grad_enabled(not cfg.freeze_embedder):
+            marked = model.embedder(x, bits, psnr)
         attacked = layer(marked, rng)
-        aligned = step < cfg.distortion_start * cfg.steps  # no crops yet: the tile origin is known
         logits = model.decoder(attacked, aligned=aligned)
         loss = F.binary_cross_entropy_with_logits(logits, bits.float())
         optim.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optim.step()
         sched.step()
         step += 1

@@ -10,6 +10,10 @@ found and bound to the content), ``forged``, ``inverted`` or ``absent``, at FPR 
     python experiments/watermark_attacks/run.py --content-bits 0     # the legacy unbound mark, same attacks
     python experiments/watermark_attacks/run.py --report-only        # rewrite RESULTS.md from the CSVs
     python experiments/watermark_attacks/run.py --only resize0.3,resize0.4   # rerun some rows after a change
+    python experiments/watermark_attacks/run.py --checkpoint NEW --tag NAME  # another checkpoint, apart
+
+``--tag NAME`` writes ``results_<mode>_NAME.csv`` and ``RESULTS_NAME.md`` (with a row-by-row comparison
+against the untagged run), so the untagged table stays the baseline.
 
 Writes ``results_<mode>.csv`` (one row per image and attack), ``summary_<mode>.csv`` and RESULTS.md.
 """
@@ -126,7 +130,7 @@ def run(args: argparse.Namespace) -> Path:
     unknown = (only or set()) - set(attacks.TRANSFORMS)
     if unknown:
         raise SystemExit(f"--only: unknown attack(s) {sorted(unknown)}; known: {list(attacks.TRANSFORMS)}")
-    out = HERE / f"results_{mode}.csv"
+    out = HERE / f"results_{mode}{_suffix(args)}.csv"
     done = set()
     if args.resume and out.is_file() and not only:  # a stopped full run: keep its photos, do the rest
         rows += read_csv(out)
@@ -169,6 +173,31 @@ def run(args: argparse.Namespace) -> Path:
         ]
     write_csv(out, rows, FIELDS)
     return out
+
+
+def _suffix(args: argparse.Namespace) -> str:
+    return f"_{args.tag}" if args.tag else ""
+
+
+def compare(summary: list[dict], baseline: list[dict], tag: str) -> list[str]:
+    """Row by row against the baseline run (same attacks, same photos): TPR and bit accuracy."""
+    old = {s["attack"]: s for s in baseline}
+    lines = [
+        f"### Against the baseline (untagged `RESULTS.md`) vs `{tag}`",
+        "",
+        "| attack | n | tpr old | tpr new | bit_accuracy old | bit_accuracy new |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in summary:
+        o = old.get(s["attack"])
+        if o is None or s["family"] not in ("marked", "subtract", "copy", "clean"):
+            continue
+        key = "watermarked" if s["family"] in ("copy", "clean") else "tpr"
+        lines.append(
+            f"| {s['attack']}{'' if key == 'tpr' else ' (declared watermarked)'} | {s['n']} | {o[key]} | "
+            f"{s[key]} | {o['bit_accuracy'] or '-'} | {s['bit_accuracy'] or '-'} |"
+        )
+    return [*lines, ""]
 
 
 def write_csv(path: Path, rows: list[dict], fields) -> None:
@@ -289,8 +318,9 @@ def by_colour(rows: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-def done_when(summary: list[dict], rows: list[dict]) -> list[str]:
-    """The issue's 'Done when' items, each met or not with its figure (FPR and speed from their runs)."""
+def done_when(summary: list[dict], rows: list[dict], suffix: str = "") -> list[str]:
+    """The issue's 'Done when' items, each met or not with its figure (FPR and speed from their runs;
+    a tagged run reads the FPR run of the same tag, ``unseen_photos_TAG``)."""
     import json
 
     by = {s["attack"]: s for s in summary}
@@ -318,15 +348,19 @@ def done_when(summary: list[dict], rows: list[dict]) -> list[str]:
             f"- Removal by subtraction fails only below 30 dB: **{'met' if first['psnr'] < 30 else 'not met'}**, "
             f"first failure at {first['attack']} ({first['psnr']} dB)."
         )
-    fpr = HERE.parent / "watermark_fpr" / "unseen_photos" / "results.json"
-    if fpr.is_file():
+    fpr = HERE.parent / "watermark_fpr" / f"unseen_photos{suffix}" / "results.json"
+    if not fpr.is_file():
+        lines.append(
+            f"- FPR run: not run for this checkpoint (`{fpr.parent.relative_to(HERE.parent.parent)}`)."
+        )
+    else:
         r = json.loads(fpr.read_text())
         a = r.get("all_images", r["clean"])
         ok = a["any_claim"] == 0 and a["n"] >= 5000 and a["distinct_source_photos"] >= 50
         lines.append(
             f"- FPR run (>= 5,000 images of >= 50 photos, 0 false positives): **{'met' if ok else 'not met'}**, "
             f"{a['any_claim']} claims in {a['n']} images of {a['distinct_source_photos']} photos "
-            f"(95% upper bound {a['fpr_95_upper_bound']:.1e}; `experiments/watermark_fpr/unseen_photos`)."
+            f"(95% upper bound {a['fpr_95_upper_bound']:.1e}; `experiments/watermark_fpr/unseen_photos{suffix}`)."
         )
     bench = HERE.parent / "throughput" / "bench_score.json"
     if bench.is_file():
@@ -334,7 +368,8 @@ def done_when(summary: list[dict], rows: list[dict]) -> list[str]:
         if ratio is not None:
             lines.append(
                 f"- `detector score` with the watermark (full search) >= 0.5x the raw backbone: "
-                f"**{'met' if ratio >= 0.5 else 'not met'}**, {ratio:.2f}x (`experiments/throughput`)."
+                f"**{'met' if ratio >= 0.5 else 'not met'}**, {ratio:.2f}x (`experiments/throughput`"
+                f"{', the shipped decoder' if suffix else ''})."
             )
     return [*lines, ""]
 
@@ -352,7 +387,9 @@ def report(args: argparse.Namespace) -> None:
         "```",
         "",
         f"Code: commit `{args.commit}` (the CSV's rows; `git log` of this file for later report-only changes).",
-        "Shipped checkpoint at its default strength (PSNR 41 dB), content binding on, the default (staged)",
+        f"Checkpoint `{args.checkpoint or 'checkpoints/watermark/model.safetensors (shipped)'}`"
+        f"{f' (run tag `{args.tag}`)' if args.tag else ''}, at its default strength (PSNR 41 dB), "
+        "content binding on, the default (staged)",
         "search. Images: one 384 px square crop of each catalogued photo the checkpoint was never trained on",
         "(`detector.watermark.train.unseen_photos`: every catalogued photo but the nine of",
         "`CHECKPOINT_TRAINED_ON`), listed at the end; the attacker's marked images (same key and payload,",
@@ -370,12 +407,12 @@ def report(args: argparse.Namespace) -> None:
         "",
     ]
     for mode, title in (("bound", "Content binding on (default)"),):
-        path = HERE / f"results_{mode}.csv"
+        path = HERE / f"results_{mode}{_suffix(args)}.csv"
         if not path.is_file():
             continue
         rows = read_csv(path)
         summary = summarise(rows)
-        write_csv(HERE / f"summary_{mode}.csv", summary, summary[0].keys())
+        write_csv(HERE / f"summary_{mode}{_suffix(args)}.csv", summary, summary[0].keys())
         n_img = len({r["image"] for r in rows})
         parts += [f"## {title}: {n_img} images", ""]
         parts += ["### Robustness (marked images)", ""]
@@ -415,11 +452,14 @@ def report(args: argparse.Namespace) -> None:
             f"{sum(r['status'] != 'absent' for r in rows if r['family'] == 'clean')} of {n_img}.",
             "",
         ]
-        parts += done_when(summary, rows)
+        parts += done_when(summary, rows, _suffix(args))
         parts += by_colour(rows)
+        baseline = HERE / f"results_{mode}.csv"
+        if args.tag and baseline.is_file():
+            parts += compare(summary, summarise(read_csv(baseline)), args.tag)
         photos = sorted({r["image"].split("#")[0] for r in rows})
         parts += [f"Photos ({len(photos)}): " + ", ".join(f"`{p}`" for p in photos) + ".", ""]
-    atomic_write_text(HERE / "RESULTS.md", "\n".join(parts) + "\n")
+    atomic_write_text(HERE / f"RESULTS{_suffix(args)}.md", "\n".join(parts) + "\n")
 
 
 def main() -> None:
@@ -437,6 +477,9 @@ def main() -> None:
     parser.add_argument("--commit", default="see git log", help="the commit the CSV was measured with")
     parser.add_argument(
         "--only", default="", help="comma-separated single-image attacks to rerun into the CSV"
+    )
+    parser.add_argument(
+        "--tag", default="", help="write results_<mode>_TAG.csv and RESULTS_TAG.md (baseline untouched)"
     )
     args = parser.parse_args()
     if not args.report_only:

@@ -1,0 +1,199 @@
+"""Decoder fine-tuning, the choice set: held-out crops of the *training* photos, attacked, read by each
+checkpoint's decoder.
+
+The unseen photos of ``experiments/watermark_attacks`` are the test set, so nothing is chosen on them:
+this compares checkpoints on the right band of each photo of ``CHECKPOINT_TRAINED_ON`` (``val_band`` of
+its width, the same cut :func:`detector.watermark.train.band_split` makes; a fine-tuning run with that
+``val_band`` never sees these pixels), in colour and in grey. Each crop is marked with the *shipped*
+embedder (what a fine-tuned decoder has to read), attacked, and read by the decoder alone (native and
+half grid, rotations, shifts: ``WatermarkModel.search_factors`` / ``search_angles``, no lattice sync),
+except the ``(full search)`` rows (colour only): those go through the API's search, lattice sync included.
+Figures: mean bit accuracy and the share of crops with >= 60 of 64 bits right (the bound test's
+threshold for ``watermarked`` at FPR 1e-6).
+
+    python experiments/watermark_finetune/heldout.py CHECKPOINT [CHECKPOINT ...] [--out FILE.json]
+    python experiments/watermark_finetune/heldout.py --table FILE.json [FILE.json ...]  # markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detector.corpus.photos import catalogue, load_photos
+from detector.io import atomic_write_text
+from detector.watermark.distortions import from_uint8, jpeg_numpy, nlm_numpy, to_uint8, webp_numpy
+from detector.watermark.model import WatermarkModel
+from detector.watermark.train import CHECKPOINT_TRAINED_ON, band_split, greyscale
+
+#: Bits of 64 the keyed test needs for ``watermarked`` at FPR 1e-6 with content binding (payload.py).
+THRESHOLD = 60
+
+
+def _resize(image: np.ndarray, factor: float) -> np.ndarray:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    return np.asarray(Image.fromarray(image).resize((round(w * factor), round(h * factor)), Image.LANCZOS))
+
+
+def _rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).rotate(degrees, resample=Image.BICUBIC))
+
+
+ATTACKS = {
+    "none": lambda x: x,
+    "jpeg50": lambda x: jpeg_numpy(x, 50),
+    "jpeg30": lambda x: jpeg_numpy(x, 30),
+    "webp50": lambda x: webp_numpy(x, 50),
+    "nlm5": lambda x: nlm_numpy(x, 5.0),
+    "resize0.5": lambda x: _resize(x, 0.5),
+    "resize0.8": lambda x: _resize(x, 0.8),
+    "rotate5": lambda x: _rotate(x, 5.0),
+    "crop0.5": lambda x: x[: x.shape[0] * 7 // 10, : x.shape[1] * 7 // 10],
+    "resize0.75+jpeg80": lambda x: jpeg_numpy(_resize(x, 0.75), 80),
+}
+#: Read through the API's full search (lattice sync, mirrors), colour crops only (slower): the resizes
+#: the decoder's own 1x / 0.5x grids cannot read.
+SYNC_ATTACKS = {
+    "resize0.8 (full search)": lambda x: _resize(x, 0.8),
+    "resize1.3 (full search)": lambda x: _resize(x, 1.3),
+    "resize1.4 (full search)": lambda x: _resize(x, 1.4),
+}
+
+
+def crops(band: float, size: int, per_photo: int, seed: int) -> list[np.ndarray]:
+    photos = load_photos([p for p in catalogue() if p.name in CHECKPOINT_TRAINED_ON])
+    _, held = band_split(photos, band, size)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _, image in held:
+        h, w = image.shape[:2]
+        for _ in range(per_photo):
+            top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            out.append(np.ascontiguousarray(image[top : top + size, left : left + size]))
+    return out
+
+
+def carrier_energy(model: WatermarkModel) -> dict[str, float]:
+    """Share of the embedder's carrier energy in luma and in each chroma channel (JPEG's YCbCr): JPEG
+    and WebP subsample and coarsely quantise chroma, so a mark that lives in chroma is what they hit."""
+    ycbcr = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+    energy = torch.einsum("ij,njtu->nitu", ycbcr, model.embedder.carriers.detach()).pow(2).mean(dim=(0, 2, 3))
+    return {c: round(float(e), 4) for c, e in zip(("Y", "Cb", "Cr"), energy / energy.sum(), strict=True)}
+
+
+def _full_search(model: WatermarkModel):
+    """The API's full search as a function image -> logits (the key plays no part in the reading)."""
+    from detector.watermark.api import Watermarker
+    from detector.watermark.payload import WatermarkKey
+
+    wm = Watermarker(WatermarkKey(b"heldout-choice-set-key-0123456789"), model=model)
+    return lambda image: torch.from_numpy(wm.search_image(image)[0]).unsqueeze(0)
+
+
+@torch.no_grad()
+def evaluate(
+    decoder_model: WatermarkModel, embedder_model: WatermarkModel, images, seed: int, sync: bool = False
+) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    marked, truth = [], []
+    for image in images:
+        bits = torch.randint(0, 2, (1, 64), generator=gen)
+        x = from_uint8(image).unsqueeze(0)
+        marked.append(to_uint8(embedder_model.embedder(x, bits)[0]))
+        truth.append(bits[0].numpy())
+    full = _full_search(decoder_model) if sync else None
+    for name, attack in (ATTACKS | SYNC_ATTACKS if sync else ATTACKS).items():
+        accs = []
+        for m, t in zip(marked, truth, strict=True):
+            if name in SYNC_ATTACKS:
+                logits = full(attack(m))
+            else:
+                logits = decoder_model.decoder(
+                    from_uint8(attack(m)).unsqueeze(0),
+                    decoder_model.search_factors,
+                    angles=decoder_model.search_angles,
+                    stop_confidence=decoder_model.cfg.stop_confidence,
+                )
+            accs.append(float(((logits[0] > 0).long().numpy() == t).mean()))
+        accs = np.array(accs)
+        out[name] = {
+            "bit_accuracy": round(float(accs.mean()), 4),
+            "share_ge_60": round(float((accs * 64 >= THRESHOLD - 1e-9).mean()), 4),
+        }
+    return out
+
+
+def table(result: dict) -> str:
+    """Markdown: one row per (crops, attack), bit accuracy and share >= 60 bits for each checkpoint."""
+    ckpts = [k for k, v in result.items() if isinstance(v, dict) and "colour" in v]
+    head = " | ".join(f"`{Path(c).name}` acc | >= 60" for c in ckpts)
+    lines = [f"| crops | attack | {head} |", "| --- | --- |" + " --- | --- |" * len(ckpts)]
+    for kind in ("colour", "grey"):
+        for attack in result[ckpts[0]][kind]:  # the full-search rows: colour only
+            cells = " | ".join(
+                f"{result[c][kind][attack]['bit_accuracy']:.3f} | {result[c][kind][attack]['share_ge_60']:.3f}"
+                for c in ckpts
+            )
+            lines.append(f"| {kind} | {attack} | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="*")
+    parser.add_argument(
+        "--table", nargs="+", default=[], help="print the markdown table of result JSONs (merged) and stop"
+    )
+    parser.add_argument("--embedder", default="checkpoints/watermark/model.safetensors")
+    parser.add_argument("--band", type=float, default=0.3)
+    parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--per-photo", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    if args.table:
+        merged = {}
+        for path in args.table:
+            merged |= json.loads(Path(path).read_text())
+        print(table(merged))
+        return
+    torch.set_num_threads(1)
+    embedder = WatermarkModel.load(args.embedder)
+    colour = crops(args.band, args.size, args.per_photo, args.seed)
+    grey = [greyscale(x) for x in colour]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    result = {
+        "commit": commit.strip() or "unknown",
+        "band": args.band,
+        "size": args.size,
+        "crops": len(colour),
+        "embedder": args.embedder,
+        "carrier_energy_share": carrier_energy(embedder),
+    }
+    for ckpt in args.checkpoints:
+        model = WatermarkModel.load(ckpt)
+        result[ckpt] = {
+            "colour": evaluate(model, embedder, colour, args.seed, sync=True),
+            "grey": evaluate(model, embedder, grey, args.seed),
+        }
+        print(ckpt, file=sys.stderr)
+        for kind in ("colour", "grey"):
+            for attack, r in result[ckpt][kind].items():
+                print(f"  {kind:6s} {attack:18s} acc {r['bit_accuracy']:.3f}  >=60: {r['share_ge_60']:.3f}")
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
