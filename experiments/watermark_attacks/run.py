@@ -402,8 +402,8 @@ def report(args: argparse.Namespace) -> None:
         "takes a third to a half of that). `lost_vs_exhaustive`: marked images the default search missed",
         "and the exhaustive search (every candidate at every sub-cell phase, `search='exhaustive'`) found.",
         "",
-        "Peers (invisible-watermark, blind-watermark) and regeneration/purification attacks are not in this",
-        "suite yet (see experiments/watermark_vs_peers for the peers on the old grid).",
+        "The peers on the same images and attacks: `peers/RESULTS.md` (`peers.py`); regeneration through",
+        "the zoo's autoencoders and its DDPM img2img: `regeneration/RESULTS.md` (`regeneration.py`).",
         "",
     ]
     for mode, title in (("bound", "Content binding on (default)"),):
