@@ -91,6 +91,23 @@ def carrier_energy(model: WatermarkModel) -> dict[str, float]:
     return {c: round(float(e), 4) for c, e in zip(("Y", "Cb", "Cr"), energy / energy.sum(), strict=True)}
 
 
+@torch.no_grad()
+def imperceptibility(embedder_model: WatermarkModel, images, seed: int) -> dict[str, float]:
+    """Mean PSNR and SSIM of the marked crops against the clean ones (the PSNR is fixed by construction;
+    SSIM shows where the mask puts the energy: flat regions show it most)."""
+    from skimage.metrics import structural_similarity
+
+    gen = torch.Generator().manual_seed(seed)
+    psnrs, ssims = [], []
+    for image in images:
+        bits = torch.randint(0, 2, (1, 64), generator=gen)
+        marked = to_uint8(embedder_model.embedder(from_uint8(image).unsqueeze(0), bits)[0])
+        mse = float(np.mean((marked.astype(np.float64) - image) ** 2))
+        psnrs.append(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+        ssims.append(structural_similarity(image, marked, channel_axis=2))
+    return {"psnr": round(float(np.mean(psnrs)), 2), "ssim": round(float(np.mean(ssims)), 4)}
+
+
 def _full_search(model: WatermarkModel):
     """The API's full search as a function image -> logits (the key plays no part in the reading)."""
     from detector.watermark.api import Watermarker
@@ -160,6 +177,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=192)
     parser.add_argument("--per-photo", type=int, default=6)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--mask-floor",
+        type=float,
+        default=None,
+        help="embed with this JND floor instead of the checkpoint's (more mark in flat regions, same PSNR)",
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     if args.table:
@@ -170,6 +193,8 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     embedder = WatermarkModel.load(args.embedder)
+    if args.mask_floor is not None:
+        embedder.cfg.mask_floor = args.mask_floor
     colour = crops(args.band, args.size, args.per_photo, args.seed)
     grey = [greyscale(x) for x in colour]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
@@ -180,6 +205,8 @@ def main() -> None:
         "crops": len(colour),
         "embedder": args.embedder,
         "carrier_energy_share": carrier_energy(embedder),
+        "mask_floor": embedder.cfg.mask_floor,
+        "imperceptibility": imperceptibility(embedder, colour, args.seed),
     }
     for ckpt in args.checkpoints:
         model = WatermarkModel.load(ckpt)
