@@ -145,7 +145,8 @@ def test_parquet_output_and_resume_score_only_what_is_missing(tmp_path):
 
 def test_killed_ray_driver_resumes_without_losing_or_repeating_lines(bundle, tmp_path, cluster):  # noqa: F811
     folder = tmp_path / "many"
-    for i in range(30):
+    n = 60
+    for i in range(n):
         write_rgb(folder / f"img{i:03d}.png", size=(32, 32), seed=1000 + i)
     (folder / "bad.png").write_bytes(b"garbage")
     out = tmp_path / "scores.jsonl"
@@ -153,21 +154,28 @@ def test_killed_ray_driver_resumes_without_losing_or_repeating_lines(bundle, tmp
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     args = [sys.executable, "-m", "detector", "score", str(folder), "--model", str(bundle), "--out", str(out)]
     args += [*RAY_ARGS, "--address", cluster, "--batch-size", "2"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if partial.exists() and len(partial.read_text().splitlines()) >= 4:
+    # Kill the driver once some lines are out. Ray's actors can finish a small folder between two polls,
+    # so a run that wrote everything before the kill landed is started again (the race is the machine's,
+    # not the engine's); the resume below is what is tested.
+    for _attempt in range(3):
+        partial.unlink(missing_ok=True)
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            if partial.exists() and len(partial.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+        assert not out.exists(), "the killed run must not have produced the final output"
+        done_before = len(partial.read_text().splitlines())
+        if done_before < n + 1:
             break
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    assert not out.exists(), "the killed run must not have produced the final output"
-    done_before = len(partial.read_text().splitlines())
-    assert 4 <= done_before < 31
+    assert 2 <= done_before < n + 1
     result = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     paths = [json.loads(line)["path"] for line in out.read_text().splitlines()]
-    assert len(paths) == 31 and len(set(paths)) == 31
+    assert len(paths) == n + 1 and len(set(paths)) == n + 1
     assert f"skipped {done_before} already done" in " ".join(result.stderr.split())
 
 
