@@ -164,7 +164,7 @@ def split_photos(holdout: list[str], only: list[str] | None = None) -> tuple[lis
         missing = set(only) - {name for name, _ in photos}
         if missing:
             raise WatermarkTrainError(f"training photos not on this machine: {sorted(missing)}")
-    train = [p for p in photos if p[0] not in holdout and (not only or p[0] in only)]
+    train = [p for p in photos if p[0] not in holdout]
     held = [p for p in photos if p[0] in holdout]
     return train, held
 

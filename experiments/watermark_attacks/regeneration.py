@@ -50,19 +50,21 @@ TILE = 128
 
 def regenerators(cache: Path):
     """``{attack: fn(uint8 image, seed) -> uint8 image}`` over the cached zoo models."""
-    from detector.corpus.zoo import generate, get_generator
+    from detector.corpus.manifest import CorpusError
+    from detector.corpus.zoo import ensure_model, generate, get_generator
     from detector.corpus.zoo import load_model as load_zoo
-    from detector.corpus.zoo.base import is_done, to_tensor, to_uint8
+    from detector.corpus.zoo.base import to_tensor, to_uint8
 
     loaded: dict[str, object] = {}
 
     def model_for(name: str):
         spec = get_generator(name)
         if spec.model not in loaded:
-            folders = [f for f in cache.glob(f"{spec.model}-s0-*") if is_done(f)]
-            if not folders:
-                raise SystemExit(f"{cache}: no trained {spec.model}; run `detector corpus build` first")
-            loaded[spec.model] = load_zoo(spec.model, folders[0])
+            try:  # no pool: a model missing from the cache is an error, not a training run
+                folder, _ = ensure_model(spec.model, cache, None)
+            except CorpusError as exc:
+                raise SystemExit(f"{exc}; run `detector corpus build` first") from None
+            loaded[spec.model] = load_zoo(spec.model, folder)
         return loaded[spec.model]
 
     def whole(name: str):

@@ -32,11 +32,11 @@ import attacks  # noqa: E402
 from heldout import crops  # noqa: E402
 
 from detector.io import atomic_write_text  # noqa: E402
+from detector.watermark.api import CONTENT_BITS as BITS  # noqa: E402
+from detector.watermark.api import CONTENT_TOLERANCE  # noqa: E402
+from detector.watermark.api import CONTENT_VIEWS as VIEWS  # noqa: E402
 from detector.watermark.binding import content_hash, trim_border  # noqa: E402
 from detector.watermark.payload import WatermarkKey  # noqa: E402
-
-BITS = 16
-VIEWS = 2
 
 
 def spoof_odds(tolerance: int) -> float:
@@ -71,8 +71,12 @@ def main() -> None:
         f"Command: `python experiments/watermark_finetune/hash_tolerance.py`; commit `{commit.strip()}`; "
         f"{len(images)} held-out 192 px crops of the nine training photos (the choice set of `heldout.py`).",
         "",
-        f"Spoof odds per photo and copied mark (uniform hashes, {VIEWS} views): tolerance 2 (shipped) "
-        f"{spoof_odds(2):.2%}, tolerance 1 {spoof_odds(1):.2%}, tolerance 0 {spoof_odds(0):.3%}.",
+        f"Spoof odds per photo and copied mark (uniform hashes, {VIEWS} views): "
+        + ", ".join(
+            f"tolerance {t}{' (shipped)' if t == CONTENT_TOLERANCE else ''} {spoof_odds(t):.{2 if t else 3}%}"
+            for t in (2, 1, 0)
+        )
+        + ".",
         "",
         "| edit | within 0 bits | within 1 | within 2 | most bits flipped |",
         "| --- | --- | --- | --- | --- |",
