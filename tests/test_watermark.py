@@ -27,7 +27,7 @@ from detector.watermark import (
     generate_key,
     load_key,
 )
-from detector.watermark.distortions import JPEG, evaluation_grid
+from detector.watermark.distortions import JPEG, RoundTrip, codec_layer, evaluation_grid
 from detector.watermark.payload import binomial_pvalue
 
 runner = CliRunner()
@@ -184,6 +184,46 @@ def test_distortions_shapes_and_straight_through_jpeg():
     x.requires_grad_(True)
     JPEG((50, 50))(x).sum().backward()
     assert torch.equal(x.grad, torch.ones_like(x))
+
+
+@pytest.mark.parametrize("share", [0.25, 0.5, 1.0])
+def test_luma_share_puts_that_share_of_the_energy_in_grey_and_keeps_the_psnr(share):
+    torch.manual_seed(0)
+    model = WatermarkModel(WatermarkModelConfig(n_bits=16, luma_share=share)).eval()
+    x, bits = torch.rand(2, 3, 96, 80), torch.randint(0, 2, (2, 16))
+    with torch.no_grad():
+        r = model.embedder.residual(x, bits, 40.0)
+    grey = r.mean(dim=1, keepdim=True).expand_as(r)
+    energy = r.pow(2).mean(dim=(1, 2, 3))
+    assert torch.allclose(grey.pow(2).mean(dim=(1, 2, 3)) / energy, torch.full((2,), share), atol=1e-4)
+    assert torch.allclose((r - grey).pow(2).mean(dim=(1, 2, 3)) / energy, torch.full((2,), 1 - share), atol=1e-4)
+    assert torch.allclose(-10 * torch.log10(energy), torch.full((2,), 40.0), atol=1e-3)
+    # the default (0) leaves the carriers free: a random model's residual is mostly not grey
+    with torch.no_grad():
+        free = WatermarkModel(WatermarkModelConfig(n_bits=16)).embedder.residual(x, bits, 40.0)
+    assert float(free.mean(dim=1).pow(2).mean() / free.pow(2).mean()) < 0.6
+
+
+def test_roundtrip_keeps_the_size_loses_detail_and_passes_gradients():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 80, requires_grad=True)
+    y = RoundTrip(JPEG((50, 50)), factor=(0.5, 0.5))(x, random.Random(0))
+    assert y.shape == x.shape
+    assert float((y - x).abs().mean()) > 0.05  # noise does not survive a 0.5x resize and JPEG 50
+    y.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_codec_layer_ramps_its_codecs_and_is_unchanged_at_full_strength():
+    def qualities(layer):
+        return [getattr(c, "quality", None) for c in layer.choices]
+
+    full, weak = codec_layer(), codec_layer(progress=0.0)
+    assert (30, 90) in qualities(full) and (90, 90) in qualities(weak)
+    assert sum(full.weights) == 13.5  # the decoder fine-tuning's layer (ft1) is what it was
+    with_roundtrip = codec_layer(roundtrip=3.0)
+    assert sum(isinstance(c, RoundTrip) for c in with_roundtrip.choices) == 2
+    assert sum(with_roundtrip.weights) == 16.5
 
 
 # -- the shipped model, end to end --------------------------------------------------------------------

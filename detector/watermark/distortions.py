@@ -203,6 +203,30 @@ class Resample(Distortion):
         return F.interpolate(up.clamp(0, 1), size=back, mode="bilinear", align_corners=False)
 
 
+class RoundTrip(Distortion):
+    """What a platform does and the sync then undoes: rescale by a factor (antialiased), pass through
+    ``codec`` (e.g. JPEG), and map back to the original size (bilinear), so the decoder reads the
+    compressed mark at its own scale. Differentiable except the codec (straight-through)."""
+
+    name = "roundtrip"
+
+    def __init__(self, codec: Distortion, factor: tuple[float, float] = (0.5, 1.5)):
+        super().__init__()
+        self.codec = codec
+        self.factor = factor
+
+    def forward(self, x, rng=None):
+        rng = rng or random.Random()
+        _, _, h, w = x.shape
+        f = _uniform(rng, *self.factor)
+        small = F.interpolate(
+            x, size=(max(8, round(h * f)), max(8, round(w * f))), mode="bilinear", antialias=True,
+            align_corners=False,
+        )
+        coded = self.codec(small.clamp(0, 1), rng)
+        return F.interpolate(coded, size=(h, w), mode="bilinear", align_corners=False)
+
+
 class Blur(Distortion):
     name = "blur"
 
@@ -350,21 +374,31 @@ def training_layer(progress: float) -> RandomDistortion:
     return RandomDistortion(choices)
 
 
-def codec_layer(resample: float = 0.0) -> RandomDistortion:
-    """Decoder fine-tuning: the full-strength training layer plus the real codecs and denoiser that
-    ``experiments/watermark_attacks`` found weakest (JPEG and WebP 30-90, non-local means), alone and
-    after a resize, so the compression rows gain without the geometric ones losing their share.
-    ``resample`` > 0 adds (with that weight) the sync's resampling of resized images, 0.3-2x."""
+def codec_layer(resample: float = 0.0, progress: float = 1.0, roundtrip: float = 0.0) -> RandomDistortion:
+    """The training layer plus the real codecs and denoiser that ``experiments/watermark_attacks`` found
+    weakest (JPEG and WebP, non-local means), alone and after a resize, so the compression rows gain
+    without the geometric ones losing their share. ``progress`` (0..1) ramps their strength as
+    :func:`training_layer` does (1: full strength, JPEG/WebP 30-90, what decoder fine-tuning uses).
+    ``resample`` > 0 adds (with that weight) the sync's resampling of resized images, 0.3-2x;
+    ``roundtrip`` > 0 adds resize 0.5-1.5x, JPEG or WebP 40-90, and the mapping back (:class:`RoundTrip`)."""
+    p = min(1.0, max(0.0, progress))
+    low = int(round(90 - 60 * p))  # codec quality floor 90 -> 30
     extra = [(Resample((0.3, 2.0)), resample)] if resample else []
+    if roundtrip:
+        floor = int(round(90 - 50 * p))
+        extra += [
+            (RoundTrip(JPEG((floor, 90))), roundtrip / 2),
+            (RoundTrip(WebP((floor, 90))), roundtrip / 2),
+        ]
     return RandomDistortion(
         [
             *extra,
-            (training_layer(1.0), 6.0),
-            (JPEG((30, 90)), 2.0),
-            (WebP((30, 90)), 2.0),
-            (Denoise((3.0, 7.0)), 1.5),
-            (Chain(Resize((0.6, 1.4)), JPEG((40, 90))), 1.0),
-            (Chain(Crop((0.3, 1.0)), WebP((40, 90))), 1.0),
+            (training_layer(p), 6.0),
+            (JPEG((low, 90)), 2.0),
+            (WebP((low, 90)), 2.0),
+            (Denoise((3.0, 3.0 + 4.0 * p)), 1.5),
+            (Chain(Resize((0.6, 1.4)), JPEG((max(40, low), 90))), 1.0),
+            (Chain(Crop((0.3, 1.0)), WebP((max(40, low), 90))), 1.0),
         ]
     )
 

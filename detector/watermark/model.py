@@ -47,6 +47,10 @@ class WatermarkModelConfig:
     decode_width: int = 16
     target_psnr: float = 41.0  # default strength: PSNR of the residual in dB (RGB, 8-bit peak)
     mask_floor: float = 0.015  # JND mask: flat regions keep this much (relative to local contrast)
+    # Share of the residual's energy that is grey (the same change in R, G and B: what JPEG keeps in
+    # its full-resolution luma); the rest is colour. 0: the carriers choose freely (the v6 checkpoint put 83% in chroma, which JPEG
+    # and WebP subsample and quantise hardest, and which a grey photo cannot carry).
+    luma_share: float = 0.0
     mask_cap: float = 0.12
     max_grid: int = 256  # decoding reads a centre window of at most this many grid cells a side
     # The rotation/scale search stops once a candidate is this confident (mean |logit|): clean photos
@@ -86,6 +90,22 @@ def jnd_mask(x: torch.Tensor, floor: float, cap: float) -> torch.Tensor:
     return mask / mask.mean(dim=(2, 3), keepdim=True)
 
 
+def split_energy(residual: torch.Tensor, luma_share: float) -> torch.Tensor:
+    """The residual with ``luma_share`` of its energy in its grey part, the rest in its colour part.
+
+    The grey part is the mean over R, G and B repeated in each (a pure brightness change, which JPEG
+    keeps in its full-resolution Y channel); the colour part is what is left (channel mean zero). The two
+    are orthogonal, so the shares are exact. Each is normalised, then mixed by the share: the split is
+    a constraint, not something training can drift away from."""
+    grey = residual.mean(dim=1, keepdim=True).expand_as(residual)
+    colour = residual - grey
+
+    def unit(part: torch.Tensor) -> torch.Tensor:
+        return part / part.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-12).sqrt()
+
+    return math.sqrt(luma_share) * unit(grey) + math.sqrt(1.0 - luma_share) * unit(colour)
+
+
 class Embedder(nn.Module):
     """(image in [0,1], bits in {0,1}) -> watermarked image in [0,1], same size as the input."""
 
@@ -114,6 +134,8 @@ class Embedder(nn.Module):
             )
             raw = raw[:, :, :height, :width]
         shaped = raw * jnd_mask(x, cfg.mask_floor, cfg.mask_cap)
+        if cfg.luma_share:
+            shaped = split_energy(shaped, cfg.luma_share)
         psnr = cfg.target_psnr if target_psnr is None else target_psnr
         target_rms = 10 ** (-psnr / 20)
         rms = shaped.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-12).sqrt()

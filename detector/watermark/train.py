@@ -85,6 +85,7 @@ class WatermarkTrainConfig:
     grey: float = 0.0  # probability that a training crop is turned greyscale (luma in all channels)
     codecs: bool = False  # add real WebP / JPEG 30-90 / non-local means to the layer (codec_layer)
     resample: float = 0.0  # with codecs: weight of the sync's resampling of resized images (of 13.5)
+    roundtrip: float = 0.0  # with codecs: weight of resize + JPEG/WebP + mapping back (RoundTrip)
 
 
 class PhotoCrops:
@@ -263,7 +264,7 @@ def train(cfg: WatermarkTrainConfig, run_dir: Path, resume: bool = True, log=pri
         if cfg.freeze_embedder and not cfg.decoder_curriculum:  # a trained decoder: the init's strength,
             psnr, dist_progress, aligned = cfg.model.target_psnr, 1.0, False  # full attacks at once
         if cfg.codecs and not aligned:
-            layer = codec_layer(cfg.resample)
+            layer = codec_layer(cfg.resample, dist_progress, cfg.roundtrip)
         else:
             layer = training_layer(dist_progress) if not aligned else Quantize()
         x = data.batch(cfg.batch_size)
