@@ -196,7 +196,9 @@ def test_luma_share_puts_that_share_of_the_energy_in_grey_and_keeps_the_psnr(sha
     grey = r.mean(dim=1, keepdim=True).expand_as(r)
     energy = r.pow(2).mean(dim=(1, 2, 3))
     assert torch.allclose(grey.pow(2).mean(dim=(1, 2, 3)) / energy, torch.full((2,), share), atol=1e-4)
-    assert torch.allclose((r - grey).pow(2).mean(dim=(1, 2, 3)) / energy, torch.full((2,), 1 - share), atol=1e-4)
+    assert torch.allclose(
+        (r - grey).pow(2).mean(dim=(1, 2, 3)) / energy, torch.full((2,), 1 - share), atol=1e-4
+    )
     assert torch.allclose(-10 * torch.log10(energy), torch.full((2,), 40.0), atol=1e-3)
     # the default (0) leaves the carriers free: a random model's residual is mostly not grey
     with torch.no_grad():

@@ -220,7 +220,10 @@ class RoundTrip(Distortion):
         _, _, h, w = x.shape
         f = _uniform(rng, *self.factor)
         small = F.interpolate(
-            x, size=(max(8, round(h * f)), max(8, round(w * f))), mode="bilinear", antialias=True,
+            x,
+            size=(max(8, round(h * f)), max(8, round(w * f))),
+            mode="bilinear",
+            antialias=True,
             align_corners=False,
         )
         coded = self.codec(small.clamp(0, 1), rng)
