@@ -125,6 +125,7 @@ class WatermarkResult:
     extra: dict = field(default_factory=dict)
     status: str = "absent"  # one of STATUSES
     content_distance: int | None = None  # decoded vs. recomputed content hash (binding on), in bits
+    score: float | None = None  # the test's confidence-weighted agreement, -1 .. 1 (see payload.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -313,7 +314,11 @@ class Watermarker:
             if flipped.watermarked or flipped.forged:
                 status = "inverted"
                 decoded = dataclasses.replace(
-                    flipped, matches=self.codec.n_bits - flipped.matches, watermarked=False, forged=False
+                    flipped,
+                    matches=self.codec.n_bits - flipped.matches,
+                    score=None if flipped.score is None else -flipped.score,
+                    watermarked=False,
+                    forged=False,
                 )
         record = None
         if status != "absent" and self.registry is not None:
@@ -339,6 +344,7 @@ class Watermarker:
             | ({} if shown or decoded.payload is None else {"candidate_payload": decoded.payload}),
             status=status,
             content_distance=decoded.distance,
+            score=None if decoded.score is None else round(decoded.score, 4),
         )
 
     # -- files ----------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ with the inverted-mark check of the API), and the ``watermarked`` claim alone ke
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import math
@@ -55,6 +56,7 @@ import string
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +174,56 @@ def binomial_pvalue(matches: int, n: int) -> float:
     return _tail_count(n, matches) / 2**n
 
 
+#: The soft test's weights: each bit's |logit| as a share of the largest, rounded to 1 .. SOFT_LEVELS.
+SOFT_LEVELS = 64
+
+
+def soft_weights(confidence: np.ndarray) -> np.ndarray:
+    """Integer weights 1 .. ``SOFT_LEVELS`` from per-bit confidences (a function of them alone)."""
+    c = np.nan_to_num(np.abs(np.asarray(confidence, dtype=np.float64)), posinf=0.0)
+    top = float(c.max()) if c.size else 0.0
+    if top <= 0:
+        return np.ones(c.size, dtype=np.int64)
+    return np.maximum(1, np.rint(c / top * SOFT_LEVELS)).astype(np.int64)
+
+
+def _signed_sum_tail(weights: np.ndarray) -> np.ndarray:
+    """``t[s + W] = P(sum_i w_i e_i >= s)`` for integers ``-W <= s <= W`` (``W = sum w``), the ``e_i``
+    independent fair signs: the exact null distribution, by convolving one weight at a time."""
+    total = int(weights.sum())
+    dist = np.zeros(2 * total + 1)
+    dist[total] = 1.0
+    for w in weights:  # the support never reaches the ends before the last weight: no wrap-around
+        dist = 0.5 * (np.roll(dist, int(w)) + np.roll(dist, -int(w)))
+    return np.cumsum(dist[::-1])[::-1]
+
+
+@lru_cache(maxsize=64)
+def _unit_tail(n: int) -> np.ndarray:
+    return _signed_sum_tail(np.ones(n, dtype=np.int64))
+
+
+class _WeightedTest:
+    """The test for one decoded word: score = the weights of agreeing bits minus those of disagreeing
+    ones. Under H0 each bit agrees with a keyed codeword by a fair coin independent of the weights, so
+    ``P(score >= s)`` is the tail of a weighted sum of fair signs (unit weights: the binomial count)."""
+
+    def __init__(self, weights: np.ndarray):
+        self.weights = weights
+        self.total = int(weights.sum())
+        unit = bool((weights == 1).all())
+        self._tail = _unit_tail(weights.size) if unit else _signed_sum_tail(weights)
+
+    def score(self, agree: np.ndarray) -> int:
+        return int(np.where(agree, self.weights, -self.weights).sum())
+
+    def tail(self, score: int) -> float:
+        return float(self._tail[min(max(score, -self.total), self.total) + self.total])
+
+    def normalised(self, score: int) -> float:
+        return score / self.total if self.total else 0.0
+
+
 def min_matches(n: int, fpr: float, multiplicity: int = 1) -> int:
     """The smallest k with multiplicity * P(Binomial(n, 1/2) >= k) <= fpr (n + 1 if none)."""
     for k in range(n // 2, n + 1):
@@ -193,6 +245,7 @@ class Decoded:
     content: int | None = None  # the decoded content hash (binding on), as an integer
     distance: int | None = None  # its Hamming distance to the received image's hash
     forged: bool = False  # a mark of this key whose content hash does not match the image
+    score: float | None = None  # the weighted agreement the test used, -1 .. 1 (1: every bit agrees)
 
     @property
     def bit_accuracy(self) -> float | None:
@@ -287,20 +340,27 @@ class PayloadCodec:
         return value
 
     def _candidates(self, word: np.ndarray, confidence: np.ndarray | None):
-        """Payloads proposed by RS decoding: plain, then with the least confident symbols erased."""
+        """Payloads proposed by RS decoding (Chase-style when confidences are given): the word as read,
+        then with the ``e`` least confident symbols erased for every ``e`` up to the parity, then every
+        choice of ``parity - 2`` or ``parity - 1`` erasures among the ``parity + 1`` least confident.
+        An erased wrong symbol costs half of what an unlocated error costs, so a word with more wrong
+        symbols than plain decoding fixes is still found where the decoder doubted them. How candidates
+        are proposed does not touch the test's bound (it covers every codeword)."""
         import reedsolo
 
         symbols = self._bits_to_symbols(word)
-        tries = [[]]
+        tries: list[tuple[int, ...]] = [()]
         if confidence is not None:
-            s = self.symbol_bits
+            s, parity = self.symbol_bits, self.parity
             per_symbol = confidence[: self.n_symbols * s].reshape(self.n_symbols, s).min(axis=1)
-            order = list(np.argsort(per_symbol, kind="stable"))
-            tries += [sorted(int(i) for i in order[:e]) for e in range(2, self.parity + 1, 2)]
+            order = [int(i) for i in np.argsort(per_symbol, kind="stable")]
+            tries += [tuple(sorted(order[:e])) for e in range(1, parity + 1)]
+            pool = order[: parity + 1]
+            tries += [tuple(sorted(c)) for e in (parity - 2, parity - 1) for c in combinations(pool, e)]
         seen = set()
-        for erase in tries:
+        for erase in dict.fromkeys(tries):
             try:
-                data, _, _ = self.rs.decode(bytearray(symbols), erase_pos=erase or None)
+                data, _, _ = self.rs.decode(bytearray(symbols), erase_pos=list(erase) or None)
             except reedsolo.ReedSolomonError:
                 continue
             value = self._payload_of(data)
@@ -317,40 +377,71 @@ class PayloadCodec:
     ) -> Decoded:
         """Decode raw bits (embedded order; ``confidence`` = |logit| per bit, optional) and test them.
 
-        With binding on, ``content_hash`` is the received image's hash, or up to ``content_views`` of
-        them as rows (views of the image: the closest counts; see the module docstring); without
-        it a bound mark can only be tested with the any-hash bound and is never declared ``forged``."""
+        With confidences the test is the weighted (soft) one of the module docstring, otherwise the
+        count of matching bits. With binding on, ``content_hash`` is the received image's hash, or up
+        to ``content_views`` of them as rows (views of the image: the closest counts); without it a
+        bound mark can only be tested with the any-hash bound and is never declared ``forged``."""
         bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
         if bits.size != self.n_bits:
             raise ValueError(f"expected {self.n_bits} bits, got {bits.size}")
+        conf = None
+        if confidence is not None:
+            conf = np.asarray(confidence, dtype=np.float64).reshape(-1)
+            if conf.size != self.n_bits:
+                raise ValueError(f"expected {self.n_bits} confidences, got {conf.size}")
+        test = _WeightedTest(soft_weights(conf) if conf is not None else np.ones(self.n_bits, np.int64))
+        received = None
+        if self.content_bits and content_hash is not None:
+            from detector.watermark.binding import int_to_hash
+
+            received = np.atleast_2d(np.asarray(content_hash))
+            if len(received) > self.content_views:
+                raise ValueError(f"{len(received)} received hashes, the test allows {self.content_views}")
+        best_bound = best_any = None  # (score, payload, content, expected, hash distance)
         word = self._unscramble(bits)
-        conf = None if confidence is None else np.asarray(confidence, dtype=np.float64).reshape(-1)[self.perm]
-        best: Decoded | None = None
-        for payload, content in self._candidates(word, conf):
+        for payload, content in self._candidates(word, None if conf is None else conf[self.perm]):
             expected = self.encode(payload, content)
-            matches = int((expected == bits).sum())
-            if best is None or matches > best.matches:
-                best = self._test(payload, content, matches, expected, fpr, content_hash)
-        return best or Decoded(None, 0, self.n_bits, 1.0, False, None)
+            score = test.score(expected == bits)
+            distance = None
+            if received is not None:
+                distance = int((int_to_hash(content, self.content_bits) != received).sum(axis=1).min())
+            candidate = (score, payload, content, expected, distance)
+            if best_any is None or score > best_any[0]:
+                best_any = candidate
+            if (
+                distance is not None
+                and distance <= self.tolerance
+                and (best_bound is None or score > best_bound[0])
+            ):
+                best_bound = candidate
+        if best_any is None:
+            return Decoded(None, 0, self.n_bits, 1.0, False, None)
 
-    def _test(self, payload, content, matches, expected, fpr, content_hash) -> Decoded:
-        if not self.content_bits:
-            p = self.p_value(matches)
-            return Decoded(payload, matches, self.n_bits, p, p <= fpr, expected)
-        p_any = self.p_value(matches, bound=False)
-        if content_hash is None:
-            return Decoded(payload, matches, self.n_bits, p_any, p_any <= fpr, expected, content)
-        from detector.watermark.binding import int_to_hash
+        def tested(candidate, bound: bool) -> Decoded:
+            score, payload, content, expected, distance = candidate
+            p = min(1.0, self.multiplicity(bound) * test.tail(score))
+            return Decoded(
+                payload,
+                int((expected == bits).sum()),
+                self.n_bits,
+                p,
+                False,
+                expected,
+                content if self.content_bits else None,
+                distance,
+                score=test.normalised(score),
+            )
 
-        received = np.atleast_2d(np.asarray(content_hash))
-        if len(received) > self.content_views:
-            raise ValueError(f"{len(received)} received hashes, the test allows {self.content_views}")
-        distance = int((int_to_hash(content, self.content_bits) != received).sum(axis=1).min())
-        if distance <= self.tolerance:
-            p = self.p_value(matches, bound=True)
-            return Decoded(payload, matches, self.n_bits, p, p <= fpr, expected, content, distance)
-        forged = p_any <= fpr
-        return Decoded(payload, matches, self.n_bits, p_any, False, expected, content, distance, forged)
+        if received is None:  # unbound, or no hash to check: every candidate counts, never `forged`
+            result = tested(best_any, bound=not self.content_bits)
+            return dataclasses.replace(result, watermarked=result.p_value <= fpr)
+        bound = tested(best_bound, bound=True) if best_bound is not None else None
+        if bound is not None and bound.p_value <= fpr:
+            return dataclasses.replace(bound, watermarked=True)
+        other = tested(best_any, bound=False)
+        if other.distance > self.tolerance:
+            return dataclasses.replace(other, forged=other.p_value <= fpr)
+        return bound or other
 
     @property
     def bound_candidates(self) -> int:

@@ -96,6 +96,7 @@ def run_part(path: Path, n: int, make, detector: Watermarker, label: str) -> lis
                 "shape": list(image.shape[:2]),
                 "p_value": result.p_value,
                 "matches": result.matches,
+                "score": getattr(result, "score", None),
                 "payload_found": result.payload is not None or "candidate_payload" in result.extra,
                 "watermarked": result.watermarked,
                 "status": result.status,
@@ -108,6 +109,10 @@ def run_part(path: Path, n: int, make, detector: Watermarker, label: str) -> lis
             if (i + 1) % 100 == 0:
                 print(f"{label} {i + 1}/{n}", file=sys.stderr, flush=True)
     return done
+
+
+def _p(value) -> str:
+    return "-" if value is None else f"{value:.2g}"
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -126,6 +131,7 @@ def summarise(rows: list[dict]) -> dict:
         "empirical_fpr": hits / n,
         "fpr_95_upper_bound": clopper_pearson_upper(hits, n),
         "fraction_p_le_alpha": {str(a): float((p <= a).mean()) for a in ALPHAS},
+        "smallest_p_value": float(p.min()) if n else None,
         "payload_candidate_found": len(found),
         "best_match_max": int(max(found)) if found else None,
         "best_match_histogram": {
@@ -275,27 +281,28 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
         f" content binding: {report['search'].get('binding')}. 'Any claim' counts `forged` and `inverted` too.",
         "",
         "| images | n | distinct source photos | declared watermarked | any claim | 95% upper bound on the FPR "
-        "(Clopper-Pearson) | payload candidate decoded | largest best-match k |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "(Clopper-Pearson) | payload candidate decoded | largest best-match k | smallest p-value |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for part, label in (("clean", "clean crops"), ("other_key", "marked with another key")):
         r = report[part]
         lines.append(
             f"| {label} | {r['n']} | {r['distinct_source_photos']} | {r['declared_watermarked']} | "
-            f"{r.get('any_claim', '-')} | {r['fpr_95_upper_bound']:.2e} | {r['payload_candidate_found']} | {r['best_match_max']} |"
+            f"{r.get('any_claim', '-')} | {r['fpr_95_upper_bound']:.2e} | {r['payload_candidate_found']} | {r['best_match_max']} | "
+            f"{_p(r.get('smallest_p_value'))} |"
         )
     if "all_images" in report:
         r = report["all_images"]
         lines.append(
             f"| **all images (clean + other key)** | {r['n']} | {r['distinct_source_photos']} | "
             f"{r['declared_watermarked']} | {r['any_claim']} | {r['fpr_95_upper_bound']:.2e} | "
-            f"{r['payload_candidate_found']} | {r['best_match_max']} |"
+            f"{r['payload_candidate_found']} | {r['best_match_max']} | {_p(r.get('smallest_p_value'))} |"
         )
     sim = report["simulated_fair_coins"]
     lines.append(
         f"| fair coins (simulated words, the p-value's model) | {sim['n']} | - | {sim['declared_watermarked']} | - | "
         f"{clopper_pearson_upper(sim['declared_watermarked'], sim['n']):.2e} | "
-        f"{sim['payload_candidate_found']} | {sim['best_match_max']} |"
+        f"{sim['payload_candidate_found']} | {sim['best_match_max']} | - |"
     )
     lines += [
         "",
