@@ -6,14 +6,21 @@ parity bits correct any 5 wrong symbols), the bits left over are key-derived pil
 word is permuted and XOR-masked with streams derived from the secret key by HMAC-SHA256. Without the
 key the embedded bits look random: a message cannot be read, and one cannot be forged.
 
-**The test.** Decoding proposes a payload (the RS decoder, with erasures of the least confident symbols
-as a fallback); re-encoding it gives the word we expect, and ``k`` of the ``n`` decoded bits match it.
-Under H0 (the image carries no watermark under this key) the decoded bits are independent of the key,
-so after unmasking they are uniform and, for any one payload, ``k ~ Binomial(n, 1/2)``. The decoder may
-pick any of the ``2**payload_bits`` payloads, so the p-value is Bonferroni-corrected over all of them:
-``p = min(1, 2**payload_bits * P(Binomial(n, 1/2) >= k))``. "Watermarked" is declared at ``p <= fpr``
-(default 1e-6; with 64 bits and 16-bit payloads that needs k >= 58). This bound holds however the
-payload candidate was chosen (RS decoding, erasure retries), since it covers every payload at once.
+**The test.** Decoding proposes payloads (the RS decoder on the word as read, then Chase-style with
+the least confident symbols erased); re-encoding one gives the word we expect. Each decoded bit either
+agrees with it or not, and carries a weight ``w_i``: its |logit| as a share of the largest, rounded to
+an integer 1..64 (``soft_weights``). The score is the weight of the agreeing bits minus that of the
+disagreeing ones. Under H0 (the image carries no watermark under this key) the decoded bits are
+independent of the key, so after unmasking each one agrees with a fixed codeword by a fair coin,
+independent of the weights (they are a function of the image alone): the score is a sum of
+``w_i * e_i`` with fair signs ``e_i``, whose exact tail we compute by convolution. The decoder may pick
+any of the ``2**payload_bits`` payloads, so the p-value is Bonferroni-corrected over all of them:
+``p = min(1, 2**payload_bits * P(sum w_i e_i >= score))``. "Watermarked" is declared at ``p <= fpr``
+(default 1e-6). Without confidences every weight is 1 and this is the count test,
+``P(Binomial(n, 1/2) >= k)`` (with 64 bits and 16-bit payloads: k >= 58). Weighting changes which
+marks pass, not the bound: a mark whose wrong bits are the ones the decoder doubted (what JPEG, WebP
+and denoising leave) passes with fewer matching bits, and one whose wrong bits were read confidently
+needs more. The bound holds however candidates were proposed, since it covers every payload at once.
 
 **Why the decoder's search needs no further correction.** The decoder tries many readings of the image
 (scale, sub-cell phase, rotation, cyclic shift) but keeps the one it is most *confident* in (mean
@@ -32,12 +39,12 @@ word then carries the payload *and* an m-bit keyed hash of the marked image's co
 detector, given the hash ``h`` of the image it received, makes two claims, each with its own bound:
 
 * ``watermarked`` (the mark belongs to this image): the decoded hash is within ``tolerance`` bits of
-  ``h`` and ``p = 2**payload_bits * N_t * P(Binomial(n, 1/2) >= k) <= fpr``, where ``N_t`` counts the
+  ``h`` and ``p = 2**payload_bits * N_t * P(score) <= fpr`` (``P(score)``: the tail above), where ``N_t`` counts the
   hashes within the tolerance of ``h``. With ``content_views = v`` received hashes (the API's: the
   image as read and its border-trimmed copy) the closest one counts and ``N_t`` is ``v`` times as large. Under H0 that bounds the claim over every (payload, hash)
   candidate the test could accept, so P(watermarked | no mark) <= fpr, as before.
 * ``forged`` (a mark of this key is present but was made for other content): the decoded hash is
-  farther than ``tolerance`` and ``p = 2**(payload_bits + m) * P(Binomial(n, 1/2) >= k) <= fpr``
+  farther than ``tolerance`` and ``p = 2**(payload_bits + m) * P(score) <= fpr``
   (Bonferroni over every payload and hash). Also <= fpr under H0.
 
 So an unmarked image gets *some* positive claim with probability at most ``2 * fpr`` (``3 * fpr``

@@ -167,10 +167,45 @@ def evaluate(
     return out
 
 
+#: End to end through the API (embed with binding, attack, full search, keyed test at FPR 1e-6).
+DETECT_ATTACKS = {name: ATTACKS[name] for name in ("none", "jpeg50", "jpeg30", "webp50", "nlm5")} | {
+    name: SYNC_ATTACKS[name] for name in ("resize1.4 (full search)", "resize0.75+jpeg80 (full search)")
+}
+
+
+def detection(model: WatermarkModel, images, seed: int) -> dict:
+    """Share of marked crops the API declares ``watermarked`` with the right payload, per attack, and
+    the claims (any status but ``absent``) it makes on the clean crops."""
+    from detector.watermark.api import Watermarker
+    from detector.watermark.payload import WatermarkKey
+
+    wm = Watermarker(WatermarkKey(b"heldout-choice-set-key-0123456789"), model=model)
+    rng = np.random.default_rng(seed)
+    payloads = [int(rng.integers(0, wm.codec.max_payload + 1)) for _ in images]
+    marked = [wm.embed_array(image, p) for image, p in zip(images, payloads, strict=True)]
+    out = {"clean_claims": sum(wm.detect_array(image).status != "absent" for image in images)}
+    for name, attack in DETECT_ATTACKS.items():
+        hits = [
+            (r := wm.detect_array(attack(m))).status == "watermarked" and r.payload == p
+            for m, p in zip(marked, payloads, strict=True)
+        ]
+        out[name] = round(float(np.mean(hits)), 4)
+    return out
+
+
+def detection_table(result: dict) -> str:
+    ckpts = [k for k, v in result.items() if isinstance(v, dict) and "detected" in v]
+    names = [f"`{Path(c).parent.name}/{Path(c).name}`" for c in ckpts]
+    lines = [f"| attack | {' | '.join(names)} |", "| --- |" + " --- |" * len(ckpts)]
+    for attack in result[ckpts[0]]["detected"]:
+        lines.append(f"| {attack} | " + " | ".join(str(result[c]["detected"][attack]) for c in ckpts) + " |")
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     """Markdown: one row per (crops, attack), bit accuracy and share >= 60 bits for each checkpoint."""
     ckpts = [k for k, v in result.items() if isinstance(v, dict) and "colour" in v]
-    head = " | ".join(f"`{Path(c).name}` acc | >= 60" for c in ckpts)
+    head = " | ".join(f"`{Path(c).parent.name}/{Path(c).name}` acc | >= 60" for c in ckpts)
     lines = [f"| crops | attack | {head} |", "| --- | --- |" + " --- | --- |" * len(ckpts)]
     for kind in ("colour", "grey"):
         for attack in result[ckpts[0]][kind]:  # the full-search rows: colour only
@@ -204,6 +239,11 @@ def main() -> None:
         default=None,
         help="embed with this JND floor instead of the checkpoint's (more mark in flat regions, same PSNR)",
     )
+    parser.add_argument(
+        "--detect",
+        action="store_true",
+        help="also detect end to end through the API (each checkpoint embeds its own marks)",
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     if args.table:
@@ -211,6 +251,9 @@ def main() -> None:
         for path in args.table:
             merged |= json.loads(Path(path).read_text())
         print(table(merged))
+        if any(isinstance(v, dict) and "detected" in v for v in merged.values()):
+            print()
+            print(detection_table(merged))
         return
     torch.set_num_threads(1)
     embedder = WatermarkModel.load(args.embedder)
@@ -236,6 +279,9 @@ def main() -> None:
             "colour": evaluate(model, marker, colour, args.seed, sync=True),
             "grey": evaluate(model, marker, grey, args.seed),
         }
+        if args.detect:
+            result[ckpt]["detected"] = detection(model, colour, args.seed)
+            print(f"  detected (API, colour): {result[ckpt]['detected']}", file=sys.stderr)
         if args.own_embedder:
             result[ckpt]["carrier_energy_share"] = carrier_energy(model, colour)
             result[ckpt]["imperceptibility"] = imperceptibility(model, colour, args.seed)
