@@ -27,6 +27,9 @@ MIN_LAG, MAX_LAG = 9.0, 36.0
 PEAKS_PER_MAP = 3
 #: Images at most this small (px) are also searched on a fine grid (lattices of marks shrunk to 0.3x).
 SMALL_SIDE = 200
+#: The second lattice vector is looked for at these lengths relative to the first (aspect changes up to
+#: 4:3 either way, with a margin; wider, the search picks harmonics of a square lattice, e.g. at 1.4x).
+ASPECT_LOW, ASPECT_HIGH = 0.72, 1.36
 #: Spectral whitening: the power spectrum relative to its average over about this many bins.
 WHITEN_SIGMA = 3.0
 
@@ -127,7 +130,7 @@ def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[n
         # The second basis vector: near v1 turned by 90 degrees, its length up to 1.4x off (aspect change).
         perp = np.array([-v1[1], v1[0]])
         best, best_val = None, -np.inf
-        for ratio in np.linspace(0.7, 1.45, 16):
+        for ratio in np.arange(ASPECT_LOW, ASPECT_HIGH + 1e-9, 0.04):  # 1.0 on the grid
             guess = perp * ratio
             r, c = int(round(centre[0] + guess[0])), int(round(centre[1] + guess[1]))
             if 0 <= r < corr.shape[0] and 0 <= c < corr.shape[1] and score[r, c] > best_val:
