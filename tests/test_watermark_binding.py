@@ -93,17 +93,36 @@ def test_copied_mark_is_forged_subtracted_mark_is_inverted(wm, photos):
     assert wm.detect_array(b).status == "absent"
 
 
-@pytest.mark.parametrize("edit", ["hflip", "resize1.3", "rotate15"])
+@pytest.mark.parametrize("edit", ["hflip", "resize1.3", "resize1.4", "rotate15"])
 def test_synchronised_search_reads_resized_rotated_and_mirrored_marks(wm, photos, edit):
     a, _ = photos
     marked = Image.fromarray(wm.embed_array(a, 4321))
     attacked = {
         "hflip": marked.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
         "resize1.3": marked.resize((333, 333), Image.Resampling.LANCZOS),
+        "resize1.4": marked.resize((358, 358), Image.Resampling.LANCZOS),  # the sync once took a harmonic
         "rotate15": marked.rotate(15, resample=Image.Resampling.BICUBIC),
     }[edit]
     result = wm.detect_array(np.asarray(attacked))
     assert result.status == "watermarked" and result.payload == 4321
+
+
+def test_weighted_test_reads_a_jpeg_50_mark_the_count_test_misses(wm, photos):
+    """After JPEG 50 the wrong bits are the doubtful ones: the confidence-weighted test (with Chase
+    decoding) declares the mark, the count test on the same reading finds no payload at all."""
+    import io
+
+    from detector.watermark.binding import received_hashes
+
+    _, b = photos
+    buffer = io.BytesIO()
+    Image.fromarray(wm.embed_array(b, 4321)).save(buffer, format="JPEG", quality=50)
+    attacked = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    result = wm.detect_array(attacked)
+    assert result.status == "watermarked" and result.payload == 4321 and result.matches < 60
+    logits, seen = wm.decode(attacked)
+    counted = wm.codec.decode((logits > 0).astype(np.uint8), None, wm.fpr, received_hashes(seen, KEY, 16))
+    assert not counted.watermarked
 
 
 def test_forged_mark_is_never_evidence_of_ai():
