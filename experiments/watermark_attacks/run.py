@@ -362,7 +362,9 @@ def done_when(summary: list[dict], rows: list[dict], suffix: str = "") -> list[s
             f"{a['any_claim']} claims in {a['n']} images of {a['distinct_source_photos']} photos "
             f"(95% upper bound {a['fpr_95_upper_bound']:.1e}; `experiments/watermark_fpr/unseen_photos{suffix}`)."
         )
-    bench = HERE.parent / "throughput" / "bench_score.json"
+    # the newest throughput run first (experiments/throughput/RESULTS.md lists them)
+    runs = [HERE.parent / "throughput" / f for f in ("bench_score_weighted.json", "bench_score.json")]
+    bench = next((path for path in runs if path.is_file()), runs[-1])
     if bench.is_file():
         ratio = json.loads(bench.read_text())["ratio_to_raw"].get("+ watermark, full search")
         if ratio is not None:
