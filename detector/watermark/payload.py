@@ -181,6 +181,8 @@ def binomial_pvalue(matches: int, n: int) -> float:
     return _tail_count(n, matches) / 2**n
 
 
+#: Chase decoding combines erasures among at most this many of the least confident symbols.
+CHASE_POOL = 8
 #: The soft test's weights: each bit's |logit| as a share of the largest, rounded to 1 .. SOFT_LEVELS.
 SOFT_LEVELS = 64
 
@@ -349,7 +351,8 @@ class PayloadCodec:
     def _candidates(self, word: np.ndarray, confidence: np.ndarray | None):
         """Payloads proposed by RS decoding (Chase-style when confidences are given): the word as read,
         then with the ``e`` least confident symbols erased for every ``e`` up to the parity, then every
-        choice of ``parity - 2`` or ``parity - 1`` erasures among the ``parity + 1`` least confident.
+        choice of ``k - 3`` or ``k - 2`` erasures among the ``k = min(parity + 1, CHASE_POOL)`` least
+        confident (84 tries with the bound layout's 7 parity symbols, however long the parity).
         An erased wrong symbol costs half of what an unlocated error costs, so a word with more wrong
         symbols than plain decoding fixes is still found where the decoder doubted them. How candidates
         are proposed does not touch the test's bound (it covers every codeword)."""
@@ -362,8 +365,9 @@ class PayloadCodec:
             per_symbol = confidence[: self.n_symbols * s].reshape(self.n_symbols, s).min(axis=1)
             order = [int(i) for i in np.argsort(per_symbol, kind="stable")]
             tries += [tuple(sorted(order[:e])) for e in range(1, parity + 1)]
-            pool = order[: parity + 1]
-            tries += [tuple(sorted(c)) for e in (parity - 2, parity - 1) for c in combinations(pool, e)]
+            pool = order[: min(parity + 1, CHASE_POOL)]
+            sizes = [e for e in (len(pool) - 3, len(pool) - 2) if 0 < e <= parity]
+            tries += [tuple(sorted(c)) for e in sizes for c in combinations(pool, e)]
         seen = set()
         for erase in dict.fromkeys(tries):
             try:
