@@ -103,26 +103,25 @@ class _ImageFilter(Distortion):
         return x + (torch.stack(out).to(x.dtype) - x).detach()
 
 
-class JPEG(_ImageFilter):
-    name = "jpeg"
+class _Codec(_ImageFilter):
+    """A real lossy codec round trip at a quality drawn from ``quality``."""
+
+    format = ""
 
     def __init__(self, quality: tuple[int, int] = (50, 50)):
         super().__init__()
         self.quality = quality
 
     def _apply(self, image, rng):
-        return jpeg_numpy(image, int(round(_uniform(rng, *self.quality))))
+        return _codec_numpy(image, self.format, int(round(_uniform(rng, *self.quality))))
 
 
-class WebP(_ImageFilter):
-    name = "webp"
+class JPEG(_Codec):
+    name, format = "jpeg", "JPEG"
 
-    def __init__(self, quality: tuple[int, int] = (50, 50)):
-        super().__init__()
-        self.quality = quality
 
-    def _apply(self, image, rng):
-        return webp_numpy(image, int(round(_uniform(rng, *self.quality))))
+class WebP(_Codec):
+    name, format = "webp", "WEBP"
 
 
 class Denoise(_ImageFilter):
@@ -219,13 +218,7 @@ class RoundTrip(Distortion):
         rng = rng or random.Random()
         _, _, h, w = x.shape
         f = _uniform(rng, *self.factor)
-        small = F.interpolate(
-            x,
-            size=(max(8, round(h * f)), max(8, round(w * f))),
-            mode="bilinear",
-            antialias=True,
-            align_corners=False,
-        )
+        small = Resize((f, f))(x, rng)
         coded = self.codec(small.clamp(0, 1), rng)
         return F.interpolate(coded, size=(h, w), mode="bilinear", align_corners=False)
 

@@ -48,8 +48,8 @@ class WatermarkModelConfig:
     target_psnr: float = 41.0  # default strength: PSNR of the residual in dB (RGB, 8-bit peak)
     mask_floor: float = 0.015  # JND mask: flat regions keep this much (relative to local contrast)
     # Share of the residual's energy that is grey (the same change in R, G and B: what JPEG keeps in
-    # its full-resolution luma); the rest is colour. 0: the carriers choose freely (the v6 checkpoint put 83% in chroma, which JPEG
-    # and WebP subsample and quantise hardest, and which a grey photo cannot carry).
+    # its full-resolution luma); the rest is colour. 0: the carriers choose freely (the v6 checkpoint
+    # put 83% in chroma, which JPEG and WebP subsample and quantise hardest, and a grey photo cannot carry).
     luma_share: float = 0.0
     mask_cap: float = 0.12
     max_grid: int = 256  # decoding reads a centre window of at most this many grid cells a side

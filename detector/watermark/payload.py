@@ -39,8 +39,8 @@ word then carries the payload *and* an m-bit keyed hash of the marked image's co
 detector, given the hash ``h`` of the image it received, makes two claims, each with its own bound:
 
 * ``watermarked`` (the mark belongs to this image): the decoded hash is within ``tolerance`` bits of
-  ``h`` and ``p = 2**payload_bits * N_t * P(score) <= fpr`` (``P(score)``: the tail above), where ``N_t`` counts the
-  hashes within the tolerance of ``h``. With ``content_views = v`` received hashes (the API's: the
+  ``h`` and ``p = 2**payload_bits * N_t * P(score) <= fpr`` (``P(score)``: the tail above), where
+  ``N_t`` counts the hashes within the tolerance of ``h``. With ``content_views = v`` received hashes (the API's: the
   image as read and its border-trimmed copy) the closest one counts and ``N_t`` is ``v`` times as large. Under H0 that bounds the claim over every (payload, hash)
   candidate the test could accept, so P(watermarked | no mark) <= fpr, as before.
 * ``forged`` (a mark of this key is present but was made for other content): the decoded hash is
@@ -207,11 +207,6 @@ def _signed_sum_tail(weights: np.ndarray) -> np.ndarray:
     return np.cumsum(dist[::-1])[::-1]
 
 
-@lru_cache(maxsize=64)
-def _unit_tail(n: int) -> np.ndarray:
-    return _signed_sum_tail(np.ones(n, dtype=np.int64))
-
-
 class _WeightedTest:
     """The test for one decoded word: score = the weights of agreeing bits minus those of disagreeing
     ones. Under H0 each bit agrees with a keyed codeword by a fair coin independent of the weights, so
@@ -220,13 +215,15 @@ class _WeightedTest:
     def __init__(self, weights: np.ndarray):
         self.weights = weights
         self.total = int(weights.sum())
-        unit = bool((weights == 1).all())
-        self._tail = _unit_tail(weights.size) if unit else _signed_sum_tail(weights)
+        self.unit = bool((weights == 1).all())
+        self._tail = None if self.unit else _signed_sum_tail(weights)
 
     def score(self, agree: np.ndarray) -> int:
         return int(np.where(agree, self.weights, -self.weights).sum())
 
     def tail(self, score: int) -> float:
+        if self.unit:  # score = 2k - n for k matching bits: the count test's exact tail
+            return binomial_pvalue((score + self.total) // 2, self.total)
         return float(self._tail[min(max(score, -self.total), self.total) + self.total])
 
     def normalised(self, score: int) -> float:

@@ -127,7 +127,7 @@ def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[n
             break
         masked[max(0, idx[0] - 2) : idx[0] + 3, max(0, idx[1] - 2) : idx[1] + 3] = -np.inf
         v1 = _refine(corr, centre, np.array(_subcell_peak(corr, *idx)) - centre)
-        # The second basis vector: near v1 turned by 90 degrees, its length up to 1.4x off (aspect change).
+        # The second basis vector: near v1 turned by 90 degrees, its length within the aspect range.
         perp = np.array([-v1[1], v1[0]])
         best, best_val = None, -np.inf
         for ratio in np.arange(ASPECT_LOW, ASPECT_HIGH + 1e-9, 0.04):  # 1.0 on the grid

@@ -31,8 +31,11 @@ from detector.corpus.photos import catalogue, load_photos
 from detector.io import atomic_write_text
 from detector.watermark.distortions import from_uint8, jpeg_numpy, nlm_numpy, to_uint8, webp_numpy
 from detector.watermark.model import WatermarkModel
+from detector.watermark.payload import WatermarkKey
 from detector.watermark.train import CHECKPOINT_TRAINED_ON, band_split, greyscale
 
+#: The choice set's watermark key (the reading is key-independent; the keyed test is not).
+KEY = WatermarkKey(b"heldout-choice-set-key-0123456789")
 #: Bits of 64 the keyed test needs for ``watermarked`` at FPR 1e-6 with content binding (payload.py).
 THRESHOLD = 60
 
@@ -127,9 +130,8 @@ def imperceptibility(embedder_model: WatermarkModel, images, seed: int) -> dict[
 def _full_search(model: WatermarkModel):
     """The API's full search as a function image -> logits (the key plays no part in the reading)."""
     from detector.watermark.api import Watermarker
-    from detector.watermark.payload import WatermarkKey
 
-    wm = Watermarker(WatermarkKey(b"heldout-choice-set-key-0123456789"), model=model)
+    wm = Watermarker(KEY, model=model)
     return lambda image: torch.from_numpy(wm.search_image(image)[0]).unsqueeze(0)
 
 
@@ -177,9 +179,8 @@ def detection(model: WatermarkModel, images, seed: int) -> dict:
     """Share of marked crops the API declares ``watermarked`` with the right payload, per attack, and
     the claims (any status but ``absent``) it makes on the clean crops."""
     from detector.watermark.api import Watermarker
-    from detector.watermark.payload import WatermarkKey
 
-    wm = Watermarker(WatermarkKey(b"heldout-choice-set-key-0123456789"), model=model)
+    wm = Watermarker(KEY, model=model)
     rng = np.random.default_rng(seed)
     payloads = [int(rng.integers(0, wm.codec.max_payload + 1)) for _ in images]
     marked = [wm.embed_array(image, p) for image, p in zip(images, payloads, strict=True)]
