@@ -60,6 +60,34 @@ def test_bound_codec_reads_payload_and_hash_and_separates_watermarked_from_forge
     assert not weak.watermarked and not weak.forged
 
 
+def test_only_the_received_hashs_doubtful_bits_may_differ():
+    """With ``doubtful=5`` a mark's hash is accepted where it differs from the received hash in at most
+    2 of the received hash's 5 least certain bits: a 1-bit difference where the received hash was sure
+    is other content (a copied mark), and the test's correction counts 2 * 16 hashes, not 2 * 137."""
+    codec = PayloadCodec(KEY, 64, 16, content_bits=16, tolerance=2, content_views=2, doubtful=5)
+    assert codec.bound_candidates == 2 * (1 + 5 + 10)
+    assert codec.multiplicity() * 137 == PayloadCodec(KEY, 64, 16, 16, 2, 2).multiplicity() * 16
+    rng = np.random.default_rng(4)
+    h = rng.integers(0, 2, 16).astype(np.uint8)
+    margins = rng.uniform(0.5, 2.0, 16)
+    unsure = np.argsort(margins)[:5]
+    word = codec.encode(321, hash_to_int(h))
+    near = h.copy()
+    near[unsure[[0, 3]]] ^= 1  # an edit flipped two bits the received hash was unsure of
+    found = codec.decode(word, fpr=1e-6, content_hash=near, content_margins=margins)
+    assert found.watermarked and found.payload == 321 and found.distance == 2
+    sure = h.copy()
+    sure[np.argmax(margins)] ^= 1  # one bit the received hash is certain of: another picture
+    copied = codec.decode(word, fpr=1e-6, content_hash=sure, content_margins=margins)
+    assert copied.forged and not copied.watermarked and copied.distance == 1
+    views = codec.decode(
+        word, content_hash=np.stack([sure, near]), content_margins=np.stack([margins, margins])
+    )
+    assert views.watermarked  # either view may accept
+    with pytest.raises(ValueError, match="content_margins"):
+        codec.decode(word, content_hash=near)
+
+
 def test_random_words_never_make_either_claim():
     codec = PayloadCodec(KEY, 64, 16, content_bits=16)
     rng = np.random.default_rng(0)
@@ -121,7 +149,8 @@ def test_weighted_test_reads_a_jpeg_50_mark_the_count_test_misses(wm, photos):
     result = wm.detect_array(attacked)
     assert result.status == "watermarked" and result.payload == 4321 and result.matches < 60
     logits, seen = wm.decode(attacked)
-    counted = wm.codec.decode((logits > 0).astype(np.uint8), None, wm.fpr, received_hashes(seen, KEY, 16))
+    hashes, margins = received_hashes(seen, KEY, 16)
+    counted = wm.codec.decode((logits > 0).astype(np.uint8), None, wm.fpr, hashes, margins)
     assert not counted.watermarked
 
 
@@ -156,7 +185,7 @@ def test_registry_records_the_binding_and_upgrades_an_old_registry(tmp_path, wm)
         assert reg.lookup("k", 0).binding is None
         bound = Watermarker(KEY, model=wm.model, registry=reg)
         record = bound.register("new-gen")
-        assert record.binding == "dct-simhash-v1/16/2" == reg.lookup(KEY.key_id, record.payload_id).binding
+        assert record.binding == "dct-simhash-v2/16/2of5" == reg.lookup(KEY.key_id, record.payload_id).binding
 
 
 def test_large_image_is_hashed_whole_not_by_its_decoding_window(wm, photos):

@@ -59,7 +59,8 @@ def test_trim_border_finds_the_picture_inside_a_frame(photo):
     lines = np.full((100, 100, 3), 100, np.uint8)
     lines[:, 50] = 0  # one dark column: the rest uniform, but a border must not take the whole image
     assert trim_border(lines) is lines
-    hashes = received_hashes(shot, KEY, 16)
+    hashes, margins = received_hashes(shot, KEY, 16)
+    assert margins.shape == hashes.shape and (margins >= 0).all()
     assert np.array_equal(hashes[1], content_hash(photo, KEY, 16))
     assert not np.array_equal(hashes[0], hashes[1])
 

@@ -41,10 +41,12 @@ DEFAULT_FPR = 1e-6
 SEARCHES = ("full", "exhaustive", "fast")
 #: The full search's fine pass reads this many of the coarse pass's most confident candidates.
 FINE_CANDIDATES = 2
-#: Content-hash bits carried in the mark (0 turns binding off: legacy marks) and the hash distance
-#: still read as the same content (measured in experiments/watermark_attacks).
+#: Content-hash bits carried in the mark (0 turns binding off: legacy marks), and the differences still
+#: read as the same content: at most CONTENT_TOLERANCE bits, all among the received hash's
+#: CONTENT_DOUBTFUL least certain (chosen in experiments/content_binding on the choice set).
 CONTENT_BITS = 16
 CONTENT_TOLERANCE = 2
+CONTENT_DOUBTFUL = 5
 #: Received hashes the binding test compares with: the image as read and inside its uniform border.
 CONTENT_VIEWS = 2
 #: Residual rotations (degrees) tried on each synchronised view (the lattice estimate is within ~1).
@@ -75,7 +77,7 @@ _EXT_FORMAT = {
 
 def default_binding_tag() -> str:
     """The registry's name for the default binding (what ``detector watermark embed`` writes)."""
-    return f"{BINDING_SCHEME}/{CONTENT_BITS}/{CONTENT_TOLERANCE}"
+    return f"{BINDING_SCHEME}/{CONTENT_BITS}/{CONTENT_TOLERANCE}of{CONTENT_DOUBTFUL}"
 
 
 class WatermarkError(DetectorError, RuntimeError):
@@ -157,6 +159,7 @@ class Watermarker:
         search: str = "full",
         content_bits: int = CONTENT_BITS,
         tolerance: int = CONTENT_TOLERANCE,
+        doubtful: int = CONTENT_DOUBTFUL,
     ):
         self.key = key if isinstance(key, WatermarkKey) else load_key(key)
         self.model = model if model is not None else load_model(checkpoint)
@@ -164,7 +167,13 @@ class Watermarker:
         self.model_name = str(checkpoint or (default_checkpoint() if model is None else "in-memory"))
         try:
             self.codec = PayloadCodec(
-                self.key, self.model.cfg.n_bits, payload_bits, content_bits, tolerance, CONTENT_VIEWS
+                self.key,
+                self.model.cfg.n_bits,
+                payload_bits,
+                content_bits,
+                tolerance,
+                CONTENT_VIEWS,
+                doubtful,
             )
         except ValueError as exc:
             raise WatermarkError(str(exc)) from exc
@@ -201,6 +210,7 @@ class Watermarker:
             "scheme": BINDING_SCHEME if self.codec.content_bits else "none",
             "content_bits": self.codec.content_bits,
             "tolerance": self.codec.tolerance,
+            "doubtful": self.codec.doubtful,  # the tolerated bits are among the received hash's least certain
             # received hashes compared (as read, inside a uniform border): the test's correction counts them
             "views": self.codec.content_views if self.codec.content_bits else 0,
         }
@@ -211,9 +221,14 @@ class Watermarker:
 
     @property
     def binding_tag(self) -> str | None:
-        """The binding as the registry records it: ``scheme/content_bits/tolerance`` (None when unbound)."""
+        """The binding as the registry records it: ``scheme/content_bits/{tolerance}of{doubtful}`` (None
+        when unbound)."""
         b = self.binding
-        return f"{b['scheme']}/{b['content_bits']}/{b['tolerance']}" if b["content_bits"] else None
+        return (
+            f"{b['scheme']}/{b['content_bits']}/{b['tolerance']}of{b['doubtful']}"
+            if b["content_bits"]
+            else None
+        )
 
     @torch.no_grad()
     def decode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -303,14 +318,14 @@ class Watermarker:
 
     def _result(self, logits, seen, path, extra: dict) -> WatermarkResult:
         bits = (logits > 0).astype(np.uint8)
-        received = None
+        received = margins = None
         if self.codec.content_bits:  # hashed as the decoder saw it: the geometry it found undone
-            received = received_hashes(seen, self.key, self.codec.content_bits)
-        decoded = self.codec.decode(bits, np.abs(logits), self.fpr, received)
+            received, margins = received_hashes(seen, self.key, self.codec.content_bits)
+        decoded = self.codec.decode(bits, np.abs(logits), self.fpr, received, margins)
         status = "watermarked" if decoded.watermarked else "forged" if decoded.forged else "absent"
         if status == "absent":
             # Subtracting an over-estimated mark flips its bits: the complement of a valid word reads then.
-            flipped = self.codec.decode(1 - bits, np.abs(logits), self.fpr, received)
+            flipped = self.codec.decode(1 - bits, np.abs(logits), self.fpr, received, margins)
             if flipped.watermarked or flipped.forged:
                 status = "inverted"
                 decoded = dataclasses.replace(

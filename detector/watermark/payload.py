@@ -38,13 +38,17 @@ images against a Binomial(n, 1/2).
 word then carries the payload *and* an m-bit keyed hash of the marked image's content, and the
 detector, given the hash ``h`` of the image it received, makes two claims, each with its own bound:
 
-* ``watermarked`` (the mark belongs to this image): the decoded hash is within ``tolerance`` bits of
-  ``h`` and ``p = 2**payload_bits * N_t * P(score) <= fpr`` (``P(score)``: the tail above), where
-  ``N_t`` counts the hashes within the tolerance of ``h``. With ``content_views = v`` received hashes (the API's: the
-  image as read and its border-trimmed copy) the closest one counts and ``N_t`` is ``v`` times as large. Under H0 that bounds the claim over every (payload, hash)
-  candidate the test could accept, so P(watermarked | no mark) <= fpr, as before.
+* ``watermarked`` (the mark belongs to this image): the decoded hash is *accepted* against ``h``
+  (it differs in at most ``tolerance`` bits, all among the ``doubtful`` bits of ``h`` closest to
+  flipping, see :mod:`detector.watermark.binding`; ``doubtful = m``: any ``tolerance`` bits) and
+  ``p = 2**payload_bits * N_t * P(score) <= fpr`` (``P(score)``: the tail above), where ``N_t`` counts
+  the accepted hashes, ``sum_{d <= tolerance} C(doubtful, d)``. With ``content_views = v`` received
+  hashes (the API's: the image as read and its border-trimmed copy) either may accept and ``N_t`` is
+  ``v`` times as large. Which bits are doubtful is a function of the received image (and the key's
+  hyperplanes, drawn from a stream independent of the mask's), so under H0 that bounds the claim over
+  every (payload, hash) candidate the test could accept: P(watermarked | no mark) <= fpr, as before.
 * ``forged`` (a mark of this key is present but was made for other content): the decoded hash is
-  farther than ``tolerance`` and ``p = 2**(payload_bits + m) * P(score) <= fpr``
+  not accepted and ``p = 2**(payload_bits + m) * P(score) <= fpr``
   (Bonferroni over every payload and hash). Also <= fpr under H0.
 
 So an unmarked image gets *some* positive claim with probability at most ``2 * fpr`` (``3 * fpr``
@@ -269,6 +273,7 @@ class PayloadCodec:
         content_bits: int = 0,
         tolerance: int = 2,
         content_views: int = 1,
+        doubtful: int | None = None,
     ):
         import reedsolo
 
@@ -283,7 +288,11 @@ class PayloadCodec:
         if content_views < 1:
             raise ValueError(f"content_views must be >= 1, got {content_views}")
         self.content_bits = content_bits
-        self.tolerance = min(tolerance, content_bits)
+        #: The hash bits that may differ: the ``doubtful`` least certain of the received hash.
+        self.doubtful = content_bits if doubtful is None else min(doubtful, content_bits)
+        if self.doubtful < 0:
+            raise ValueError(f"doubtful must be >= 0, got {doubtful}")
+        self.tolerance = min(tolerance, self.doubtful)
         #: How many received hashes (views of the image) the ``watermarked`` test may compare against.
         self.content_views = content_views
         self.n_symbols = min(2**s - 1, n_bits // s)
@@ -382,13 +391,16 @@ class PayloadCodec:
         confidence: np.ndarray | None = None,
         fpr: float = 1e-6,
         content_hash: np.ndarray | None = None,
+        content_margins: np.ndarray | None = None,
     ) -> Decoded:
         """Decode raw bits (embedded order; ``confidence`` = |logit| per bit, optional) and test them.
 
         With confidences the test is the weighted (soft) one of the module docstring, otherwise the
         count of matching bits. With binding on, ``content_hash`` is the received image's hash, or up
-        to ``content_views`` of them as rows (views of the image: the closest counts); without it a
-        bound mark can only be tested with the any-hash bound and is never declared ``forged``."""
+        to ``content_views`` of them as rows (views of the image: either may accept), and
+        ``content_margins`` how far each of their bits is from flipping (needed unless every bit may
+        differ, ``doubtful == content_bits``); without a hash a bound mark can only be tested with the
+        any-hash bound and is never declared ``forged``."""
         bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
         if bits.size != self.n_bits:
             raise ValueError(f"expected {self.n_bits} bits, got {bits.size}")
@@ -398,35 +410,35 @@ class PayloadCodec:
             if conf.size != self.n_bits:
                 raise ValueError(f"expected {self.n_bits} confidences, got {conf.size}")
         test = _WeightedTest(soft_weights(conf) if conf is not None else np.ones(self.n_bits, np.int64))
-        received = None
+        received = fixed = None
         if self.content_bits and content_hash is not None:
             from detector.watermark.binding import int_to_hash
 
             received = np.atleast_2d(np.asarray(content_hash))
             if len(received) > self.content_views:
                 raise ValueError(f"{len(received)} received hashes, the test allows {self.content_views}")
-        best_bound = best_any = None  # (score, payload, content, expected, hash distance)
+            fixed = self._certain_bits(received, content_margins)
+        best_bound = best_any = None  # (score, payload, content, expected, hash distance, accepted)
         word = self._unscramble(bits)
         for payload, content in self._candidates(word, None if conf is None else conf[self.perm]):
             expected = self.encode(payload, content)
             score = test.score(expected == bits)
-            distance = None
+            distance, accepted = None, False
             if received is not None:
-                distance = int((int_to_hash(content, self.content_bits) != received).sum(axis=1).min())
-            candidate = (score, payload, content, expected, distance)
+                differ = int_to_hash(content, self.content_bits) != received  # (views, bits)
+                distance = int(differ.sum(axis=1).min())
+                allowed = (differ.sum(axis=1) <= self.tolerance) & ~(differ & fixed).any(axis=1)
+                accepted = bool(allowed.any())
+            candidate = (score, payload, content, expected, distance, accepted)
             if best_any is None or score > best_any[0]:
                 best_any = candidate
-            if (
-                distance is not None
-                and distance <= self.tolerance
-                and (best_bound is None or score > best_bound[0])
-            ):
+            if accepted and (best_bound is None or score > best_bound[0]):
                 best_bound = candidate
         if best_any is None:
             return Decoded(None, 0, self.n_bits, 1.0, False, None)
 
         def tested(candidate, bound: bool) -> Decoded:
-            score, payload, content, expected, distance = candidate
+            score, payload, content, expected, distance, _ = candidate
             p = min(1.0, self.multiplicity(bound) * test.tail(score))
             return Decoded(
                 payload,
@@ -447,14 +459,31 @@ class PayloadCodec:
         if bound is not None and bound.p_value <= fpr:
             return dataclasses.replace(bound, watermarked=True)
         other = tested(best_any, bound=False)
-        if other.distance > self.tolerance:
+        if not best_any[5]:
             return dataclasses.replace(other, forged=other.p_value <= fpr)
         return bound or other
 
+    def _certain_bits(self, received: np.ndarray, margins: np.ndarray | None) -> np.ndarray:
+        """(views, bits) mask of the received hash bits that must agree: all but the ``doubtful``
+        least certain of each view."""
+        if self.doubtful >= self.content_bits:
+            return np.zeros(received.shape, dtype=bool)
+        if margins is None:
+            raise ValueError(
+                f"the binding test accepts differences only among the {self.doubtful} least certain"
+                " hash bits: pass content_margins"
+            )
+        margins = np.atleast_2d(np.asarray(margins, dtype=np.float64))
+        if margins.shape != received.shape:
+            raise ValueError(f"content_margins {margins.shape} must match content_hash {received.shape}")
+        rank = np.argsort(np.argsort(margins, axis=1, kind="stable"), axis=1, kind="stable")
+        return rank >= self.doubtful
+
     @property
     def bound_candidates(self) -> int:
-        """Content hashes the ``watermarked`` test accepts: within the tolerance of any received view."""
-        return self.content_views * sum(math.comb(self.content_bits, i) for i in range(self.tolerance + 1))
+        """Content hashes the ``watermarked`` test accepts: up to ``tolerance`` of a received view's
+        ``doubtful`` least certain bits changed, for any view."""
+        return self.content_views * sum(math.comb(self.doubtful, i) for i in range(self.tolerance + 1))
 
     def multiplicity(self, bound: bool = True) -> int:
         """Codewords the test is corrected for: every payload, times the hashes it may accept."""

@@ -13,25 +13,32 @@ import time
 
 import numpy as np
 
-from detector.watermark.api import CONTENT_BITS, CONTENT_TOLERANCE, CONTENT_VIEWS
+from detector.watermark.api import CONTENT_BITS, CONTENT_DOUBTFUL, CONTENT_TOLERANCE, CONTENT_VIEWS
 from detector.watermark.payload import PayloadCodec, WatermarkKey
 
 
 def main(n: int = 200) -> None:
     codec = PayloadCodec(
-        WatermarkKey(bytes(range(32))), 64, 16, CONTENT_BITS, CONTENT_TOLERANCE, CONTENT_VIEWS
+        WatermarkKey(bytes(range(32))),
+        64,
+        16,
+        CONTENT_BITS,
+        CONTENT_TOLERANCE,
+        CONTENT_VIEWS,
+        CONTENT_DOUBTFUL,
     )
     rng = np.random.default_rng(0)
     words = rng.integers(0, 2, (n, 64)).astype(np.uint8)
     confidences = np.abs(rng.standard_normal((n, 64)))
     hashes = rng.integers(0, 2, (n, CONTENT_VIEWS, CONTENT_BITS)).astype(np.uint8)
+    margins = np.abs(rng.standard_normal(hashes.shape))
     for label, weighted in (
         ("count test, plain RS decoding", False),
         ("weighted test, Chase decoding", True),
     ):
         start = time.perf_counter()
-        for word, conf, h in zip(words, confidences, hashes, strict=True):
-            codec.decode(word, conf if weighted else None, 1e-6, h)
+        for word, conf, h, m in zip(words, confidences, hashes, margins, strict=True):
+            codec.decode(word, conf if weighted else None, 1e-6, h, m)
         per = (time.perf_counter() - start) / n * 1000
         print(
             f"{label}: {per:.2f} ms per decode ({2 * per:.1f} ms per unmarked image with the inverted check)"

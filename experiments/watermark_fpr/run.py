@@ -199,16 +199,20 @@ def calibration(rows: list[dict], codec, seed: int = 7) -> dict:
 
 def simulate_h0(codec, n: int, seed: int = 11) -> list[tuple[int | None, str, float]]:
     """The test on its own model of H0: fair-coin bits with random confidences and a random received
-    content hash per view, through the same decoding and test. ``(best-match count or None, claim,
+    content hash (and hash margins) per view, through the same decoding and test. ``(best-match count or None, claim,
     p-value)`` per word; the claim is ``watermarked``, ``forged`` or ``absent``."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        received = None
+        received = margins = None
         if codec.content_bits:
             received = rng.integers(0, 2, (codec.content_views, codec.content_bits)).astype(np.uint8)
+            margins = np.abs(rng.standard_normal(received.shape))
         decoded = codec.decode(
-            rng.integers(0, 2, codec.n_bits), np.abs(rng.standard_normal(codec.n_bits)), content_hash=received
+            rng.integers(0, 2, codec.n_bits),
+            np.abs(rng.standard_normal(codec.n_bits)),
+            content_hash=received,
+            content_margins=margins,
         )
         claim = "watermarked" if decoded.watermarked else "forged" if decoded.forged else "absent"
         out.append((decoded.matches if decoded.payload is not None else None, claim, decoded.p_value))
@@ -315,7 +319,7 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
     lines += [
         "",
         "The fair-coin row runs the whole test on its model of H0: fair-coin bits, random confidences (the "
-        "weights of the confidence-weighted test) and a random received content hash per view.",
+        "weights of the confidence-weighted test) and a random received content hash (and margins) per view.",
         "",
         "Mean best-match k among decoded candidates: clean "
         f"{report['clean']['best_match_mean']:.2f}, other key {report['other_key']['best_match_mean']:.2f}, "
