@@ -9,6 +9,7 @@ from PIL import Image
 from detector.fusion import FusionConfig, fuse
 from detector.result import FORGED, WATERMARKED, ProvenanceResult, WatermarkEvidence
 from detector.watermark import PayloadCodec, Watermarker, WatermarkKey, WatermarkModel, default_checkpoint
+from detector.watermark.api import WatermarkError
 from detector.watermark.binding import content_hash, hash_to_int
 
 KEY = WatermarkKey(bytes(range(32)))
@@ -86,6 +87,16 @@ def test_only_the_received_hashs_doubtful_bits_may_differ():
     assert views.watermarked  # either view may accept
     with pytest.raises(ValueError, match="content_margins"):
         codec.decode(word, content_hash=near)
+
+
+def test_marks_made_with_the_v1_hash_still_verify_with_its_scheme(wm, photos):
+    a, _ = photos
+    old = Watermarker(KEY, model=wm.model, scheme="dct-simhash-v1", doubtful=16)
+    marked = old.embed_array(a, 55)
+    assert old.detect_array(marked).status == "watermarked"
+    assert old.binding_tag == "dct-simhash-v1/16/2of16" and wm.binding["scheme"] == "dct-simhash-v2"
+    with pytest.raises(WatermarkError, match="unknown binding scheme"):
+        Watermarker(KEY, model=wm.model, scheme="md5")
 
 
 def test_random_words_never_make_either_claim():

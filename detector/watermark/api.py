@@ -27,6 +27,7 @@ from detector.errors import DetectorError
 from detector.io import ImageLoadError, atomic_writer, file_sha256, load_image_array
 from detector.watermark import sync
 from detector.watermark.binding import SCHEME as BINDING_SCHEME
+from detector.watermark.binding import SCHEMES as BINDING_SCHEMES
 from detector.watermark.binding import content_hash, hash_to_int, received_hashes, unrotate
 from detector.watermark.model import WatermarkModel
 from detector.watermark.payload import PayloadCodec, WatermarkKey, load_key
@@ -160,6 +161,7 @@ class Watermarker:
         content_bits: int = CONTENT_BITS,
         tolerance: int = CONTENT_TOLERANCE,
         doubtful: int = CONTENT_DOUBTFUL,
+        scheme: str = BINDING_SCHEME,
     ):
         self.key = key if isinstance(key, WatermarkKey) else load_key(key)
         self.model = model if model is not None else load_model(checkpoint)
@@ -177,6 +179,11 @@ class Watermarker:
             )
         except ValueError as exc:
             raise WatermarkError(str(exc)) from exc
+        if scheme not in BINDING_SCHEMES:
+            raise WatermarkError(f"unknown binding scheme {scheme!r} (known: {sorted(BINDING_SCHEMES)})")
+        #: The content hash's scheme: the default for new marks; "dct-simhash-v1" (with doubtful=16)
+        #: verifies marks made before v2.
+        self.scheme = scheme
         if registry is not None and not isinstance(registry, PayloadRegistry):
             registry = PayloadRegistry(registry)
         self.registry = registry
@@ -201,13 +208,13 @@ class Watermarker:
         """The keyed content hash the mark carries for ``image`` (0 when binding is off)."""
         if not self.codec.content_bits:
             return 0
-        return hash_to_int(content_hash(image, self.key, self.codec.content_bits))
+        return hash_to_int(content_hash(image, self.key, self.codec.content_bits, self.scheme))
 
     @property
     def binding(self) -> dict:
         """What a verifier needs besides the key and the model: the hash scheme and its parameters."""
         return {
-            "scheme": BINDING_SCHEME if self.codec.content_bits else "none",
+            "scheme": self.scheme if self.codec.content_bits else "none",
             "content_bits": self.codec.content_bits,
             "tolerance": self.codec.tolerance,
             "doubtful": self.codec.doubtful,  # the tolerated bits are among the received hash's least certain
@@ -320,7 +327,7 @@ class Watermarker:
         bits = (logits > 0).astype(np.uint8)
         received = margins = None
         if self.codec.content_bits:  # hashed as the decoder saw it: the geometry it found undone
-            received, margins = received_hashes(seen, self.key, self.codec.content_bits)
+            received, margins = received_hashes(seen, self.key, self.codec.content_bits, self.scheme)
         decoded = self.codec.decode(bits, np.abs(logits), self.fpr, received, margins)
         status = "watermarked" if decoded.watermarked else "forged" if decoded.forged else "absent"
         if status == "absent":

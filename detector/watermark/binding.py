@@ -8,7 +8,7 @@ image it receives: a mark whose hash disagrees with the content under it was mov
 **The hash.** Robust, cheap features: the luma of the image squeezed to a ``THUMB`` x ``THUMB``
 thumbnail (so any resize or change of aspect ratio gives the same thumbnail), made mirror-symmetric
 (the mean of it and its horizontal flip: a flipped image hashes the same), then its low 2-D DCT
-frequencies without the DC term (up to ``MAX_FREQ``), each scaled by its frequency radius (natural
+frequencies without the DC term (``SCHEMES``), each scaled by its frequency radius (natural
 images put most energy in the lowest few, which would otherwise decide every bit) and normalised to
 unit length (brightness and contrast changes cancel). The hash bits are the signs of projections on
 random hyperplanes drawn from the secret key (SimHash): two images agree on a bit with probability
@@ -42,12 +42,13 @@ from PIL import Image
 
 from detector.watermark.payload import WatermarkKey
 
-#: Name of the hash scheme (features + hyperplanes): a verifier needs it with the key.
+#: Hash schemes by name -> the highest DCT frequency they use: frequencies (u, v) with
+#: 1 <= u + v <= max_freq feed the hash (u: vertical, v: horizontal; odd horizontal frequencies vanish
+#: on a mirror-symmetric thumbnail and are left out). v1 (15 features) is kept to verify older marks.
+SCHEMES = {"dct-simhash-v1": 6, "dct-simhash-v2": 14}
+#: The scheme new marks carry; a verifier needs its name with the key.
 SCHEME = "dct-simhash-v2"
 THUMB = 32
-#: DCT frequencies (u, v) with 1 <= u + v <= MAX_FREQ feed the hash (u: vertical, v: horizontal; odd
-#: horizontal frequencies vanish on a mirror-symmetric thumbnail and are left out).
-MAX_FREQ = 14
 
 
 @lru_cache(maxsize=4)
@@ -66,11 +67,15 @@ def _disc(n: int) -> np.ndarray:
     return np.clip((0.5 - r) / 0.08, 0.0, 1.0)
 
 
-def _frequencies() -> list[tuple[int, int]]:
-    return [(u, v) for u in range(MAX_FREQ + 1) for v in range(0, MAX_FREQ + 1, 2) if 1 <= u + v <= MAX_FREQ]
+@lru_cache(maxsize=4)
+def _frequencies(scheme: str) -> list[tuple[int, int]]:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown content-hash scheme {scheme!r} (known: {sorted(SCHEMES)})")
+    top = SCHEMES[scheme]
+    return [(u, v) for u in range(top + 1) for v in range(0, top + 1, 2) if 1 <= u + v <= top]
 
 
-def content_features(image: np.ndarray) -> np.ndarray:
+def content_features(image: np.ndarray, scheme: str = SCHEME) -> np.ndarray:
     """HxWx3 uint8 -> unit vector of frequency-weighted low DCT coefficients of the symmetric thumbnail."""
     rgb = np.asarray(image, dtype=np.uint8)
     luma = Image.fromarray(rgb[..., :3]).convert("L")
@@ -81,32 +86,30 @@ def content_features(image: np.ndarray) -> np.ndarray:
     thumb = centre + (thumb - centre) * disc
     dct = _dct_matrix(THUMB)
     coeffs = dct @ thumb @ dct.T
-    feats = np.array([coeffs[u, v] * math.hypot(u, v) for u, v in _frequencies()])
+    feats = np.array([coeffs[u, v] * math.hypot(u, v) for u, v in _frequencies(scheme)])
     norm = np.linalg.norm(feats)
     return feats / norm if norm > 1e-9 else feats
 
 
-def hyperplanes(key: WatermarkKey, n_bits: int) -> np.ndarray:
+def hyperplanes(key: WatermarkKey, n_bits: int, scheme: str = SCHEME) -> np.ndarray:
     """(n_bits, n_features) Gaussian hyperplanes drawn from the key (deterministic)."""
-    n_feats = len(_frequencies())
+    n_feats = len(_frequencies(scheme))
     seed = int.from_bytes(key.stream("content-lsh", 16), "big")
     return np.random.default_rng(seed).standard_normal((n_bits, n_feats))
 
 
-def _projections(image: np.ndarray, key: WatermarkKey, n_bits: int) -> np.ndarray:
-    return hyperplanes(key, n_bits) @ content_features(image)
-
-
-def content_hash(image: np.ndarray, key: WatermarkKey, n_bits: int) -> np.ndarray:
-    """The keyed ``n_bits`` SimHash of the image's content (uint8 0/1)."""
-    return (_projections(image, key, n_bits) > 0).astype(np.uint8)
-
-
-def hash_margins(image: np.ndarray, key: WatermarkKey, n_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(hash, margins)``: the content hash and how far each bit's projection is from flipping (the
-    smaller, the likelier an edit flipped it)."""
-    proj = _projections(image, key, n_bits)
+def hash_margins(
+    image: np.ndarray, key: WatermarkKey, n_bits: int, scheme: str = SCHEME
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(hash, margins)``: the keyed ``n_bits`` SimHash of the image's content (uint8 0/1) and how far
+    each bit's projection is from flipping (the smaller, the likelier an edit flipped it)."""
+    proj = hyperplanes(key, n_bits, scheme) @ content_features(image, scheme)
     return (proj > 0).astype(np.uint8), np.abs(proj)
+
+
+def content_hash(image: np.ndarray, key: WatermarkKey, n_bits: int, scheme: str = SCHEME) -> np.ndarray:
+    """The keyed ``n_bits`` SimHash of the image's content (uint8 0/1)."""
+    return hash_margins(image, key, n_bits, scheme)[0]
 
 
 #: A border row or column: its luma spread (2nd to 98th percentile, 0..255) at most this much (the
@@ -169,10 +172,12 @@ def trim_border(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[top:bottom, left:right])
 
 
-def received_hashes(image: np.ndarray, key: WatermarkKey, n_bits: int) -> tuple[np.ndarray, np.ndarray]:
+def received_hashes(
+    image: np.ndarray, key: WatermarkKey, n_bits: int, scheme: str = SCHEME
+) -> tuple[np.ndarray, np.ndarray]:
     """``(hashes, margins)`` the detector compares a mark's hash with (rows): the image as read, and the
     picture inside its uniform border (the same twice when it has none). Two views: the test counts both."""
-    views = [hash_margins(image, key, n_bits), hash_margins(trim_border(image), key, n_bits)]
+    views = [hash_margins(x, key, n_bits, scheme) for x in (image, trim_border(image))]
     return np.stack([h for h, _ in views]), np.stack([m for _, m in views])
 
 
