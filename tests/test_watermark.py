@@ -121,16 +121,18 @@ def test_soft_test_credits_doubtful_errors_and_not_confident_ones(keys):
 
 def test_chase_decoding_finds_words_beyond_plain_correction(keys):
     """Five wrong symbols, more than plain decoding fixes with the bound layout's 7 parity symbols (3),
-    are found by erasing the symbols the decoder doubted."""
+    are found by erasing the symbols the decoder doubted (Chase decoding: what proposes candidates
+    when no content hash is given; with one, every accepted codeword is scored as well)."""
     codec = PayloadCodec(keys[0], content_bits=16)
     h = np.random.default_rng(5).integers(0, 2, 16).astype(np.uint8)
     word = codec._unscramble(codec.encode(777, hash_to_int(h)))
     wrong = [sym * 4 for sym in (0, 3, 6, 9, 12)]  # one bit in each of five symbols
     word[wrong] ^= 1
     noisy = codec._scramble(word)
-    assert codec.decode(noisy, content_hash=h).payload != 777
+    assert codec.decode(noisy).payload != 777
     confidence = np.full(64, 3.0)
     confidence[codec.perm[wrong]] = 0.1  # the decoder's doubts, in embedded order
+    assert codec.decode(noisy, confidence).payload == 777
     found = codec.decode(noisy, confidence, content_hash=h)
     assert found.payload == 777 and found.watermarked and found.matches == 59
 

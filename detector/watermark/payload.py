@@ -66,7 +66,7 @@ import secrets
 import string
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import combinations
 from pathlib import Path
 
@@ -185,6 +185,9 @@ def binomial_pvalue(matches: int, n: int) -> float:
     return _tail_count(n, matches) / 2**n
 
 
+#: The ``watermarked`` test scores every (payload, accepted hash) codeword by brute force when the
+#: payload has at most this many bits (2**16 words: one matrix product per decode, ~16 MB of table).
+EXHAUSTIVE_PAYLOAD_BITS = 16
 #: Chase decoding combines erasures among at most this many of the least confident symbols.
 CHASE_POOL = 8
 #: The soft test's weights: each bit's |logit| as a share of the largest, rounded to 1 .. SOFT_LEVELS.
@@ -434,6 +437,18 @@ class PayloadCodec:
                 best_any = candidate
             if accepted and (best_bound is None or score > best_bound[0]):
                 best_bound = candidate
+        if self.payload_bits <= EXHAUSTIVE_PAYLOAD_BITS and (received is not None or not self.content_bits):
+            # Every codeword the `watermarked` test accepts, scored at once: the best may be one that
+            # RS and Chase decoding miss (errors spread over more symbols than they can fix).
+            score, payload, content = self._best_accepted(bits, test.weights, received, fixed)
+            distance = None
+            if received is not None:
+                distance = int((int_to_hash(content, self.content_bits) != received).sum(axis=1).min())
+            candidate = (score, payload, content, self.encode(payload, content), distance, True)
+            if best_any is None or score > best_any[0]:
+                best_any = candidate
+            if best_bound is None or score > best_bound[0]:
+                best_bound = candidate
         if best_any is None:
             return Decoded(None, 0, self.n_bits, 1.0, False, None)
 
@@ -462,6 +477,55 @@ class PayloadCodec:
         if not best_any[5]:
             return dataclasses.replace(other, forged=other.p_value <= fpr)
         return bound or other
+
+    @cached_property
+    def _linear_code(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(zero, payload basis, hash basis)``: the embedded word is GF(2)-linear in the payload and
+        hash bits (RS over GF(2^4) is linear over GF(2); the pilot, the permutation and the mask are
+        fixed), so ``encode(p, h) = zero ^ (bits of p) @ P ^ (bits of h) @ H`` (mod 2), LSB first."""
+        zero = self.encode(0, 0)
+        payload = np.stack([self.encode(1 << j, 0) ^ zero for j in range(self.payload_bits)])
+        content = [self.encode(0, 1 << j) ^ zero for j in range(self.content_bits)]
+        return zero, payload, np.array(content, dtype=np.uint8).reshape(self.content_bits, self.n_bits)
+
+    @cached_property
+    def _payload_signs(self) -> np.ndarray:
+        """(2**payload_bits, n_bits) float32: +-1 for each payload's contribution to the word."""
+        _, basis, _ = self._linear_code
+        ids = np.arange(2**self.payload_bits, dtype=np.int64)
+        payload_bits = ((ids[:, None] >> np.arange(self.payload_bits)) & 1).astype(np.int32)
+        return (1 - 2 * ((payload_bits @ basis.astype(np.int32)) % 2)).astype(np.float32)
+
+    def _accepted_hashes(self, received: np.ndarray | None, fixed: np.ndarray | None) -> np.ndarray:
+        """(k, content_bits) uint8: every hash the ``watermarked`` test accepts (duplicates dropped)."""
+        if received is None:
+            return np.zeros((1, 0), dtype=np.uint8)
+        out = []
+        for view, certain in zip(received, fixed, strict=True):
+            free = np.flatnonzero(~certain)
+            for d in range(self.tolerance + 1):
+                for flips in combinations(free, d):
+                    h = view.astype(np.uint8).copy()
+                    h[list(flips)] ^= 1
+                    out.append(h)
+        return np.unique(np.stack(out), axis=0)
+
+    def _best_accepted(
+        self, bits: np.ndarray, weights: np.ndarray, received: np.ndarray | None, fixed: np.ndarray | None
+    ) -> tuple[int, int, int]:
+        """``(score, payload, hash)`` of the best-scoring codeword among every payload times every
+        accepted hash: one matrix product (the score is linear in the payload's +-1 signs)."""
+        zero, _, hash_basis = self._linear_code
+        hashes = self._accepted_hashes(received, fixed)
+        lsb_first = hashes[:, ::-1].astype(np.int32)  # a hash's first bit is its most significant
+        hash_part = (lsb_first @ hash_basis.astype(np.int32)) % 2 ^ zero  # (k, n_bits)
+        rest = (weights * (1 - 2 * (bits[None, :] ^ hash_part))).astype(np.float32)  # (k, n_bits)
+        scores = self._payload_signs @ rest.T  # (payloads, k): exact, small integers
+        payload, k = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        from detector.watermark.binding import hash_to_int
+
+        content = hash_to_int(hashes[k])
+        return int(round(float(scores[payload, k]))), int(payload), content
 
     def _certain_bits(self, received: np.ndarray, margins: np.ndarray | None) -> np.ndarray:
         """(views, bits) mask of the received hash bits that must agree: all but the ``doubtful``
