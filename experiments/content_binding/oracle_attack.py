@@ -40,9 +40,10 @@ from detector.io import load_image_array  # noqa: E402
 from detector.watermark.binding import received_hashes  # noqa: E402
 from detector.watermark.payload import PayloadCodec, WatermarkKey  # noqa: E402
 
+#: label -> (hash scheme, doubtful bits): v1 as shipped before, v2 as shipped now.
 SCHEMES = {
-    "v1 (any 2 of 16 bits, 15 features)": (6, 16),
-    "v2 (2 of the 5 least certain, 63 features)": (14, 5),
+    "v1 (any 2 of 16 bits, 15 features)": ("dct-simhash-v1", 16),
+    "v2 (2 of the 5 least certain, 63 features)": ("dct-simhash-v2", 5),
 }
 SOURCES = (1, 10, 100, 1000)
 
