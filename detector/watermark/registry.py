@@ -7,7 +7,7 @@ violation), so concurrent writers, in threads or processes, never hand out one i
 the file. Records are keyed by ``(key_id, payload_id)``: several keys can share one registry.
 
 A record also names the content-binding scheme its marks carry (``binding``, e.g.
-``dct-simhash-v1/16/2``: hash, content bits, tolerance): with the key and the model, that is all a
+``dct-simhash-v2/16/2of5``: hash scheme, content bits, tolerated bits of the doubtful ones): with the key and the model, that is all a
 verifier needs to tell a bound mark (``watermarked``) from a transplanted one (``forged``). Older
 registries get the column added on open.
 """
