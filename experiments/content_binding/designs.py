@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.evaluation.provenance import provenance
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -179,7 +181,9 @@ def main() -> None:
             + " | ".join(f"{r['keep'][k]:.2f}" for k in SHOWN)
             + " |"
         )
-    Path(args.out).write_text(json.dumps(results, indent=1))
+    stamp = provenance()
+    stamp["capture"] = {"path": str(Path(args.capture).name), "made_by": "capture.py (see RESULTS.md)"}
+    Path(args.out).write_text(json.dumps({"provenance": stamp, "designs": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

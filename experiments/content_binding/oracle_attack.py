@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE.parent / "watermark_attacks"))
 from run import crops  # noqa: E402
 
 from detector.corpus.photos import catalogue, load_photos  # noqa: E402
+from detector.evaluation.provenance import provenance  # noqa: E402
 from detector.io import load_image_array  # noqa: E402
 from detector.watermark.binding import received_hashes  # noqa: E402
 from detector.watermark.payload import PayloadCodec, WatermarkKey  # noqa: E402
@@ -83,7 +84,13 @@ def main() -> None:
             rows = [r for r in csv.DictReader(handle) if r["label"] == "fake"]
         pick = np.random.default_rng(7).choice(len(rows), min(args.generated, len(rows)), replace=False)
         sources += [load_image_array(root / rows[k]["path"]) for k in sorted(pick)]
-    report = {"targets": len(targets), "sources": len(sources), "keys": args.keys, "schemes": {}}
+    report = {
+        "provenance": provenance(args.corpus),
+        "targets": len(targets),
+        "sources": len(sources),
+        "keys": args.keys,
+        "schemes": {},
+    }
     print(f"{len(targets)} target photos, {len(sources)} sources, {args.keys} keys\n")
     print(
         "| binding | pairs accepted (q) | photos with q > 0 | "
