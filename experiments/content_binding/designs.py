@@ -21,38 +21,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from detector.evaluation.provenance import provenance
+from detector.watermark.binding import _dct_matrix, _disc
 
 HERE = Path(__file__).resolve().parent
-
-
-@lru_cache(maxsize=8)
-def _dct(n: int) -> np.ndarray:
-    k = np.arange(n)
-    mat = np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)
-    mat[0] /= math.sqrt(2)
-    return mat
-
-
-@lru_cache(maxsize=8)
-def _disc(n: int) -> np.ndarray:
-    yy, xx = np.mgrid[:n, :n] + 0.5 - n / 2
-    return np.clip((0.5 - np.hypot(yy, xx) / n) / 0.08, 0.0, 1.0)
 
 
 def features(thumbs: np.ndarray, max_freq: int, gamma: float) -> np.ndarray:
     """(N, 64, 64) uint8 luma -> (N, F) unit features, the binding's recipe with its knobs exposed."""
     t = thumbs.astype(np.float64).reshape(len(thumbs), 32, 2, 32, 2).mean(axis=(2, 4)) / 255.0
     t = 0.5 * (t + t[:, :, ::-1])
-    disc = _disc(32)
+    disc = _disc(32)  # the binding's own window and DCT: only the knobs below differ
     centre = (t * disc).sum(axis=(1, 2)) / disc.sum()
     t = centre[:, None, None] + (t - centre[:, None, None]) * disc
-    d = _dct(32)
+    d = _dct_matrix(32)
     coeffs = np.einsum("ij,njk,lk->nil", d, t, d)
     freqs = [(u, v) for u in range(max_freq + 1) for v in range(0, max_freq + 1, 2) if 1 <= u + v <= max_freq]
     f = np.stack([coeffs[:, u, v] * math.hypot(u, v) ** gamma for u, v in freqs], axis=1)
