@@ -89,14 +89,35 @@ def test_only_the_received_hashs_doubtful_bits_may_differ():
         codec.decode(word, content_hash=near)
 
 
-def test_marks_made_with_the_v1_hash_still_verify_with_its_scheme(wm, photos):
+def test_marks_made_with_the_v1_hash_still_verify_with_its_scheme(wm, photos, tmp_path):
+    """A v1 mark reads `watermarked` with ``scheme="dct-simhash-v1"`` (library and CLI), not with v2."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from detector.cli import app
+    from detector.watermark.payload import KEY_HEADER
+
     a, _ = photos
-    old = Watermarker(KEY, model=wm.model, scheme="dct-simhash-v1", doubtful=16)
+    old = Watermarker(KEY, model=wm.model, scheme="dct-simhash-v1")
+    assert old.codec.doubtful == 16 and old.binding_tag == "dct-simhash-v1/16/2of16"
     marked = old.embed_array(a, 55)
     assert old.detect_array(marked).status == "watermarked"
-    assert old.binding_tag == "dct-simhash-v1/16/2of16" and wm.binding["scheme"] == "dct-simhash-v2"
+    assert wm.detect_array(marked).status != "watermarked" and wm.binding["scheme"] == "dct-simhash-v2"
     with pytest.raises(WatermarkError, match="unknown binding scheme"):
         Watermarker(KEY, model=wm.model, scheme="md5")
+    key = tmp_path / "wm.key"
+    key.write_text(f"{KEY_HEADER}\n{KEY.secret.hex()}\n")
+    key.chmod(0o600)
+    Image.fromarray(marked).save(tmp_path / "old.png")
+    runner = CliRunner()
+    base = ["watermark", "detect", str(tmp_path / "old.png"), "-k", str(key)]
+    v1 = runner.invoke(app, [*base, "--binding-scheme", "dct-simhash-v1"])
+    assert v1.exit_code == 0, v1.output
+    line = json.loads(next(x for x in v1.stdout.splitlines() if x.startswith("{")))
+    assert line["status"] == "watermarked" and line["payload"] == 55
+    bad = runner.invoke(app, [*base, "--binding-scheme", "md5"])
+    assert bad.exit_code != 0 and "unknown binding scheme" in bad.output
 
 
 def test_bound_test_finds_the_best_accepted_codeword_where_rs_and_chase_decoding_cannot():

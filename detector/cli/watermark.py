@@ -58,6 +58,7 @@ def _watermarker(
     payload_bits: int = 16,
     search: str = "full",
     create_registry: bool = True,
+    scheme: str | None = None,
 ):
     from detector.watermark.api import Watermarker
     from detector.watermark.registry import PayloadRegistry
@@ -72,6 +73,7 @@ def _watermarker(
             fpr=fpr,
             payload_bits=payload_bits,
             search=search,
+            **({} if scheme is None else {"scheme": scheme}),
         )
     except DetectorError as exc:
         fail(str(exc))
@@ -203,6 +205,12 @@ def detect(
         "cheaper on unmarked images); exhaustive: every candidate at every phase (slowest). The FPR holds "
         "for each.",
     ),
+    binding_scheme: str | None = typer.Option(
+        None,
+        "--binding-scheme",
+        help="The content hash the marks carry: dct-simhash-v2 (the default, marks made since "
+        "2026-11-30) or dct-simhash-v1 (older marks; the registry's binding tag says which).",
+    ),
 ) -> None:
     """Decode and test each image; one JSON line per image on stdout (bits, bit accuracy, p-value, payload...).
 
@@ -222,7 +230,15 @@ def detect(
 
     if out is not None and out.is_dir():
         fail(f"--out {printable(out)} is a folder; name the results file")
-    wm = _watermarker(key_file, checkpoint, registry, fpr=fpr, search=search.value, create_registry=False)
+    wm = _watermarker(
+        key_file,
+        checkpoint,
+        registry,
+        fpr=fpr,
+        search=search.value,
+        create_registry=False,
+        scheme=binding_scheme,
+    )
     passed_by: list[tuple[str, str]] = []
     files: list[Path] = []
     for p in paths:

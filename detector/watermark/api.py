@@ -48,6 +48,8 @@ FINE_CANDIDATES = 2
 CONTENT_BITS = 16
 CONTENT_TOLERANCE = 2
 CONTENT_DOUBTFUL = 5
+#: Each binding scheme's doubtful bits (v1 marks were tested with any 2 of 16 bits).
+SCHEME_DOUBTFUL = {"dct-simhash-v1": 16, "dct-simhash-v2": CONTENT_DOUBTFUL}
 #: Received hashes the binding test compares with: the image as read and inside its uniform border.
 CONTENT_VIEWS = 2
 #: Residual rotations (degrees) tried on each synchronised view (the lattice estimate is within ~1).
@@ -160,13 +162,19 @@ class Watermarker:
         search: str = "full",
         content_bits: int = CONTENT_BITS,
         tolerance: int = CONTENT_TOLERANCE,
-        doubtful: int = CONTENT_DOUBTFUL,
+        doubtful: int | None = None,
         scheme: str = BINDING_SCHEME,
     ):
         self.key = key if isinstance(key, WatermarkKey) else load_key(key)
         self.model = model if model is not None else load_model(checkpoint)
         self.model.eval()
         self.model_name = str(checkpoint or (default_checkpoint() if model is None else "in-memory"))
+        if scheme not in BINDING_SCHEMES:
+            raise WatermarkError(f"unknown binding scheme {scheme!r} (known: {sorted(BINDING_SCHEMES)})")
+        #: The content hash's scheme: the default for new marks; "dct-simhash-v1" verifies marks made
+        #: before v2 (``doubtful`` defaults to the scheme's own).
+        self.scheme = scheme
+        doubtful = SCHEME_DOUBTFUL[scheme] if doubtful is None else doubtful
         try:
             self.codec = PayloadCodec(
                 self.key,
@@ -179,11 +187,6 @@ class Watermarker:
             )
         except ValueError as exc:
             raise WatermarkError(str(exc)) from exc
-        if scheme not in BINDING_SCHEMES:
-            raise WatermarkError(f"unknown binding scheme {scheme!r} (known: {sorted(BINDING_SCHEMES)})")
-        #: The content hash's scheme: the default for new marks; "dct-simhash-v1" (with doubtful=16)
-        #: verifies marks made before v2.
-        self.scheme = scheme
         if registry is not None and not isinstance(registry, PayloadRegistry):
             registry = PayloadRegistry(registry)
         self.registry = registry
