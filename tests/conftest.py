@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,16 @@ def tiny_bundle(tmp_path_factory) -> Path:
     """A 1-epoch linear probe on 3 generators, bundled (shared by the bundle, service and Content
     Credentials tests: built once per session)."""
     return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+def bundle_with_watermark(bundle: Path, out: Path) -> tuple[Path, Path, Path]:
+    """A copy of the tiny bundle that references a watermark key and registry (fast decoder search)."""
+    from detector.watermark import generate_key
+
+    shutil.copytree(bundle, out)
+    key, registry = out / "wm.key", out / "registry.db"
+    generate_key(key)
+    meta = json.loads((out / "bundle.json").read_text())
+    meta["watermark"] = {"key": "wm.key", "registry": "registry.db", "search": "fast"}
+    (out / "bundle.json").write_text(json.dumps(meta))
+    return out, key, registry

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +24,8 @@ sync_api = pytest.importorskip(
 
 from detector.credentials import make_test_certificates  # noqa: E402
 from detector.service.process import serve_subprocess  # noqa: E402
-from detector.watermark import Watermarker, generate_key  # noqa: E402
-from tests.conftest import write_rgb  # noqa: E402
+from detector.watermark import Watermarker  # noqa: E402
+from tests.conftest import bundle_with_watermark, write_rgb  # noqa: E402
 
 BROWSER_ARGS = [
     "--no-sandbox",
@@ -37,17 +35,6 @@ BROWSER_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
-
-
-def bundle_with_watermark(bundle: Path, out: Path) -> tuple[Path, Path, Path]:
-    """A copy of the tiny bundle that references a watermark key and registry (fast decoder search)."""
-    shutil.copytree(bundle, out)
-    key, registry = out / "wm.key", out / "registry.db"
-    generate_key(key)
-    meta = json.loads((out / "bundle.json").read_text())
-    meta["watermark"] = {"key": "wm.key", "registry": "registry.db", "search": "fast"}
-    (out / "bundle.json").write_text(json.dumps(meta))
-    return out, key, registry
 
 
 def signed_image(tmp_path: Path, key: Path, registry: Path, certs: dict) -> Path:

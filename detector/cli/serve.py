@@ -80,6 +80,15 @@ def serve_command(
     score_workers: int = typer.Option(
         1, "--score-workers", help="Threads running the model, each on its own micro-batch (several cores)."
     ),
+    probe_memory: int = typer.Option(
+        10_000,
+        "--probe-memory",
+        help="Pictures the probe guard remembers: once an upload's mark reads `forged`, a later `watermarked` "
+        "reading of the same picture is taken as one more copied mark (0: off).",
+    ),
+    probe_similarity: float = typer.Option(
+        0.98, "--probe-similarity", help="Cosine of content features above which two uploads are one picture."
+    ),
     device: str = DEVICE_OPT,
     no_watermark: bool = NO_WATERMARK_OPT,
     watermark_search: WatermarkSearch | None = WATERMARK_SEARCH_OPT,
@@ -111,6 +120,8 @@ def serve_command(
             max_queue=max_queue,
             decode_workers=decode_workers,
             score_workers=score_workers,
+            probe_memory=probe_memory,
+            probe_similarity=probe_similarity,
         )
         key_store = KeyStore.load(config.keys_file)
     except DetectorError as exc:

@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from detector import __version__
+from detector.scoring.probes import ProbeGuard
 from detector.service.auth import KeyStore, RateLimiter
 from detector.service.batching import MicroBatcher
 from detector.service.config import ServiceConfig
@@ -85,8 +86,13 @@ class Service:
         self.config = config
         self.keys = keys
         self.limiter = RateLimiter()
+        pipeline = detector.pipeline
+        self.probes: ProbeGuard | None = None
+        if config.probe_memory and pipeline.watermark is not None:  # we answer `watermarked`: an oracle
+            self.probes = ProbeGuard(config.probe_memory, config.probe_similarity)
+            pipeline = replace(pipeline, watermark=self.probes.guard(pipeline.watermark))
         self.batcher = MicroBatcher(
-            detector.pipeline.score_batch,
+            pipeline.score_batch,
             max_batch=config.batch_size,
             max_wait_s=config.batch_wait_ms / 1000.0,
             workers=config.score_workers,
@@ -224,6 +230,7 @@ class Service:
             "batches": self.batcher.batches,
             "images": self.batcher.images,
             "largest_batch": self.batcher.largest_batch,
+            "probe_memory": None if self.probes is None else len(self.probes),
         }
 
     def version(self) -> dict[str, Any]:
@@ -248,6 +255,9 @@ class Service:
                 "rate_limit_per_minute": self.config.rate_limit,
                 "anonymous_rate_limit_per_minute": self.config.anonymous_rate_limit,
             },
+            "probe_guard": None
+            if self.probes is None
+            else {"capacity": self.probes.capacity, "similarity": self.probes.similarity},
         }
 
 

@@ -1,0 +1,121 @@
+"""The probe guard: a picture that carried a copied mark gets no second try at `watermarked`, through the
+library (the guard alone, a guarded pipeline) and through the service (real marks, real decoder)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.fusion import FusionConfig, fuse
+from detector.result import FORGED, WATERMARKED, WatermarkEvidence
+from detector.scoring.probes import ProbeGuard
+from tests.conftest import bundle_with_watermark
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, np.ndarray]:
+    """256 px crops of three bundled photos."""
+    from detector.corpus.photos import bundled_photos, load_photos
+
+    names = ("skimage-astronaut", "skimage-coffee", "skimage-chelsea")
+    loaded = dict(load_photos([p for p in bundled_photos() if p.name in names]))
+    return {name.split("-")[1]: np.ascontiguousarray(loaded[name][60:316, 100:356]) for name in names}
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+
+
+def evidence(status: str) -> WatermarkEvidence:
+    return WatermarkEvidence(detected=status == "watermarked", p_value=1e-12, status=status, payload="7")
+
+
+def test_the_same_picture_matches_after_benign_edits_and_another_picture_does_not(photos):
+    guard = ProbeGuard()
+    a = photos["astronaut"]
+    guard.remember(guard.fingerprint(a))
+    half = np.asarray(Image.fromarray(a).resize((128, 128), Image.Resampling.LANCZOS))
+    noise = np.random.default_rng(0).normal(0, 6, a.shape)  # a copied residual at about 32 dB
+    for same in (jpeg(a, 50), half, np.clip(a + noise, 0, 255).astype(np.uint8), a[:, ::-1]):
+        assert guard.matches(guard.fingerprint(same)) == 1
+    for other in (photos["coffee"], photos["chelsea"]):
+        assert guard.matches(guard.fingerprint(other)) == 0
+
+
+def test_review_remembers_forged_pictures_and_contests_a_later_watermarked_reading(photos):
+    guard = ProbeGuard()
+    a, b = photos["astronaut"], photos["coffee"]
+    assert guard.review(a, evidence("watermarked")).status == "watermarked"  # nothing seen yet
+    assert guard.review(a, evidence("absent")).status == "absent" and len(guard) == 0
+    assert guard.review(jpeg(a, 70), evidence("forged")).status == "forged" and len(guard) == 1
+    contested = guard.review(a, evidence("watermarked"))
+    assert contested.status == "forged" and not contested.detected and "probe guard" in contested.note
+    assert len(guard) == 2  # remembered too: a slow drift of edits stays caught
+    result = fuse("a.png", {"clip": 0.3}, None, FusionConfig(), watermark=contested)
+    assert result.verdict == FORGED and result.p_ai == pytest.approx(0.3)
+    assert guard.review(b, evidence("watermarked")).status == "watermarked"  # another picture
+
+
+def test_capacity_forgets_the_oldest_picture_first(photos):
+    guard = ProbeGuard(capacity=2)
+    a, b, c = photos["astronaut"], photos["coffee"], photos["chelsea"]
+    for image in (a, b, c):
+        guard.remember(guard.fingerprint(image))
+    assert len(guard) == 2
+    assert guard.matches(guard.fingerprint(a)) == 0
+    assert guard.matches(guard.fingerprint(b)) == guard.matches(guard.fingerprint(c)) == 1
+    with pytest.raises(ValueError, match="capacity"):
+        ProbeGuard(capacity=0)
+
+
+def test_service_gives_a_copy_attacker_one_try_per_picture(tiny_bundle, tmp_path, photos):
+    """Real marks through the real service: a's mark copied onto b reads forged; after that the owner's
+    own marked b is contested, an unrelated marked image is not, and a service without the guard is
+    the control."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from detector.bundle import ProvenanceDetector
+    from detector.service import KeyStore, ServiceConfig, create_app
+    from detector.watermark import Watermarker
+
+    bundle, key, registry = bundle_with_watermark(tiny_bundle, tmp_path / "bundle")
+    wm = Watermarker(key, registry=registry, search="fast")
+    payload = wm.register("studio-gen", "v1").payload_id
+    a, b = photos["astronaut"], photos["coffee"]
+    marked_a, marked_b = wm.embed_array(a, payload), wm.embed_array(b, payload)
+    copied = np.clip(b + (marked_a.astype(np.float32) - a) + 0.5, 0, 255).astype(np.uint8)
+
+    def png(image):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    detector = ProvenanceDetector.load(bundle)
+
+    def verdicts(client, *images):
+        out = []
+        for name, image in images:
+            response = client.post("/v1/score", files=[("file", (name, png(image), "image/png"))])
+            assert response.status_code == 200, response.text
+            out.append(response.json()["results"][0])
+        return out
+
+    uploads = [("copy.png", copied), ("owner.png", marked_b), ("other.png", marked_a)]
+    with TestClient(create_app(detector, ServiceConfig(probe_memory=0), KeyStore())) as client:
+        control = verdicts(client, *uploads)
+        assert client.get("/v1/health").json()["probe_memory"] is None
+    assert [r["verdict"] for r in control] == [FORGED, WATERMARKED, WATERMARKED]
+    with TestClient(create_app(detector, ServiceConfig(), KeyStore())) as client:
+        copy, owner, other = verdicts(client, *uploads)
+        assert client.get("/v1/health").json()["probe_memory"] == 2
+        assert client.get("/v1/version").json()["probe_guard"]["similarity"] == pytest.approx(0.98)
+    assert copy["verdict"] == FORGED and copy["watermark"]["status"] == "forged"
+    assert owner["verdict"] == FORGED and "probe guard" in owner["watermark"]["note"]
+    assert owner["p_ai"] < control[1]["p_ai"]  # the contested mark no longer pushes p_ai up
+    assert other["verdict"] == WATERMARKED and other["watermark"]["generator"] == "studio-gen"
