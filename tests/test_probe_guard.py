@@ -1,5 +1,5 @@
-"""The probe guard: a picture that carried a copied mark gets no second try at `watermarked`, through the
-library (the guard alone, a guarded pipeline) and through the service (real marks, real decoder)."""
+"""The probe guard: a picture that carried a copied mark gets no second try at `watermarked`, nor does a
+caller past their budget of forged readings; alone and through the service (real marks, real decoder)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 
 from detector.fusion import FusionConfig, fuse
 from detector.result import FORGED, WATERMARKED, WatermarkEvidence
-from detector.scoring.probes import ProbeGuard
+from detector.service.probes import ProbeGuard
 from tests.conftest import bundle_with_watermark
 
 
@@ -59,6 +59,20 @@ def test_review_remembers_forged_pictures_and_contests_a_later_watermarked_readi
     result = fuse("a.png", {"clip": 0.3}, None, FusionConfig(), watermark=contested)
     assert result.verdict == FORGED and result.p_ai == pytest.approx(0.3)
     assert guard.review(b, evidence("watermarked")).status == "watermarked"  # another picture
+
+
+def test_a_caller_past_the_forged_budget_gets_no_mark_taken_as_genuine(photos):
+    guard = ProbeGuard(forged_per_day=2)
+    a, b, c = photos["astronaut"], photos["coffee"], photos["chelsea"]
+    assert guard.review(a, evidence("forged"), caller="key:mallory").status == "forged"
+    assert guard.review(c, evidence("watermarked"), caller="key:mallory").status == "watermarked"  # 1 left
+    assert guard.review(b, evidence("forged"), caller="key:mallory").status == "forged"  # budget spent
+    over = guard.review(c, evidence("watermarked"), caller="key:mallory")
+    assert over.status == "forged" and "budget of 2" in over.note
+    assert guard.review(c, evidence("watermarked"), caller="key:alice").status == "forged"  # c is seen now
+    fresh = photos["astronaut"][::-1].copy()  # another picture (upside down)
+    assert guard.review(fresh, evidence("watermarked"), caller="key:alice").status == "watermarked"
+    assert guard.review(fresh, evidence("watermarked"), caller=None).status == "watermarked"
 
 
 def test_capacity_forgets_the_oldest_picture_first(photos):
@@ -109,12 +123,12 @@ def test_service_gives_a_copy_attacker_one_try_per_picture(tiny_bundle, tmp_path
     uploads = [("copy.png", copied), ("owner.png", marked_b), ("other.png", marked_a)]
     with TestClient(create_app(detector, ServiceConfig(probe_memory=0), KeyStore())) as client:
         control = verdicts(client, *uploads)
-        assert client.get("/v1/health").json()["probe_memory"] is None
+        assert client.get("/v1/health").json()["probe_guard"] is None
     assert [r["verdict"] for r in control] == [FORGED, WATERMARKED, WATERMARKED]
     with TestClient(create_app(detector, ServiceConfig(), KeyStore())) as client:
         copy, owner, other = verdicts(client, *uploads)
-        assert client.get("/v1/health").json()["probe_memory"] == 2
-        assert client.get("/v1/version").json()["probe_guard"]["similarity"] == pytest.approx(0.98)
+        assert client.get("/v1/health").json()["probe_guard"] == {"remembered": 2}
+        assert client.get("/v1/version").json()["probe_guard"]["forged_per_day"] == 20
     assert copy["verdict"] == FORGED and copy["watermark"]["status"] == "forged"
     assert owner["verdict"] == FORGED and "probe guard" in owner["watermark"]["note"]
     assert owner["p_ai"] < control[1]["p_ai"]  # the contested mark no longer pushes p_ai up

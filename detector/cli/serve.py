@@ -81,13 +81,20 @@ def serve_command(
         1, "--score-workers", help="Threads running the model, each on its own micro-batch (several cores)."
     ),
     probe_memory: int = typer.Option(
-        10_000,
+        1000,
         "--probe-memory",
-        help="Pictures the probe guard remembers: once an upload's mark reads `forged`, a later `watermarked` "
-        "reading of the same picture is taken as one more copied mark (0: off).",
+        help="Probe guard against copy attackers (docs/service.md): pictures it remembers once an upload's "
+        "mark reads `forged`; a later `watermarked` reading of the same picture is taken as one more "
+        "copied mark. 0: the guard is off.",
     ),
     probe_similarity: float = typer.Option(
         0.98, "--probe-similarity", help="Cosine of content features above which two uploads are one picture."
+    ),
+    forged_per_day: float = typer.Option(
+        20,
+        "--forged-per-day",
+        help="Forged readings a caller (key or address) may cause a day before none of their marks is "
+        "taken as genuine (0: no budget).",
     ),
     device: str = DEVICE_OPT,
     no_watermark: bool = NO_WATERMARK_OPT,
@@ -122,6 +129,7 @@ def serve_command(
             score_workers=score_workers,
             probe_memory=probe_memory,
             probe_similarity=probe_similarity,
+            forged_per_day=forged_per_day,
         )
         key_store = KeyStore.load(config.keys_file)
     except DetectorError as exc:

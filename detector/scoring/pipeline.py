@@ -169,6 +169,22 @@ class Pipeline:
                 results.append(ProvenanceResult.failed(path, f"fusion failed: {exc}", self.versions))
         return results
 
+    def with_watermark(
+        self, result: ProvenanceResult, watermark: WatermarkEvidence | None
+    ) -> ProvenanceResult:
+        """``result`` fused again with other watermark evidence (what the service's probe guard uses
+        when it contests a mark): the same branches, attribution and credentials."""
+        return fuse(
+            result.path,
+            result.branches,
+            self.fusion,
+            self.config,
+            watermark,
+            result.attribution,
+            result.versions,
+            c2pa=result.c2pa,
+        )
+
     def score_decoded(
         self, paths: Sequence[str], decoded: Sequence[Image.Image | ImageLoadError]
     ) -> list[ProvenanceResult]:

@@ -20,16 +20,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from detector import __version__
-from detector.scoring.probes import ProbeGuard
 from detector.service.auth import KeyStore, RateLimiter
 from detector.service.batching import MicroBatcher
 from detector.service.config import ServiceConfig
+from detector.service.probes import ProbeGuard
 from detector.service.uploads import ServiceError, Upload, check_type, decode_upload, parse_files, read_body
 
 LOG = logging.getLogger("detector.service")
@@ -86,13 +87,11 @@ class Service:
         self.config = config
         self.keys = keys
         self.limiter = RateLimiter()
-        pipeline = detector.pipeline
         self.probes: ProbeGuard | None = None
-        if config.probe_memory and pipeline.watermark is not None:  # we answer `watermarked`: an oracle
-            self.probes = ProbeGuard(config.probe_memory, config.probe_similarity)
-            pipeline = replace(pipeline, watermark=self.probes.guard(pipeline.watermark))
+        if config.probe_memory and detector.pipeline.watermark is not None:  # we answer `watermarked`
+            self.probes = ProbeGuard(config.probe_memory, config.probe_similarity, config.forged_per_day)
         self.batcher = MicroBatcher(
-            pipeline.score_batch,
+            detector.pipeline.score_batch,
             max_batch=config.batch_size,
             max_wait_s=config.batch_wait_ms / 1000.0,
             workers=config.score_workers,
@@ -150,7 +149,7 @@ class Service:
 
     # ------------------------------------------------------------------ scoring
     async def score(self, request) -> dict[str, Any]:
-        self.authorize(request)
+        caller = self.authorize(request)
         config = self.config
         try:  # a client that trickles its body does not hold a connection forever
             body = await asyncio.wait_for(read_body(request, config.max_request_bytes), config.timeout_s)
@@ -172,7 +171,7 @@ class Service:
         self.in_flight += len(files)
         uploads: list[Upload] = []
         try:
-            return await asyncio.wait_for(self._score_files(files, uploads), config.timeout_s)
+            return await asyncio.wait_for(self._score_files(files, uploads, caller), config.timeout_s)
         except asyncio.TimeoutError:
             raise ServiceError(504, "timeout", f"not scored within {config.timeout_s:g} s") from None
         finally:
@@ -180,7 +179,9 @@ class Service:
             for upload in uploads:
                 upload.remove()
 
-    async def _score_files(self, files: list[tuple[str, bytes]], uploads: list[Upload]) -> dict[str, Any]:
+    async def _score_files(
+        self, files: list[tuple[str, bytes]], uploads: list[Upload], caller: str
+    ) -> dict[str, Any]:
         futures = [
             self.decode_pool.submit(decode_upload, name, data, self.config.max_pixels, self.temp_dir)
             for name, data in files
@@ -214,11 +215,26 @@ class Service:
             for future in futures:
                 future.cancel()  # not scored yet: the batcher drops it
             raise
+        if self.probes is not None:  # fingerprints off the event loop; only marked images need one
+            loop = asyncio.get_running_loop()
+            results = [
+                await loop.run_in_executor(self.decode_pool, self._guarded, r, u.image, caller)
+                if r.watermark is not None
+                else r
+                for r, u in zip(results, uploads, strict=True)
+            ]
         results = [replace(r, path=u.name) for r, u in zip(results, uploads, strict=True)]
         return {
             "results": [r.to_dict() for r in results],
             "branch_p_ai": [branch_probabilities(self.detector, r) for r in results],
         }
+
+    def _guarded(self, result, image, caller: str):
+        """The result as the probe guard lets it stand (fused again when it contests the mark)."""
+        evidence = self.probes.review(np.asarray(image), result.watermark, caller)
+        if evidence is result.watermark:
+            return result
+        return self.detector.pipeline.with_watermark(result, evidence)
 
     # ------------------------------------------------------------------ info
     def health(self) -> dict[str, Any]:
@@ -230,7 +246,7 @@ class Service:
             "batches": self.batcher.batches,
             "images": self.batcher.images,
             "largest_batch": self.batcher.largest_batch,
-            "probe_memory": None if self.probes is None else len(self.probes),
+            "probe_guard": None if self.probes is None else {"remembered": len(self.probes)},
         }
 
     def version(self) -> dict[str, Any]:
@@ -255,9 +271,7 @@ class Service:
                 "rate_limit_per_minute": self.config.rate_limit,
                 "anonymous_rate_limit_per_minute": self.config.anonymous_rate_limit,
             },
-            "probe_guard": None
-            if self.probes is None
-            else {"capacity": self.probes.capacity, "similarity": self.probes.similarity},
+            "probe_guard": None if self.probes is None else self.probes.describe(),
         }
 
 

@@ -104,25 +104,33 @@ def add_key(path: str | os.PathLike, name: str) -> str:
 
 
 class RateLimiter:
-    """A token bucket per caller: ``per_minute`` requests a minute, bursts up to the same number."""
+    """A token bucket per caller: ``per_minute`` tokens a minute, bursts up to ``burst`` (by default the
+    same number). Requests spend them (``allow``); the probe guard also spends one per forged reading."""
 
     def __init__(self, max_callers: int = 100_000):
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
         self.max_callers = max_callers
 
-    def allow(self, caller: str, per_minute: float) -> float:
+    def _level(self, caller: str, per_minute: float, burst: float, now: float) -> float:
+        tokens, last = self._buckets.get(caller, (burst, now))
+        return min(burst, tokens + (now - last) * per_minute / 60.0)
+
+    def tokens(self, caller: str, per_minute: float, burst: float | None = None) -> float:
+        """The caller's tokens now, spending none."""
+        burst = per_minute if burst is None else burst
+        with self._lock:
+            return self._level(caller, per_minute, burst, time.monotonic())
+
+    def allow(self, caller: str, per_minute: float, burst: float | None = None) -> float:
         """0 when the request may go ahead (a token is spent), else the seconds to wait for one."""
-        rate = per_minute / 60.0
+        burst = per_minute if burst is None else burst
         now = time.monotonic()
         with self._lock:
-            tokens, last = self._buckets.get(caller, (per_minute, now))
-            tokens = min(per_minute, tokens + (now - last) * rate)
-            if tokens >= 1.0:
-                self._buckets[caller] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[caller] = (tokens, now)
+            tokens = self._level(caller, per_minute, burst, now)
+            spent = tokens >= 1.0
+            self._buckets[caller] = (tokens - 1.0 if spent else tokens, now)
             if len(self._buckets) > self.max_callers:  # forget the oldest callers (bounded memory)
                 for old in sorted(self._buckets, key=lambda k: self._buckets[k][1])[: self.max_callers // 10]:
                     del self._buckets[old]
-            return (1.0 - tokens) / rate
+        return 0.0 if spent else (1.0 - tokens) * 60.0 / per_minute

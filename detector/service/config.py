@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from detector.config import ConfigError
 from detector.io import DEFAULT_MAX_PIXELS
-from detector.scoring.probes import CAPACITY, SIMILARITY
+from detector.service.probes import CAPACITY, FORGED_PER_DAY, SIMILARITY
 
 PAGE_MODES = ("open", "keyed")
 
@@ -31,8 +31,11 @@ class ServiceConfig:
     max_queue: int = 64  # images decoding or waiting for the model; beyond this: 503
     decode_workers: int = 2  # threads decoding uploads (off the event loop)
     score_workers: int = 1  # threads running the model (one forward at a time each)
-    probe_memory: int = CAPACITY  # pictures the probe guard remembers (detector.scoring.probes); 0: off
+    probe_memory: int = CAPACITY  # pictures the probe guard remembers (detector.service.probes); 0: off
     probe_similarity: float = SIMILARITY  # cosine of content features above which two uploads are one picture
+    forged_per_day: float = (
+        FORGED_PER_DAY  # forged readings a caller may cause a day (probe guard); 0: no budget
+    )
 
     def __post_init__(self) -> None:
         if self.page not in PAGE_MODES:
@@ -44,7 +47,9 @@ class ServiceConfig:
             raise ConfigError("timeout_s must be positive")
         if self.rate_limit < 0 or self.anonymous_rate_limit < 0:
             raise ConfigError("rate limits must be >= 0 (0: no limit)")
-        if self.probe_memory < 0 or not 0.0 < self.probe_similarity <= 1.0:
-            raise ConfigError("probe_memory must be >= 0 (0: off) and probe_similarity in (0, 1]")
+        if self.probe_memory < 0 or self.forged_per_day < 0 or not 0.0 < self.probe_similarity <= 1.0:
+            raise ConfigError(
+                "probe_memory and forged_per_day must be >= 0 (0: off) and probe_similarity in (0, 1]"
+            )
         if self.decode_workers < 1 or self.score_workers < 1:
             raise ConfigError("decode_workers and score_workers must be at least 1")
