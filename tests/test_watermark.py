@@ -433,6 +433,7 @@ def test_cli_bad_key_file_is_a_clean_error(tmp_path):
     assert res.exit_code == 2 and "malformed key file" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.slow  # a training run (14 s): the fast tier keeps its 2-minute budget
 def test_cli_train_tiny_run_resumes_and_exports(tmp_path):
     run = tmp_path / "run"
     args = [
