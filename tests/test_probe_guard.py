@@ -11,7 +11,7 @@ from PIL import Image
 
 from detector.fusion import FusionConfig, fuse
 from detector.result import FORGED, WATERMARKED, WatermarkEvidence
-from detector.service.probes import ProbeGuard
+from detector.service.probes import ProbeGuard, ProbeStateError
 from tests.conftest import bundle_with_watermark
 
 
@@ -87,10 +87,47 @@ def test_capacity_forgets_the_oldest_picture_first(photos):
         ProbeGuard(capacity=0)
 
 
+def test_state_file_carries_pictures_and_budgets_across_a_restart_and_a_bad_one_is_refused(photos, tmp_path):
+    a, b = photos["astronaut"], photos["coffee"]
+    state = tmp_path / "probes.npz"
+    first = ProbeGuard(capacity=3, forged_per_day=1)
+    first.attach(state)  # nothing there yet
+    for image in (photos["chelsea"], b, a, jpeg(a, 80)):  # one more than fits: chelsea is forgotten
+        first.review(image, evidence("forged"), caller="key:mallory")
+    first.save()
+    second = ProbeGuard(capacity=3, forged_per_day=1)
+    second.attach(state)
+    assert len(second) == 3 and second.describe()["state_file"]
+    assert second.matches(second.fingerprint(a)) == 2 and second.matches(second.fingerprint(b)) == 1
+    assert second.matches(second.fingerprint(photos["chelsea"])) == 0
+    upside_down = photos["chelsea"][::-1].copy()
+    assert (
+        second.review(upside_down, evidence("watermarked"), caller="key:mallory").status == "forged"
+    )  # budget
+    assert (
+        second.review(upside_down, evidence("watermarked"), caller="key:alice").status == "forged"
+    )  # seen now
+    small = ProbeGuard(capacity=2)
+    small.attach(state)  # the newest that fit
+    assert len(small) == 2 and small.matches(small.fingerprint(b)) == 0
+    state.write_bytes(b"not an npz")
+    with pytest.raises(ProbeStateError, match="not a probe-guard state file"):
+        ProbeGuard().attach(state)
+    np.savez(
+        state,
+        scheme=np.array("dct-simhash-v1"),
+        memory=np.zeros((1, 2, 15), np.float32),
+        callers=np.array([], dtype=str),
+        budgets=np.zeros((0, 2)),
+    )
+    with pytest.raises(ProbeStateError, match="another content hash"):
+        ProbeGuard().attach(state)
+
+
 def test_service_gives_a_copy_attacker_one_try_per_picture(tiny_bundle, tmp_path, photos):
-    """Real marks through the real service: a's mark copied onto b reads forged; after that the owner's
-    own marked b is contested, an unrelated marked image is not, and a service without the guard is
-    the control."""
+    """Real marks through the real service: a's mark copied onto b reads forged; after that (and a
+    restart) the owner's own marked b is contested, an unrelated marked image is not, and a service
+    without the guard is the control."""
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
@@ -125,11 +162,35 @@ def test_service_gives_a_copy_attacker_one_try_per_picture(tiny_bundle, tmp_path
         control = verdicts(client, *uploads)
         assert client.get("/v1/health").json()["probe_guard"] is None
     assert [r["verdict"] for r in control] == [FORGED, WATERMARKED, WATERMARKED]
-    with TestClient(create_app(detector, ServiceConfig(), KeyStore())) as client:
-        copy, owner, other = verdicts(client, *uploads)
-        assert client.get("/v1/health").json()["probe_guard"] == {"remembered": 2}
+    state = str(tmp_path / "probes.npz")
+    with TestClient(create_app(detector, ServiceConfig(probe_state=state), KeyStore())) as client:
+        (copy,) = verdicts(client, uploads[0])
+        assert client.get("/v1/health").json()["probe_guard"] == {"remembered": 1}
         assert client.get("/v1/version").json()["probe_guard"]["forged_per_day"] == 20
+    with TestClient(create_app(detector, ServiceConfig(probe_state=state), KeyStore())) as client:
+        owner, other = verdicts(client, *uploads[1:])  # after a restart: the copy is remembered
+        assert client.get("/v1/health").json()["probe_guard"] == {"remembered": 2}
     assert copy["verdict"] == FORGED and copy["watermark"]["status"] == "forged"
     assert owner["verdict"] == FORGED and "probe guard" in owner["watermark"]["note"]
     assert owner["p_ai"] < control[1]["p_ai"]  # the contested mark no longer pushes p_ai up
     assert other["verdict"] == WATERMARKED and other["watermark"]["generator"] == "studio-gen"
+
+
+def test_serve_cli_refuses_a_bad_state_file_and_bad_guard_settings(tiny_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from detector.cli import app as cli
+
+    from detector.watermark import Watermarker
+
+    bundle, key, registry = bundle_with_watermark(tiny_bundle, tmp_path / "bundle")
+    Watermarker(key, registry=registry).register("studio-gen", "v1")  # the bundle's registry must exist
+    (tmp_path / "state.npz").write_bytes(b"\x00" * 64)
+    runner = CliRunner()
+    bad_state = runner.invoke(
+        cli, ["serve", "--model", str(bundle), "--probe-state", str(tmp_path / "state.npz")]
+    )
+    assert bad_state.exit_code == 2 and "not a probe-guard state file" in " ".join(bad_state.output.split())
+    assert "Traceback" not in bad_state.output
+    bad_similarity = runner.invoke(cli, ["serve", "--model", str(bundle), "--probe-similarity", "1.5"])
+    assert bad_similarity.exit_code == 2 and "probe_similarity" in bad_similarity.output

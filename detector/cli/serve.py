@@ -90,6 +90,12 @@ def serve_command(
     probe_similarity: float = typer.Option(
         0.98, "--probe-similarity", help="Cosine of content features above which two uploads are one picture."
     ),
+    probe_state: Path | None = typer.Option(
+        None,
+        "--probe-state",
+        help="File where the probe guard keeps what it remembers across restarts (saved at most once a "
+        "minute and at shutdown). Without it a restart forgets.",
+    ),
     forged_per_day: float = typer.Option(
         20,
         "--forged-per-day",
@@ -130,6 +136,7 @@ def serve_command(
             probe_memory=probe_memory,
             probe_similarity=probe_similarity,
             forged_per_day=forged_per_day,
+            probe_state=str(probe_state) if probe_state else None,
         )
         key_store = KeyStore.load(config.keys_file)
     except DetectorError as exc:
@@ -143,8 +150,12 @@ def serve_command(
     )
     # Beyond this many open connections uvicorn answers 503 itself: bounds the memory bodies can take.
     concurrency = max(100, 4 * max_queue)
+    try:
+        app = create_app(detector, config, key_store)
+    except DetectorError as exc:
+        fail(str(exc))
     uvicorn.run(
-        create_app(detector, config, key_store),
+        app,
         host=host,
         port=port,
         log_level="info",

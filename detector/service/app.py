@@ -90,6 +90,8 @@ class Service:
         self.probes: ProbeGuard | None = None
         if config.probe_memory and detector.pipeline.watermark is not None:  # we answer `watermarked`
             self.probes = ProbeGuard(config.probe_memory, config.probe_similarity, config.forged_per_day)
+            if config.probe_state:
+                self.probes.attach(config.probe_state)
         self.batcher = MicroBatcher(
             detector.pipeline.score_batch,
             max_batch=config.batch_size,
@@ -107,6 +109,8 @@ class Service:
 
     def stop(self) -> None:
         self.batcher.stop()
+        if self.probes is not None and self.probes.state_path is not None:
+            self.probes.save()
         if self.decode_pool is not None:
             self.decode_pool.shutdown(wait=True, cancel_futures=True)
         if self.temp_dir is not None:

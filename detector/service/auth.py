@@ -134,3 +134,14 @@ class RateLimiter:
                 for old in sorted(self._buckets, key=lambda k: self._buckets[k][1])[: self.max_callers // 10]:
                     del self._buckets[old]
         return 0.0 if spent else (1.0 - tokens) * 60.0 / per_minute
+
+    def snapshot(self) -> dict[str, tuple[float, float]]:
+        """caller -> (tokens, wall-clock time of their last update): what :meth:`restore` takes back."""
+        offset = time.time() - time.monotonic()
+        with self._lock:
+            return {caller: (tokens, last + offset) for caller, (tokens, last) in self._buckets.items()}
+
+    def restore(self, buckets: dict[str, tuple[float, float]]) -> None:
+        offset = time.time() - time.monotonic()
+        with self._lock:
+            self._buckets = {caller: (tokens, last - offset) for caller, (tokens, last) in buckets.items()}

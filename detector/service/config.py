@@ -31,11 +31,13 @@ class ServiceConfig:
     max_queue: int = 64  # images decoding or waiting for the model; beyond this: 503
     decode_workers: int = 2  # threads decoding uploads (off the event loop)
     score_workers: int = 1  # threads running the model (one forward at a time each)
-    probe_memory: int = CAPACITY  # pictures the probe guard remembers (detector.service.probes); 0: off
-    probe_similarity: float = SIMILARITY  # cosine of content features above which two uploads are one picture
-    forged_per_day: float = (
-        FORGED_PER_DAY  # forged readings a caller may cause a day (probe guard); 0: no budget
-    )
+    # The probe guard (detector.service.probes): pictures remembered (0: off), the cosine of content
+    # features at which two uploads are one picture, forged readings a caller may cause a day (0: no
+    # budget), and the file its state is kept in across restarts (None: forgotten on restart).
+    probe_memory: int = CAPACITY
+    probe_similarity: float = SIMILARITY
+    forged_per_day: float = FORGED_PER_DAY
+    probe_state: str | None = None
 
     def __post_init__(self) -> None:
         if self.page not in PAGE_MODES:

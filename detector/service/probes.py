@@ -19,17 +19,23 @@ photos. Every failed try reads ``forged``. So the guard contests (reports ``forg
   before every try still gets about ``forged_per_day`` tries a day per API key.
 
 What it costs: an honest marked image whose picture was earlier submitted with a copied mark, or
-scored by a caller over budget, reads ``forged`` too; its note says why. State lives in the process
-and is lost on restart.
+scored by a caller over budget, reads ``forged`` too; its note says why. State lives in the process;
+with a state file (``detector serve --probe-state``) it is saved atomically at most once a minute and
+at shutdown, and read back at start, so a restart does not hand the attacker fresh tries.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 
+from detector.errors import DetectorError
+from detector.io import atomic_write_bytes
 from detector.result import WatermarkEvidence
 from detector.service.auth import RateLimiter
 from detector.watermark.binding import SCHEME, content_features, trim_border
@@ -50,6 +56,14 @@ OVER_BUDGET_NOTE = (
     "{budget}: a copy attacker tries marks until one passes, so no mark is taken as genuine for this "
     "caller until the budget refills (probe guard)"
 )
+
+
+#: Seconds between two saves of the state file while readings come in.
+SAVE_EVERY_S = 60.0
+
+
+class ProbeStateError(DetectorError, ValueError):
+    """A probe-guard state file that cannot be read back (the guard would start blind)."""
 
 
 class ProbeGuard:
@@ -77,6 +91,8 @@ class ProbeGuard:
         self._next = 0
         self._lock = threading.Lock()
         self.budgets = RateLimiter()
+        self.state_path: Path | None = None
+        self._saved_at = 0.0
 
     def __len__(self) -> int:
         return self._size
@@ -129,7 +145,56 @@ class ProbeGuard:
             evidence = dataclasses.replace(evidence, detected=False, status="forged", note=note)
         self.remember(fingerprint)
         self._over_budget(caller, spend=True)
+        if self.state_path is not None and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+            self.save()
         return evidence
+
+    # ------------------------------------------------------------------ state file
+    def save(self, path: str | Path | None = None) -> None:
+        """Write the remembered pictures (oldest first) and the callers' budgets, atomically."""
+        path = Path(path or self.state_path)
+        with self._lock:
+            order = (
+                [(self._next + i) % self.capacity for i in range(self.capacity)]
+                if self._size == self.capacity
+                else list(range(self._size))
+            )
+            memory = self._memory[order].copy()
+        buckets = self.budgets.snapshot()
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            scheme=np.array(self.scheme),
+            memory=memory,
+            callers=np.array(list(buckets), dtype=str),
+            budgets=np.array(list(buckets.values()), dtype=np.float64).reshape(-1, 2),
+        )
+        atomic_write_bytes(path, buffer.getvalue())
+        self._saved_at = time.monotonic()
+
+    def attach(self, path: str | Path) -> None:
+        """Use ``path`` as the state file: read it back if it exists, save to it from now on."""
+        path = Path(path)
+        if path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    scheme, memory = str(data["scheme"]), np.asarray(data["memory"], np.float32)
+                    callers, budgets = [str(c) for c in data["callers"]], np.asarray(data["budgets"], float)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ProbeStateError(f"{path}: not a probe-guard state file ({exc})") from exc
+            if scheme != self.scheme or memory.ndim != 3 or memory.shape[1:] != self._memory.shape[1:]:
+                raise ProbeStateError(f"{path}: saved for another content hash ({scheme}, {memory.shape})")
+            if budgets.shape != (len(callers), 2):
+                raise ProbeStateError(f"{path}: malformed caller budgets")
+            memory = memory[-self.capacity :]
+            with self._lock:
+                self._memory[: len(memory)] = memory
+                self._size, self._next = len(memory), len(memory) % self.capacity
+            self.budgets.restore(
+                {c: (float(t), float(w)) for c, (t, w) in zip(callers, budgets, strict=True)}
+            )
+        self.state_path = path
+        self._saved_at = time.monotonic()
 
     def describe(self) -> dict:
         return {
@@ -137,4 +202,5 @@ class ProbeGuard:
             "similarity": self.similarity,
             "forged_per_day": self.forged_per_day,
             "remembered": len(self),
+            "state_file": self.state_path is not None,
         }
