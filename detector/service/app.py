@@ -223,7 +223,7 @@ class Service:
             loop = asyncio.get_running_loop()
             results = [
                 await loop.run_in_executor(self.decode_pool, self._guarded, r, u.image, caller)
-                if r.watermark is not None
+                if self.probes.concerns(r.watermark)
                 else r
                 for r, u in zip(results, uploads, strict=True)
             ]

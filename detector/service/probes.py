@@ -125,13 +125,18 @@ class ProbeGuard:
             return self.budgets.allow(caller, per_minute, burst) > 0
         return self.budgets.tokens(caller, per_minute, burst) < 1.0
 
+    @staticmethod
+    def concerns(evidence: WatermarkEvidence | None) -> bool:
+        """Whether :meth:`review` looks at this evidence (a mark of our key was read at all)."""
+        return evidence is not None and evidence.status in ("forged", "watermarked")
+
     def review(
         self, image: np.ndarray, evidence: WatermarkEvidence | None, caller: str | None = None
     ) -> WatermarkEvidence | None:
         """The evidence as the guard lets it stand. ``forged`` readings are remembered and spend the
         caller's budget; a ``watermarked`` reading on a remembered picture, or for a caller without
         budget, becomes ``forged`` (and counts as one)."""
-        if evidence is None or evidence.status not in ("forged", "watermarked"):
+        if not self.concerns(evidence):
             return evidence
         fingerprint = self.fingerprint(image)
         if evidence.status == "watermarked":
