@@ -89,7 +89,8 @@ class ProbeGuard:
         self._memory = np.zeros((capacity, 2, width), np.float32)
         self._size = 0
         self._next = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the memory's arrays
+        self._decide = threading.Lock()  # one review's check-and-remember at a time
         self.budgets = RateLimiter()
         self.state_path: Path | None = None
         self._saved_at = 0.0
@@ -139,17 +140,18 @@ class ProbeGuard:
         if not self.concerns(evidence):
             return evidence
         fingerprint = self.fingerprint(image)
-        if evidence.status == "watermarked":
-            seen = self.matches(fingerprint)
-            if seen:
-                note = SEEN_NOTE.format(n=seen)
-            elif self._over_budget(caller, spend=False):
-                note = OVER_BUDGET_NOTE.format(budget=f"{self.forged_per_day:g}")
-            else:
-                return evidence
-            evidence = dataclasses.replace(evidence, detected=False, status="forged", note=note)
-        self.remember(fingerprint)
-        self._over_budget(caller, spend=True)
+        with self._decide:  # check and remember at once: concurrent tries on a picture get one between them
+            if evidence.status == "watermarked":
+                seen = self.matches(fingerprint)
+                if seen:
+                    note = SEEN_NOTE.format(n=seen)
+                elif self._over_budget(caller, spend=False):
+                    note = OVER_BUDGET_NOTE.format(budget=f"{self.forged_per_day:g}")
+                else:
+                    return evidence
+                evidence = dataclasses.replace(evidence, detected=False, status="forged", note=note)
+            self.remember(fingerprint)
+            self._over_budget(caller, spend=True)
         if self.state_path is not None and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
             self.save()
         return evidence
