@@ -180,7 +180,6 @@ def test_serve_cli_refuses_a_bad_state_file_and_bad_guard_settings(tiny_bundle, 
     from typer.testing import CliRunner
 
     from detector.cli import app as cli
-
     from detector.watermark import Watermarker
 
     bundle, key, registry = bundle_with_watermark(tiny_bundle, tmp_path / "bundle")
