@@ -69,6 +69,7 @@ function explain(r) {
     parts.push(`Our watermark was found (p-value ${fmtP(r.watermark.p_value)}): made${gen}.`);
   } else if (r.verdict === "forged") {
     parts.push(`A mark of our key was found that does not belong to this image (${r.watermark ? r.watermark.status : "forged"}): someone copied or tried to remove a watermark. It says nothing about whether the image is AI-generated; P(AI) ${fmt(r.p_ai)} is the passive branches' score.`);
+    if (r.watermark && r.watermark.note) parts.push(`Why: ${r.watermark.note}.`);
   } else if (r.c2pa && r.c2pa.state === "valid" && r.c2pa.ai_declared) {
     parts.push("Its Content Credentials are valid and declare the image AI-generated.");
   } else if (r.verdict === "uncertain") {
