@@ -44,6 +44,15 @@ def thumb(image: np.ndarray) -> np.ndarray:
     return np.asarray(luma.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.uint8)
 
 
+def generated_rows(manifest: str | Path, n: int) -> list[dict]:
+    """``n`` generated (fake) rows of a corpus manifest, drawn once with a fixed seed: the generated
+    images every script of this folder uses (capture, oracle attack, probe guard)."""
+    with open(manifest, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["label"] == "fake"]
+    pick = np.random.default_rng(7).choice(len(rows), min(n, len(rows)), replace=False)
+    return [rows[k] for k in sorted(pick)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=45, help="marked crops of the training photos")
@@ -76,10 +85,8 @@ def main() -> None:
     generated = np.zeros((0, SIDE, SIDE), np.uint8)
     if args.corpus:
         root = Path(args.corpus).parent
-        with open(args.corpus, newline="") as handle:
-            rows = [r for r in csv.DictReader(handle) if r["label"] == "fake"]
-        pick = np.random.default_rng(7).choice(len(rows), min(args.generated, len(rows)), replace=False)
-        generated = np.stack([thumb(load_image_array(root / rows[k]["path"])) for k in sorted(pick)])
+        rows = generated_rows(args.corpus, args.generated)
+        generated = np.stack([thumb(load_image_array(root / r["path"])) for r in rows])
     np.savez_compressed(
         args.out,
         seen=seen,

@@ -23,7 +23,6 @@ draws from them) and generated images of the corpus.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "watermark_attacks"))
 
+from capture import generated_rows  # noqa: E402
 from run import crops  # noqa: E402
 
 from detector.corpus.photos import catalogue, load_photos  # noqa: E402
@@ -80,10 +80,7 @@ def main() -> None:
     sources = [x for _, x in crops(trained, args.crops, 384, seed=9)]
     if args.corpus:
         root = Path(args.corpus).parent
-        with open(args.corpus, newline="") as handle:
-            rows = [r for r in csv.DictReader(handle) if r["label"] == "fake"]
-        pick = np.random.default_rng(7).choice(len(rows), min(args.generated, len(rows)), replace=False)
-        sources += [load_image_array(root / rows[k]["path"]) for k in sorted(pick)]
+        sources += [load_image_array(root / r["path"]) for r in generated_rows(args.corpus, args.generated)]
     report = {
         "provenance": provenance(args.corpus),
         "targets": len(targets),

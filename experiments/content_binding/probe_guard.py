@@ -28,7 +28,6 @@ features within cosine ``--similarity``). This script measures, with the shipped
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
@@ -42,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "watermark_attacks"))
 
 import attacks  # noqa: E402
+from capture import generated_rows  # noqa: E402
 from oracle_attack import accepted_share  # noqa: E402
 from run import crops  # noqa: E402
 
@@ -104,8 +104,8 @@ def greedy_distinct(fps: np.ndarray, threshold: float) -> list[int]:
     return taken
 
 
-def choice_set(args, trained, generated_rows, root) -> dict:
-    """Threshold table on the choice set."""
+def choice_set(trained, generated: list[np.ndarray], groups: list[str]) -> dict:
+    """Threshold table on the choice set (``groups``: the photo each generated image was made from)."""
     marked = crops(trained, 45, 384, seed=5)
     clean = fingerprints([x for _, x in marked])
     transforms = attacks.TRANSFORMS | attacks.BENIGN_EXTRA
@@ -119,8 +119,8 @@ def choice_set(args, trained, generated_rows, root) -> dict:
     cf = fingerprints([x for _, x in extra])
     cc = similarity(cf, cf)
     different = np.triu(photo[:, None] != photo[None, :], 1)
-    gf = fingerprints([load_image_array(root / r["path"]) for r in generated_rows])
-    group = np.array([r["group"] for r in generated_rows])
+    gf = fingerprints(generated)
+    group = np.array(groups)
     gg = similarity(gf, gf)
     other_group = np.triu(group[:, None] != group[None, :], 1)
     same_group = np.triu(group[:, None] == group[None, :], 1)
@@ -153,15 +153,14 @@ def main() -> None:
     torch.set_num_threads(1)
     t = args.similarity
     root = Path(args.corpus).parent
-    with open(args.corpus, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["label"] == "fake"]
-    pick = np.random.default_rng(7).choice(len(rows), min(args.generated, len(rows)), replace=False)
-    generated_rows = [rows[k] for k in sorted(pick)]
+    rows = generated_rows(args.corpus, args.generated)
+    generated = [load_image_array(root / r["path"]) for r in rows]
+    groups = [r["group"] for r in rows]
     trained = load_photos([p for p in catalogue() if p.name in CHECKPOINT_TRAINED_ON])
     report = {"provenance": provenance(args.corpus), "similarity": t, "choice_set": None, "test": {}}
 
     print("1. choice set", flush=True)
-    report["choice_set"] = choice_set(args, trained, generated_rows, root)
+    report["choice_set"] = choice_set(trained, generated, groups)
     for name, rates in report["choice_set"].items():
         if name != "benign_edits_cosine_to_unedited":
             print(f"  {name}: {rates}")
@@ -189,15 +188,12 @@ def main() -> None:
     report["test"]["copies_min_psnr_db"] = psnr
     print(f"  copies matching their photo: {copies} (lowest PSNR {psnr})", flush=True)
 
-    sources = [x for _, x in crops(trained, args.crops, 384, seed=9)]
-    sources += [load_image_array(root / r["path"]) for r in generated_rows]
+    source_crops = crops(trained, args.crops, 384, seed=9)
+    sources = [x for _, x in source_crops] + generated
     sf = fingerprints(sources)
     tt = similarity(tf, tf)[np.triu_indices(len(tf), 1)]
     # a generated image of the corpus made from the same photo is the same picture, not a false match
-    source_photo = np.array(
-        [n.split("#")[0] for n, _ in crops(trained, args.crops, 384, seed=9)]
-        + [r["group"] for r in generated_rows]
-    )
+    source_photo = np.array([n.split("#")[0] for n, _ in source_crops] + groups)
     target_photo = np.array([n.split("#")[0] for n, _ in named])
     other = target_photo[:, None] != source_photo[None, :]
     report["test"]["false_contests"] = {
