@@ -165,13 +165,9 @@ class ProbeGuard:
     def save(self, path: str | Path | None = None) -> None:
         """Write the remembered pictures (oldest first) and the callers' budgets, atomically."""
         path = Path(path or self.state_path)
-        with self._lock:
-            order = (
-                [(self._next + i) % self.capacity for i in range(self.capacity)]
-                if self._size == self.capacity
-                else list(range(self._size))
-            )
-            memory = self._memory[order].copy()
+        with self._lock:  # a full ring's oldest entry is the next to be overwritten
+            full = self._size == self.capacity
+            memory = np.roll(self._memory, -self._next, axis=0) if full else self._memory[: self._size].copy()
         buckets = self.budgets.snapshot()
         buffer = io.BytesIO()
         np.savez(
@@ -194,7 +190,7 @@ class ProbeGuard:
                     callers, budgets = [str(c) for c in data["callers"]], np.asarray(data["budgets"], float)
             except (OSError, ValueError, KeyError) as exc:
                 raise ProbeStateError(f"{path}: not a probe-guard state file ({exc})") from exc
-            if scheme != self.scheme or memory.ndim != 3 or memory.shape[1:] != self._memory.shape[1:]:
+            if scheme != self.scheme or memory.shape[1:] != self._memory.shape[1:]:
                 raise ProbeStateError(f"{path}: saved for another content hash ({scheme}, {memory.shape})")
             if budgets.shape != (len(callers), 2):
                 raise ProbeStateError(f"{path}: malformed caller budgets")
