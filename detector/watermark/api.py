@@ -31,6 +31,7 @@ from detector.watermark.binding import SCHEMES as BINDING_SCHEMES
 from detector.watermark.binding import content_hash, hash_to_int, received_hashes, unrotate
 from detector.watermark.model import WatermarkModel
 from detector.watermark.payload import PayloadCodec, WatermarkKey, load_key
+from detector.watermark.refine import refine_residual
 from detector.watermark.registry import PayloadRecord, PayloadRegistry
 
 DEFAULT_FPR = 1e-6
@@ -164,6 +165,7 @@ class Watermarker:
         tolerance: int = CONTENT_TOLERANCE,
         doubtful: int | None = None,
         scheme: str = BINDING_SCHEME,
+        refine_steps: int = 0,
     ):
         self.key = key if isinstance(key, WatermarkKey) else load_key(key)
         self.model = model if model is not None else load_model(checkpoint)
@@ -196,16 +198,33 @@ class Watermarker:
         if search not in SEARCHES:
             raise WatermarkError(f"search must be one of {SEARCHES}, got {search!r}")
         self.search = search
+        if refine_steps < 0:
+            raise WatermarkError(f"refine_steps must be >= 0, got {refine_steps}")
+        #: Embedding: optimisation steps per image (0, the default: the embedder's plain mark; 15 was
+        #: chosen on the choice set). Opt-in until the attack suite has measured it whole: see
+        #: experiments/watermark_refine/RESULTS.md (a copied refined mark framed one more photo).
+        self.refine_steps = refine_steps
 
     # -- arrays ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def embed_array(self, image: np.ndarray, payload: int, target_psnr: float | None = None) -> np.ndarray:
-        """HxWx3 uint8 -> watermarked HxWx3 uint8 carrying ``payload`` under this key."""
+    def embed_array(
+        self,
+        image: np.ndarray,
+        payload: int,
+        target_psnr: float | None = None,
+        refine_steps: int | None = None,
+    ) -> np.ndarray:
+        """HxWx3 uint8 -> watermarked HxWx3 uint8 carrying ``payload`` under this key.
+
+        ``refine_steps`` (default ``self.refine_steps``) optimises the mark for this image so that it
+        survives JPEG, blur and downscaling (:mod:`.refine`); 0 is the embedder's plain mark."""
         bits = torch.from_numpy(
             self.codec.encode(payload, self.content_of(image)).astype(np.int64)
         ).unsqueeze(0)
-        marked = self.model.embedder(_to_tensor(image), bits, target_psnr)
-        return _to_uint8(marked)
+        x = _to_tensor(image)
+        steps = self.refine_steps if refine_steps is None else refine_steps
+        residual = refine_residual(self.model, x, bits, target_psnr, steps)
+        return _to_uint8((x + residual).clamp(0, 1))
 
     def content_of(self, image: np.ndarray) -> int:
         """The keyed content hash the mark carries for ``image`` (0 when binding is off)."""

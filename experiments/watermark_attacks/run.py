@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> Path:
     torch.set_num_threads(1)
     mode = "bound" if args.content_bits else "legacy"
     key = WatermarkKey(hashlib.sha256(b"watermark-attack-suite").digest())
-    wm = Watermarker(key, model=load_model(args.checkpoint), content_bits=args.content_bits)
+    wm = Watermarker(
+        key, model=load_model(args.checkpoint), content_bits=args.content_bits, refine_steps=args.refine_steps
+    )
     # The exhaustive search (every candidate at every sub-cell phase): run on the marked images the
     # default staged search misses, to count what the staged search's speed costs.
     exhaustive = Watermarker(key, model=wm.model, content_bits=args.content_bits, search="exhaustive")
@@ -473,6 +475,12 @@ def main() -> None:
     parser.add_argument("--attacker-images", type=int, default=8)
     parser.add_argument("--psnr", type=float, default=None, help="embedding strength (default: the model's)")
     parser.add_argument("--content-bits", type=int, default=16, help="0: the legacy unbound mark")
+    parser.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        help="attack-aware embedding steps (detector.watermark.refine); 0: the plain mark of the baseline",
+    )
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--resume", action="store_true", help="continue a stopped full run from its CSV")
