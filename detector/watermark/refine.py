@@ -22,6 +22,7 @@ import random
 import torch
 import torch.nn.functional as F
 
+from detector.watermark.distortions import Blur, Resize
 from detector.watermark.model import WatermarkModel, jnd_mask, working_size
 
 #: Optimisation steps chosen on the choice set (experiments/watermark_refine); embedding is refined
@@ -92,28 +93,17 @@ def jpeg_proxy(x: torch.Tensor, quality: int = 50) -> torch.Tensor:
     return (out / 255)[:, :, :height, :width].clamp(0, 1)
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(2.5 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-(t**2) / (2 * sigma * sigma))
-    k = (k / k.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    return F.conv2d(F.conv2d(x, k, groups=3), k.transpose(2, 3), groups=3)
-
-
 def _views(y: torch.Tensor, scale: float, rng: random.Random) -> list[tuple[torch.Tensor, float]]:
     """What the loss reads: (image, grid factor) for the image as is, after JPEG 40-60, after a blur
     (sigma 0.8-1.5) and after a 0.3-0.5x downscale (the mark's grid shrinks with the image)."""
-    _, _, h, w = y.shape
-    f = rng.uniform(0.3, 0.5)
-    small = F.interpolate(
-        y, size=(max(8, round(h * f)), max(8, round(w * f))), mode="bilinear", antialias=True
-    )
+    f = rng.uniform(0.3, 0.5)  # drawn in this order: factor, quality, sigma
+    quality = rng.randint(40, 60)
+    sigma = rng.uniform(0.8, 1.5)
     return [
         (y, scale),
-        (jpeg_proxy(y, rng.randint(40, 60)), scale),
-        (_blur(y, rng.uniform(0.8, 1.5)), scale),
-        (small, scale * f),
+        (jpeg_proxy(y, quality), scale),
+        (Blur((sigma, sigma))(y), scale),
+        (Resize((f, f))(y), scale * f),
     ]
 
 

@@ -9,16 +9,18 @@ photos declared ``watermarked`` (the forgery criterion), with the copy's PSNR. R
 from __future__ import annotations
 
 import argparse
-import csv
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SUITE = HERE.parent / "watermark_attacks"
+sys.path.insert(0, str(SUITE))
+
+from run import read_csv  # noqa: E402
 
 
 def load(tag: str) -> dict[tuple[str, str], dict]:
-    with open(SUITE / f"results_bound_{tag}.csv", newline="") as handle:
-        return {(r["attack"], r["image"]): r for r in csv.DictReader(handle)}
+    return {(r["attack"], r["image"]): r for r in read_csv(SUITE / f"results_bound_{tag}.csv")}
 
 
 def hit(row: dict) -> bool:
