@@ -54,9 +54,15 @@ def scorer(bundle: Path, trust: Path | None, key: Path | None = None, registry: 
 
 
 def flip_jpeg_pixel_byte(data: bytes) -> bytes:
-    """Flip the low bit of one byte of entropy-coded image data (after the start-of-scan header)."""
-    sos = data.index(b"\xff\xda")
-    start = sos + 2 + struct.unpack(">H", data[sos + 2 : sos + 4])[0]
+    """Flip the low bit of one byte of entropy-coded image data (after the start-of-scan header).
+
+    The segments are walked from SOI: searching for the SOS marker's bytes could land inside the signed
+    manifest (APP11), whose signature and hashes differ from run to run."""
+    pos = 2
+    while data[pos + 1] != 0xDA:
+        assert data[pos] == 0xFF, f"not a JPEG marker at {pos}"
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+    start = pos + 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
     out = bytearray(data)
     for i in range(start + (len(data) - start) // 2, len(data) - 2):
         if out[i - 1] != 0xFF and out[i] not in (0x00, 0xFE, 0xFF):
