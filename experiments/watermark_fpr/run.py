@@ -289,6 +289,9 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
         f"{report['search']['factors']}, rotations {report['search']['angles_deg']} degrees, sub-cell phases "
         "and cyclic shifts, chosen by confidence (key-independent).",
         "",
+        f"Other-key and self-check marks: {report.get('refine_steps', 0)} attack-aware embedding steps "
+        "(0: the embedder's plain mark; `detector.watermark.refine`).",
+        "",
         f"Lattice synchronisation (any resize, aspect, rotation, mirror views): {report['search'].get('lattice_sync')};"
         f" content binding: {report['search'].get('binding')}. 'Any claim' counts `forged` and `inverted` too.",
         "",
@@ -427,12 +430,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--simulate", type=int, default=5000, help="Fair-coin words for the H0 reference.")
+    parser.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        help="embed the other-key and self-check marks with this many attack-aware steps (0: the plain mark)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = WatermarkModel.load(args.checkpoint)
     key_a = WatermarkKey(b"fpr-check-key-A-0123456789abcdef")
     key_b = WatermarkKey(b"fpr-check-key-B-0123456789abcdef")
-    detector, other = Watermarker(key_a, model=model), Watermarker(key_b, model=model)
+    detector = Watermarker(key_a, model=model)
+    other = Watermarker(key_b, model=model, refine_steps=args.refine_steps)
     photos = load_photos(unseen_photos())
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -444,6 +454,7 @@ def main() -> None:
         "fpr": detector.fpr,
         "threshold_matches": detector.codec.threshold(),
         "n_bits": model.cfg.n_bits,
+        "refine_steps": args.refine_steps,
         "search": {
             "factors": model.search_factors,
             "angles_deg": model.search_angles,
