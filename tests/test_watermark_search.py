@@ -84,3 +84,37 @@ def test_screenshot_of_a_marked_image_is_watermarked_not_forged(wm, photo):
     small = np.asarray(Image.fromarray(marked).resize((179, 179), Image.Resampling.LANCZOS))  # 0.7x
     result = wm.detect_array(_screenshot(small))
     assert result.status == "watermarked" and result.payload == 4242
+
+
+def _synthetic_corr(basis: np.ndarray, spurious: list[tuple[int, int]], size: int = 270) -> np.ndarray:
+    """An autocorrelation with weak blobs on the lattice of ``basis`` (noise between) and a few strong
+    isolated peaks (what a textured photo adds), zero lag centred, symmetric as autocorrelations are."""
+    rng = np.random.default_rng(0)
+    centre = size // 2
+    yy, xx = np.mgrid[:size, :size] - centre
+    corr = rng.normal(0, 0.3, (size, size))
+    k = np.arange(-8, 9)
+    for k1 in k:
+        for k2 in k:
+            r, c = k1 * basis[:, 0] + k2 * basis[:, 1]
+            if 0 < np.hypot(r, c) < centre:
+                corr += np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / 1.0)
+    for r, c in spurious:
+        for s in (1, -1):
+            corr += 4.0 * np.exp(-((yy - s * r) ** 2 + (xx - s * c) ** 2) / 1.0)
+    return (corr + corr[::-1, ::-1]) / 2
+
+
+def test_sync_prefers_the_whole_lattice_to_strong_single_peaks_and_to_its_sublattices():
+    from detector.watermark import sync
+
+    turn = np.deg2rad(7.0)
+    true = 22.4 * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    corr = _synthetic_corr(true, spurious=[(30, 3), (12, -25), (27, 27)])
+    first = sync.lattice_candidates(corr)[0]
+    expected = sync._upright(true[:, 0], true[:, 1])
+    assert np.abs(first - expected).max() < 0.3, (first, expected)
+    # Twice the period lands on lattice peaks too, but its half-period coset does as well.
+    white = sync._scores(corr)[0]
+    fits = sync.lattice_fit(white, np.stack([expected, 2 * expected, expected @ np.array([[1, 1], [-1, 1]])]))
+    assert fits[0] > fits[1] + 0.3 and fits[0] > fits[2] + 0.3, fits

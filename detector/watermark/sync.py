@@ -4,7 +4,12 @@ The carrier repeats every ``tile`` cells of the working grid (64 px of the marke
 the decoder's feature map of a marked image is periodic on a lattice, and its autocorrelation peaks at
 the lattice vectors, wherever a resize, a squeeze or a rotation has moved them. We read the two basis
 vectors off those peaks (sub-cell precise, refined on their harmonics), map the image back so that
-the lattice is upright with its native period again, and let the usual decoder read it. A horizontal
+the lattice is upright with its native period again, and let the usual decoder read it. Which
+candidates are read is decided by the whole lattice, not by single peaks: a textured photo puts peaks
+of its own among the lattice's, and a weak lattice's own peaks sit a cell or a few degrees off, so each
+candidate basis is scored by the correlation at all its lattice points (minus that at its half-period
+cosets, so the true lattice beats its own sublattices) and polished in rotation and scale against that
+score (:func:`lattice_fit`). A horizontal
 flip leaves the lattice as it was (a square lattice is its own mirror image), so each candidate is also
 read mirrored.
 
@@ -20,11 +25,23 @@ import math
 import cv2
 import numpy as np
 import torch
+from scipy.ndimage import map_coordinates
 
 #: Lattice vectors are looked for between these lengths (in grid cells of the features' factor).
 MIN_LAG, MAX_LAG = 9.0, 36.0
-#: Rotations beyond this would swap the lattice's axes; the search covers +-45 degrees.
+#: Candidate bases read per feature map (the views the decoder then tries).
 PEAKS_PER_MAP = 3
+#: Bases proposed from the strongest single peaks, of which the ``POLISHED`` best by lattice fit are
+#: polished and ranked again.
+PEAK_POOL, POLISHED = 12, 4
+#: Lattice points a basis is scored on: multiples (k1, k2) with |k| <= this, one of each +- pair.
+FIT_REACH = 6
+#: Polishing: rotations (degrees) and scales tried about the basis, coarse then fine, first for
+#: both vectors at once, then for each alone (aspect changes, shear).
+POLISH_STEPS = (
+    (np.arange(-4.0, 4.01, 1.0), np.arange(0.94, 1.061, 0.02)),
+    (np.arange(-1.0, 1.01, 0.25), np.arange(0.985, 1.0151, 0.005)),
+)
 #: Images at most this small (px) are also searched on a fine grid (lattices of marks shrunk to 0.3x).
 SMALL_SIDE = 200
 #: The second lattice vector is looked for at these lengths relative to the first (aspect changes up to
@@ -116,10 +133,11 @@ def lattice_strength(corr: np.ndarray) -> float:
     return best if np.isfinite(best) else 0.0
 
 
-def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[np.ndarray]:
-    """Candidate lattice bases (2x2, columns = the vertical-ish and horizontal-ish vector, in cells)."""
+def _peak_bases(corr: np.ndarray, score: np.ndarray, masked: np.ndarray, n_peaks: int) -> list[np.ndarray]:
+    """Bases proposed by the ``n_peaks`` strongest lags, each with its best perpendicular partner
+    (``corr``, ``score``, ``masked``: what :func:`_scores` returns)."""
     centre = np.array(corr.shape) // 2
-    corr, score, masked = _scores(corr)
+    masked = masked.copy()
     bases = []
     for _ in range(n_peaks):
         idx = np.unravel_index(int(np.argmax(masked)), masked.shape)
@@ -141,6 +159,78 @@ def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[n
         v2 = _refine(corr, centre, v2)
         bases.append(_upright(v1, v2))
     return bases
+
+
+def _half_plane_multiples(reach: int) -> np.ndarray:
+    """(M, 2) integer multiples (k1, k2) with |k| <= reach, one of each +- pair, (0, 0) left out."""
+    k = np.stack(np.meshgrid(np.arange(-reach, reach + 1), np.arange(-reach, reach + 1)), -1).reshape(-1, 2)
+    return k[(k[:, 0] > 0) | ((k[:, 0] == 0) & (k[:, 1] > 0))].astype(np.float64)
+
+
+_K = _half_plane_multiples(FIT_REACH)
+_COSETS = np.array([[0.5, 0.0], [0.0, 0.5], [0.5, 0.5]])
+
+
+def _mean_at(white: np.ndarray, bases: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """(N, 2, 2) bases -> (N,) mean of ``white`` (zero lag centred) at the lags ``ks @ basis.T`` that
+    lie between 5 cells and the map's edge (bilinear)."""
+    centre = np.array(white.shape) // 2
+    lags = np.einsum("mk,nik->nmi", ks, bases)  # (N, M, 2)
+    radius = np.hypot(lags[..., 0], lags[..., 1])
+    inside = (radius >= 5) & (radius <= min(centre) - 2)
+    values = map_coordinates(white, (lags[..., 0] + centre[0], lags[..., 1] + centre[1]), order=1)
+    count = inside.sum(axis=1)
+    return np.where(count > 0, (values * inside).sum(axis=1) / np.maximum(count, 1), -np.inf)
+
+
+def lattice_fit(white: np.ndarray, bases: np.ndarray) -> np.ndarray:
+    """How well each basis (N, 2, 2) explains a whitened autocorrelation: the mean at its lattice
+    points minus the mean at its best half-period coset (when positive). Twice the true period also
+    lands on lattice peaks, but then a coset does too, so the true lattice scores highest."""
+    own = _mean_at(white, bases, _K)
+    cosets = np.max([_mean_at(white, bases, _K + c) for c in _COSETS], axis=0)
+    return own - np.maximum(cosets, 0.0)
+
+
+def _turns(degrees: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """(len(degrees) * len(scales), 2, 2) rotation-and-scale matrices."""
+    t = np.deg2rad(degrees)[:, None]
+    c, s = np.cos(t) * scales, np.sin(t) * scales
+    return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2).reshape(-1, 2, 2)
+
+
+def _polish(white: np.ndarray, basis: np.ndarray) -> tuple[float, np.ndarray]:
+    """``(fit, basis)``: the basis turned and scaled (both vectors, then each) to where its lattice
+    points' mean correlation is highest (steps this small cannot reach a sublattice, so the cosets are
+    left out until the final fit)."""
+    for degrees, scales in POLISH_STEPS:
+        turns = _turns(degrees, scales)
+        for column in (None, 0, 1):
+            tried = np.repeat(basis[None], len(turns), axis=0)
+            if column is None:
+                tried = turns @ basis
+            else:
+                tried[:, :, column] = turns @ basis[:, column]
+            basis = tried[int(np.argmax(_mean_at(white, tried, _K)))]
+    return float(lattice_fit(white, basis[None])[0]), basis
+
+
+def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[np.ndarray]:
+    """Candidate lattice bases (2x2, columns = the vertical-ish and horizontal-ish vector, in cells),
+    best lattice fit first: proposed by single peaks, the most promising polished against the fit."""
+    white, score, masked = _scores(corr)
+    proposed = _peak_bases(white, score, masked, PEAK_POOL)
+    if not proposed:
+        return []
+    first = lattice_fit(white, np.stack(proposed))
+    ranked = []
+    for i in np.argsort(-first, kind="stable")[:POLISHED]:
+        fit, basis = _polish(white, proposed[i])
+        basis = _upright(basis[:, 0], basis[:, 1])
+        if not any(np.abs(basis - other).max() < 1.0 for _, other in ranked):
+            ranked.append((fit, basis))
+    ranked.sort(key=lambda r: -r[0])
+    return [basis for _, basis in ranked[:n_peaks]]
 
 
 def _upright(v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
