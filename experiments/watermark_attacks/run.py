@@ -177,6 +177,12 @@ def run(args: argparse.Namespace) -> Path:
     return out
 
 
+def _flags(args: argparse.Namespace) -> str:
+    """The options that change what the run measures, as they are typed."""
+    flags = {"--size": (args.size, 384), "--refine-steps": (args.refine_steps, 0), "--tag": (args.tag, "")}
+    return "".join(f" {flag} {value}" for flag, (value, default) in flags.items() if value != default)
+
+
 def _suffix(args: argparse.Namespace) -> str:
     return f"_{args.tag}" if args.tag else ""
 
@@ -386,15 +392,15 @@ def report(args: argparse.Namespace) -> None:
         "",
         "```bash",
         "export DETECTOR_PHOTO_STORE=/path/to/photos   # after `detector corpus photos fetch`",
-        "python experiments/watermark_attacks/run.py",
-        "python experiments/watermark_attacks/run.py --report-only",
+        f"python experiments/watermark_attacks/run.py{_flags(args)}",
+        f"python experiments/watermark_attacks/run.py{_flags(args)} --report-only",
         "```",
         "",
         f"Code: commit `{args.commit}` (the CSV's rows; `git log` of this file for later report-only changes).",
         f"Checkpoint `{args.checkpoint or 'checkpoints/watermark/model.safetensors (shipped)'}`"
         f"{f' (run tag `{args.tag}`)' if args.tag else ''}, at its default strength (PSNR 41 dB), "
         "content binding on, the default (staged)",
-        "search. Images: one 384 px square crop of each catalogued photo the checkpoint was never trained on",
+        f"search. Images: one {args.size} px square crop of each catalogued photo the checkpoint was never trained on",
         "(`detector.watermark.train.unseen_photos`: every catalogued photo but the nine of",
         "`CHECKPOINT_TRAINED_ON`), listed at the end; the attacker's marked images (same key and payload,",
         "i.e. one generator's output) are crops of the nine training photos. Statuses are the API's at",
