@@ -101,14 +101,22 @@ def _refine(corr: np.ndarray, centre: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _whiten(corr: np.ndarray, centre: np.ndarray, rr: np.ndarray) -> np.ndarray:
-    """Each lag relative to its ring (mean and spread over lags of the same length): image content
-    makes a smooth decay, the lattice isolated peaks."""
-    ring = np.rint(rr).astype(int)
-    count = np.bincount(ring.ravel())
-    mean = np.bincount(ring.ravel(), corr.ravel()) / np.maximum(count, 1)
-    sq = np.bincount(ring.ravel(), (corr**2).ravel()) / np.maximum(count, 1)
-    std = np.sqrt(np.maximum(sq - mean**2, 1e-12))
-    return (corr - mean[ring]) / std[ring]
+    """Each lag relative to its ring (median and median absolute deviation over lags of the same
+    length): image content makes a smooth decay, the lattice isolated peaks. Robust statistics, because
+    a short ring holds few lags, and a mean and standard deviation there would count the lattice's own
+    peaks as spread and mute them, favouring twice the period."""
+    ring = np.rint(rr).astype(int).ravel()
+    order = np.argsort(ring, kind="stable")
+    values, labels = corr.ravel()[order], ring[order]
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    centre_of, spread_of = np.zeros(ring.max() + 1), np.ones(ring.max() + 1)
+    for begin, end in zip(starts, np.r_[starts[1:], len(values)], strict=True):
+        part = values[begin:end]
+        middle = np.median(part)
+        centre_of[labels[begin]] = middle
+        spread_of[labels[begin]] = max(1.4826 * np.median(np.abs(part - middle)), 1e-12)
+    ring = ring.reshape(corr.shape)
+    return (corr - centre_of[ring]) / spread_of[ring]
 
 
 def _scores(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

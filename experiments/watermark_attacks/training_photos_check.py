@@ -3,7 +3,7 @@ debugged and checked, so that the 70 unseen photos of ``run.py`` stay the test.
 
     DETECTOR_PHOTO_STORE=/path/to/photos python experiments/watermark_attacks/training_photos_check.py
 
-Prints how many of ``--n`` marked 384 px crops (of ``CHECKPOINT_TRAINED_ON``, other windows than the
+Prints how many of ``--n`` marked ``--size`` px crops (of ``CHECKPOINT_TRAINED_ON``, other windows than the
 attack suite's attacker images) the API declares ``watermarked`` with the right payload after each
 attack. Run it on two commits to compare a change.
 """
@@ -39,6 +39,8 @@ ATTACKS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=27)
+    parser.add_argument("--size", type=int, default=384, help="crop side (px) before the attack")
+    parser.add_argument("--seed", type=int, default=3, help="which crops (another seed: other windows)")
     parser.add_argument("--checkpoint", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -46,13 +48,16 @@ def main() -> None:
         WatermarkKey(hashlib.sha256(b"training-photos-check").digest()), checkpoint=args.checkpoint
     )
     trained = load_photos([p for p in catalogue() if p.name in CHECKPOINT_TRAINED_ON])
-    marked = [wm.embed_array(x, 77) for _, x in crops(trained, args.n, 384, seed=3)]
+    marked = [wm.embed_array(x, 77) for _, x in crops(trained, args.n, args.size, seed=args.seed)]
     print("| attack | found |\n| --- | --- |")
+    total = 0
     for name, attack in ATTACKS.items():
         found = sum(
             (r := wm.detect_array(attack(m))).status == "watermarked" and r.payload == 77 for m in marked
         )
+        total += found
         print(f"| {name} | {found} / {len(marked)} |", flush=True)
+    print(f"| all | {total} / {len(marked) * len(ATTACKS)} |")
 
 
 if __name__ == "__main__":
