@@ -8,7 +8,7 @@ the lattice is upright with its native period again, and let the usual decoder r
 candidates are read is decided by the whole lattice, not by single peaks: a textured photo puts peaks
 of its own among the lattice's, and a weak lattice's own peaks sit a cell or a few degrees off, so each
 candidate basis is scored by the correlation at all its lattice points (minus that at its half-period
-cosets, so the true lattice beats its own sublattices) and polished in rotation and scale against that
+cosets, so the true lattice beats its own sublattices: twice its period, or longer vectors turned) and polished in rotation and scale against that
 score (:func:`lattice_fit`). A horizontal
 flip leaves the lattice as it was (a square lattice is its own mirror image), so each candidate is also
 read mirrored.
@@ -176,7 +176,16 @@ def _half_plane_multiples(reach: int) -> np.ndarray:
 
 
 _K = _half_plane_multiples(FIT_REACH)
-_COSETS = np.array([[0.5, 0.0], [0.0, 0.5], [0.5, 0.5]])
+#: A basis of index ``n`` in the true lattice (twice its period, or (2, -1), (1, 2) of it: turned and
+#: longer) also lands every point on a lattice peak, but then so does one of its cosets at a fraction
+#: (i/n, j/n) of it: the fit subtracts the best of these, for every index up to ``SUBLATTICE_INDEX``.
+SUBLATTICE_INDEX = 5
+_COSETS = np.array(
+    sorted(
+        {(i / n, j / n) for n in range(2, SUBLATTICE_INDEX + 1) for i in range(n) for j in range(n)}
+        - {(0.0, 0.0)}
+    )
+)
 
 
 def _mean_at(white: np.ndarray, bases: np.ndarray, ks: np.ndarray) -> np.ndarray:
@@ -193,11 +202,11 @@ def _mean_at(white: np.ndarray, bases: np.ndarray, ks: np.ndarray) -> np.ndarray
 
 def lattice_fit(white: np.ndarray, bases: np.ndarray) -> np.ndarray:
     """How well each basis (N, 2, 2) explains a whitened autocorrelation: the mean at its lattice
-    points minus the mean at its best half-period coset (when positive). Twice the true period also
-    lands on lattice peaks, but then a coset does too, so the true lattice scores highest."""
+    points minus the mean at its best coset (``_COSETS``; when positive), and -inf for a sublattice
+    (a coset at least half as strong as its own points: the true lattice's cosets are noise)."""
     own = _mean_at(white, bases, _K)
     cosets = np.max([_mean_at(white, bases, _K + c) for c in _COSETS], axis=0)
-    return own - np.maximum(cosets, 0.0)
+    return np.where(cosets < own / 2, own - np.maximum(cosets, 0.0), -np.inf)
 
 
 def _turns(degrees: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -235,7 +244,8 @@ def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[n
     for i in np.argsort(-first, kind="stable")[:POLISHED]:
         fit, basis = _polish(white, proposed[i])
         basis = _upright(basis[:, 0], basis[:, 1])
-        if not any(np.abs(basis - other).max() < 1.0 for _, other in ranked):
+        # A fit <= 0: a sublattice, or nothing on its points.
+        if fit > 0 and not any(np.abs(basis - other).max() < 1.0 for _, other in ranked):
             ranked.append((fit, basis))
     ranked.sort(key=lambda r: -r[0])
     return [basis for _, basis in ranked[:n_peaks]]
