@@ -7,9 +7,9 @@ vectors off those peaks (sub-cell precise, refined on their harmonics), map the 
 the lattice is upright with its native period again, and let the usual decoder read it. Which
 candidates are read is decided by the whole lattice, not by single peaks: a textured photo puts peaks
 of its own among the lattice's, and a weak lattice's own peaks sit a cell or a few degrees off, so each
-candidate basis is scored by the correlation at all its lattice points (minus that at its half-period
-cosets, so the true lattice beats its own sublattices: twice its period, or longer vectors turned) and polished in rotation and scale against that
-score (:func:`lattice_fit`). A horizontal
+candidate basis is scored by the correlation at all its lattice points minus that at its best coset
+(fractions i/n of it, n <= 5), so the true lattice beats its own sublattices (twice its period, or
+longer vectors turned), and polished in rotation and scale (:func:`lattice_fit`). A horizontal
 flip leaves the lattice as it was (a square lattice is its own mirror image), so each candidate is also
 read mirrored.
 
@@ -223,10 +223,10 @@ def _polish(white: np.ndarray, basis: np.ndarray) -> tuple[float, np.ndarray]:
     for degrees, scales in POLISH_STEPS:
         turns = _turns(degrees, scales)
         for column in (None, 0, 1):
-            tried = np.repeat(basis[None], len(turns), axis=0)
             if column is None:
                 tried = turns @ basis
             else:
+                tried = np.repeat(basis[None], len(turns), axis=0)
                 tried[:, :, column] = turns @ basis[:, column]
             basis = tried[int(np.argmax(_mean_at(white, tried, _K)))]
     return float(lattice_fit(white, basis[None])[0]), basis

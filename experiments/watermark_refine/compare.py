@@ -1,4 +1,5 @@
-"""The suite's rows for refined marks against the shipped plain marks, on the photos both runs measured.
+"""Two tagged suite runs row by row (refined against plain marks, or one decoder against another), on
+the photos both runs measured.
 
 TPR: watermarked with the right payload (marked and subtracted rows); for copy rows, the share of clean
 photos declared ``watermarked`` (the forgery criterion), with the copy's PSNR. Reads the suite's CSVs.
