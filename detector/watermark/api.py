@@ -294,6 +294,7 @@ class Watermarker:
             logits, _, _ = self._read(image, (native,), (0.0,))
             return logits, whole, None
         coarse = self.search == "full"
+        own: dict = {}  # the decoder's feature maps of `image` itself, shared by its readings and the sync
 
         def candidates():
             # The plain reading's native grid at every phase even in the coarse pass: a crop shifts
@@ -303,14 +304,14 @@ class Watermarker:
             if halves:
                 yield image, (lambda: whole), halves, model.search_angles, coarse
             yield _mirror(image), (lambda: _mirror(whole)), (native,), SYNC_ANGLES, coarse
-            for view, m in sync.canonical_views(image, model.decoder, model.cfg.scale):
+            for view, m in sync.canonical_views(image, model.decoder, model.cfg.scale, cache=own):
                 seen = (lambda m=m: sync.view_of(whole, m)) if whole is not image else (lambda v=view: v)
                 yield view, seen, (native,), SYNC_ANGLES, coarse
                 yield _mirror(view), (lambda s=seen: _mirror(s())), (native,), SYNC_ANGLES, coarse
 
         read = []  # (confidence, logits, seen, angle, view, factor, angles, coarsely read) per reading
         for view, seen, factors, angles, rough in candidates():
-            logits, factor, angle = self._read(view, factors, angles, rough)
+            logits, factor, angle = self._read(view, factors, angles, rough, own if view is image else None)
             read.append((float(np.abs(logits).mean()), logits, seen, angle, view, factor, angles, rough))
             if read[-1][0] >= stop:
                 break
@@ -319,7 +320,9 @@ class Watermarker:
             ranked = sorted(read, key=lambda r: -r[0])[:FINE_CANDIDATES]
             for _, _, seen, _, view, factor, angles, rough in ranked:
                 if rough:  # read at phase 0 only so far
-                    logits, _, angle = self._read(view, (factor,), angles)
+                    logits, _, angle = self._read(
+                        view, (factor,), angles, cache=own if view is image else None
+                    )
                     read.append(
                         (float(np.abs(logits).mean()), logits, seen, angle, view, factor, angles, False)
                     )
@@ -327,9 +330,10 @@ class Watermarker:
         return logits, unrotate(seen(), angle), first if coarse else None
 
     def _read(
-        self, image: np.ndarray, factors, angles, coarse: bool = False
+        self, image: np.ndarray, factors, angles, coarse: bool = False, cache: dict | None = None
     ) -> tuple[np.ndarray, float, float]:
-        """The decoder's most confident reading: ``(logits, grid factor, angle)``."""
+        """The decoder's most confident reading: ``(logits, grid factor, angle)`` (``cache``: see
+        ``Decoder.forward``)."""
         logits, choice = self.model.decoder(
             _to_tensor(image),
             factors,
@@ -337,6 +341,7 @@ class Watermarker:
             stop_confidence=self.model.cfg.stop_confidence,
             return_choice=True,
             phases=not coarse,
+            cache=cache,
         )
         return logits[0].detach().numpy(), choice[0][0], choice[0][1]
 

@@ -60,7 +60,10 @@ def _autocorrelation(feats: torch.Tensor) -> np.ndarray:
     f = f - f.mean(axis=(1, 2), keepdims=True)
     h, w = f.shape[1:]
     win = np.outer(np.hanning(h), np.hanning(w))
-    power = (np.abs(np.fft.fft2(f * win, s=(2 * h, 2 * w))) ** 2).sum(0)
+    half = (np.abs(np.fft.rfft2(f * win, s=(2 * h, 2 * w))) ** 2).sum(0)  # (2h, w + 1): real input
+    power = np.empty((2 * h, 2 * w))
+    power[:, : w + 1] = half
+    power[:, w + 1 :] = half[(-np.arange(2 * h)) % (2 * h), w - 1 : 0 : -1]  # P(-k) = P(k)
     power = np.fft.fftshift(power)
     local = cv2.GaussianBlur(power.astype(np.float32), (0, 0), WHITEN_SIGMA).astype(np.float64)
     white = np.fft.ifftshift(np.minimum(power / (local + 1e-9 * power.mean()), 50.0))
@@ -100,23 +103,25 @@ def _refine(corr: np.ndarray, centre: np.ndarray, v: np.ndarray) -> np.ndarray:
     return v
 
 
-def _whiten(corr: np.ndarray, centre: np.ndarray, rr: np.ndarray) -> np.ndarray:
+def _whiten(corr: np.ndarray, rr: np.ndarray) -> np.ndarray:
     """Each lag relative to its ring (median and median absolute deviation over lags of the same
     length): image content makes a smooth decay, the lattice isolated peaks. Robust statistics, because
     a short ring holds few lags, and a mean and standard deviation there would count the lattice's own
     peaks as spread and mute them, favouring twice the period."""
     ring = np.rint(rr).astype(int).ravel()
-    order = np.argsort(ring, kind="stable")
-    values, labels = corr.ravel()[order], ring[order]
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    centre_of, spread_of = np.zeros(ring.max() + 1), np.ones(ring.max() + 1)
-    for begin, end in zip(starts, np.r_[starts[1:], len(values)], strict=True):
-        part = values[begin:end]
-        middle = np.median(part)
-        centre_of[labels[begin]] = middle
-        spread_of[labels[begin]] = max(1.4826 * np.median(np.abs(part - middle)), 1e-12)
-    ring = ring.reshape(corr.shape)
-    return (corr - centre_of[ring]) / spread_of[ring]
+    counts = np.bincount(ring)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+
+    def ring_median(values: np.ndarray) -> np.ndarray:
+        # One sort for every ring: the key orders by ring, then by value within it.
+        span = max(float(values.max() - values.min()), 1e-300)
+        ordered = values[np.argsort(ring + 0.5 * (values - values.min()) / span)]
+        return 0.5 * (ordered[starts + (counts - 1) // 2] + ordered[starts + counts // 2])
+
+    values = corr.ravel()
+    middle = ring_median(values)
+    spread = np.maximum(1.4826 * ring_median(np.abs(values - middle[ring])), 1e-12)
+    return ((values - middle[ring]) / spread[ring]).reshape(corr.shape)
 
 
 def _scores(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,7 +129,7 @@ def _scores(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     centre = np.array(corr.shape) // 2
     yy, xx = np.mgrid[: corr.shape[0], : corr.shape[1]] - centre[:, None, None]
     rr = np.hypot(yy, xx)
-    corr = _whiten(corr, centre, rr)
+    corr = _whiten(corr, rr)
     # A lattice vector's harmonic (2v) peaks too; content rarely does: score v by both.
     r2 = np.clip(centre[0] + 2 * yy, 0, corr.shape[0] - 1)
     c2 = np.clip(centre[1] + 2 * xx, 0, corr.shape[1] - 1)
@@ -190,14 +195,15 @@ _COSETS = np.array(
 
 def _mean_at(white: np.ndarray, bases: np.ndarray, ks: np.ndarray) -> np.ndarray:
     """(N, 2, 2) bases -> (N,) mean of ``white`` (zero lag centred) at the lags ``ks @ basis.T`` that
-    lie between 5 cells and the map's edge (bilinear)."""
+    lie between 5 cells and the map's edge (bilinear). ``ks`` (M, 2), or (S, M, 2) for S sets of
+    multiples at once (then (S, N): one resampling call for all of them)."""
     centre = np.array(white.shape) // 2
-    lags = np.einsum("mk,nik->nmi", ks, bases)  # (N, M, 2)
+    lags = ks[..., None, :, :] @ bases.transpose(0, 2, 1)  # (N, M, 2) or (S, N, M, 2)
     radius = np.hypot(lags[..., 0], lags[..., 1])
     inside = (radius >= 5) & (radius <= min(centre) - 2)
     values = map_coordinates(white, (lags[..., 0] + centre[0], lags[..., 1] + centre[1]), order=1)
-    count = inside.sum(axis=1)
-    return np.where(count > 0, (values * inside).sum(axis=1) / np.maximum(count, 1), -np.inf)
+    count = inside.sum(axis=-1)
+    return np.where(count > 0, (values * inside).sum(axis=-1) / np.maximum(count, 1), -np.inf)
 
 
 def lattice_fit(white: np.ndarray, bases: np.ndarray) -> np.ndarray:
@@ -205,7 +211,7 @@ def lattice_fit(white: np.ndarray, bases: np.ndarray) -> np.ndarray:
     points minus the mean at its best coset (``_COSETS``; when positive), and -inf for a sublattice
     (a coset at least half as strong as its own points: the true lattice's cosets are noise)."""
     own = _mean_at(white, bases, _K)
-    cosets = np.max([_mean_at(white, bases, _K + c) for c in _COSETS], axis=0)
+    cosets = _mean_at(white, bases, _K + _COSETS[:, None, :]).max(axis=0)
     return np.where(cosets < own / 2, own - np.maximum(cosets, 0.0), -np.inf)
 
 
@@ -260,7 +266,11 @@ def _upright(v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
 
 
 def canonical_views(
-    image: np.ndarray, decoder, scale: int, factors: tuple[float, ...] = (4.0, 2.0)
+    image: np.ndarray,
+    decoder,
+    scale: int,
+    factors: tuple[float, ...] = (4.0, 2.0),
+    cache: dict | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(view, basis)``: the image mapped back to an upright lattice of the native period, once per
     candidate basis.
@@ -270,6 +280,8 @@ def canonical_views(
 
     ``factors``: grids the lattice is looked for on (4: the image at about its marked size or larger;
     2: down to 0.3x). Candidates that are the identity (already handled by the plain search) are dropped.
+
+    ``cache``: the decoder's feature maps of ``image`` by ``(factor, dy, dx)`` (see ``Decoder.forward``).
     """
     period = decoder.cfg.tile * scale  # px of the marked image
     x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
@@ -278,7 +290,8 @@ def canonical_views(
         factors = (*factors, 1.25)
     with torch.no_grad():
         for factor in factors:
-            corr = _autocorrelation(decoder.grid_features(x, factor))
+            feats = None if cache is None else cache.get((float(factor), 0, 0))
+            corr = _autocorrelation(decoder.grid_features(x, factor) if feats is None else feats)
             for basis in lattice_candidates(corr):
                 m = basis * factor / period  # received px per marked px (columns: row, col directions)
                 det = abs(np.linalg.det(m))
