@@ -73,6 +73,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import DetectorError
+from detector.watermark.reed_solomon import ErasureDecoder
 
 KEY_HEADER = "detector-watermark-key-v1"
 MIN_KEY_BYTES = 16
@@ -206,11 +207,19 @@ def soft_weights(confidence: np.ndarray) -> np.ndarray:
 def _signed_sum_tail(weights: np.ndarray) -> np.ndarray:
     """``t[s + W] = P(sum_i w_i e_i >= s)`` for integers ``-W <= s <= W`` (``W = sum w``), the ``e_i``
     independent fair signs: the exact null distribution, by convolving one weight at a time."""
-    total = int(weights.sum())
+    return _signed_sum_tail_of(tuple(int(w) for w in weights)).copy()
+
+
+@lru_cache(maxsize=8)
+def _signed_sum_tail_of(weights: tuple[int, ...]) -> np.ndarray:
+    # Cached: an image's word is tested as read and inverted, with the same weights.
+    total = sum(weights)
     dist = np.zeros(2 * total + 1)
     dist[total] = 1.0
-    for w in weights:  # the support never reaches the ends before the last weight: no wrap-around
-        dist = 0.5 * (np.roll(dist, int(w)) + np.roll(dist, -int(w)))
+    for w in weights:  # the support never reaches the ends before the last weight: nothing falls off
+        right, left = np.zeros_like(dist), np.zeros_like(dist)
+        right[w:], left[: len(dist) - w] = dist[: len(dist) - w], dist[w:]
+        dist = 0.5 * (right + left)
     return np.cumsum(dist[::-1])[::-1]
 
 
@@ -310,6 +319,9 @@ class PayloadCodec:
         self.n_bits = n_bits
         self.payload_bits = payload_bits
         self.rs = reedsolo.RSCodec(nsym=self.parity, nsize=self.n_symbols, c_exp=s)
+        self.erasure_decoder = ErasureDecoder(
+            self.n_symbols, self.parity, s, self.rs.prim, self.rs.generator, self.rs.fcr
+        )
         n_code = self.n_symbols * s
         self.pilot = np.unpackbits(np.frombuffer(key.stream("pilot", n_bits), np.uint8))[: n_bits - n_code]
         self.mask = np.unpackbits(np.frombuffer(key.stream("mask", n_bits), np.uint8))[:n_bits]
@@ -365,8 +377,6 @@ class PayloadCodec:
         An erased wrong symbol costs half of what an unlocated error costs, so a word with more wrong
         symbols than plain decoding fixes is still found where the decoder doubted them. How candidates
         are proposed does not touch the test's bound (it covers every codeword)."""
-        import reedsolo
-
         symbols = self._bits_to_symbols(word)
         tries: list[tuple[int, ...]] = [()]
         if confidence is not None:
@@ -378,12 +388,13 @@ class PayloadCodec:
             sizes = [e for e in (len(pool) - 3, len(pool) - 2) if 0 < e <= parity]
             tries += [tuple(sorted(c)) for e in sizes for c in combinations(pool, e)]
         seen = set()
+        decoder = self.erasure_decoder
+        syndromes = decoder.syndromes(symbols)  # once: every try decodes the same word
         for erase in dict.fromkeys(tries):
-            try:
-                data, _, _ = self.rs.decode(bytearray(symbols), erase_pos=list(erase) or None)
-            except reedsolo.ReedSolomonError:
+            corrected = decoder.decode(symbols, syndromes, erase)
+            if corrected is None:
                 continue
-            value = self._payload_of(data)
+            value = self._payload_of(corrected[: self.data_symbols])
             if value not in seen:
                 seen.add(value)
                 yield value >> self.content_bits, value & (2**self.content_bits - 1)
