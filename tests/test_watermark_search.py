@@ -86,7 +86,9 @@ def test_screenshot_of_a_marked_image_is_watermarked_not_forged(wm, photo):
     assert result.status == "watermarked" and result.payload == 4242
 
 
-def _synthetic_corr(basis: np.ndarray, spurious: list[tuple[int, int]], size: int = 270) -> np.ndarray:
+def _synthetic_corr(
+    basis: np.ndarray, spurious: list[tuple[int, int]], size: int = 270, blob: float = 1.0
+) -> np.ndarray:
     """An autocorrelation with weak blobs on the lattice of ``basis`` (noise between) and a few strong
     isolated peaks (what a textured photo adds), zero lag centred, symmetric as autocorrelations are."""
     rng = np.random.default_rng(0)
@@ -98,7 +100,7 @@ def _synthetic_corr(basis: np.ndarray, spurious: list[tuple[int, int]], size: in
         for k2 in k:
             r, c = k1 * basis[:, 0] + k2 * basis[:, 1]
             if 0 < np.hypot(r, c) < centre:
-                corr += np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / 1.0)
+                corr += blob * np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / 1.0)
     for r, c in spurious:
         for s in (1, -1):
             corr += 4.0 * np.exp(-((yy - s * r) ** 2 + (xx - s * c) ** 2) / 1.0)
@@ -118,3 +120,23 @@ def test_sync_prefers_the_whole_lattice_to_strong_single_peaks_and_to_its_sublat
     white = sync._scores(corr)[0]
     fits = sync.lattice_fit(white, np.stack([expected, 2 * expected, expected @ np.array([[1, 1], [-1, 1]])]))
     assert fits[0] > fits[1] + 0.3 and fits[0] > fits[2] + 0.3, fits
+
+
+def test_sync_scans_upright_lattices_when_single_peaks_all_belong_to_the_photo(monkeypatch):
+    """A plain resize of a small image: the lattice is upright but weak, and the photo's own peaks
+    fill the pool of single-peak proposals. The scan of upright periods still proposes it; without
+    the scan it is not among the candidates."""
+    from detector.watermark import sync
+
+    true = 15.3 * np.eye(2)
+    rng = np.random.default_rng(3)
+    spurious = [tuple(int(v) for v in rng.integers(-34, 35, 2)) for _ in range(30)]
+    spurious = [(r, c) for r, c in spurious if 9 <= np.hypot(r, c) <= 36][:20]
+    corr = _synthetic_corr(true, spurious=spurious, blob=0.4)
+
+    def found(candidates):
+        return any(np.abs(c - true).max() < 0.5 for c in candidates)
+
+    assert found(sync.lattice_candidates(corr))
+    monkeypatch.setattr(sync, "SCANNED", 0)
+    assert not found(sync.lattice_candidates(corr))

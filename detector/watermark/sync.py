@@ -210,9 +210,16 @@ def lattice_fit(white: np.ndarray, bases: np.ndarray) -> np.ndarray:
     """How well each basis (N, 2, 2) explains a whitened autocorrelation: the mean at its lattice
     points minus the mean at its best coset (``_COSETS``; when positive), and -inf for a sublattice
     (a coset at least half as strong as its own points: the true lattice's cosets are noise)."""
-    own = _mean_at(white, bases, _K)
-    cosets = _mean_at(white, bases, _K + _COSETS[:, None, :]).max(axis=0)
+    own, cosets = _own_and_cosets(white, bases)
     return np.where(cosets < own / 2, own - np.maximum(cosets, 0.0), -np.inf)
+
+
+def _own_and_cosets(
+    white: np.ndarray, bases: np.ndarray, cosets: np.ndarray = _COSETS
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) means at each basis' lattice points, and at its best coset (of ``cosets``)."""
+    own = _mean_at(white, bases, _K)
+    return own, _mean_at(white, bases, _K + cosets[:, None, :]).max(axis=0)
 
 
 def _turns(degrees: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -238,17 +245,32 @@ def _polish(white: np.ndarray, basis: np.ndarray) -> tuple[float, np.ndarray]:
     return float(lattice_fit(white, basis[None])[0]), basis
 
 
+#: Upright square lattices at these periods (cells) are proposed too, the ``SCANNED`` best by lattice
+#: fit polished: a plain resize turns nothing, and on a small image the lattice's own peaks may not be
+#: among the strongest single peaks.
+SCAN_PERIODS = np.geomspace(MIN_LAG, MAX_LAG, 40)
+SCANNED = 2
+_SCAN = np.stack([np.eye(2) * p for p in SCAN_PERIODS])
+#: An upright square that lands on an upright lattice's points is k times its period: its cosets at
+#: i/2 and i/3 tell k = 2, 3 (and multiples) apart, enough to rank the scan before polishing.
+_SCAN_COSETS = np.array([c for c in _COSETS if all(abs(v * 6 - round(v * 6)) < 1e-9 for v in c)])
+
+
 def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[np.ndarray]:
     """Candidate lattice bases (2x2, columns = the vertical-ish and horizontal-ish vector, in cells),
     best lattice fit first: proposed by single peaks, the most promising polished against the fit."""
     white, score, masked = _scores(corr)
     proposed = _peak_bases(white, score, masked, PEAK_POOL)
-    if not proposed:
-        return []
-    first = lattice_fit(white, np.stack(proposed))
+    chosen = []
+    if proposed:
+        first = lattice_fit(white, np.stack(proposed))
+        chosen = [proposed[i] for i in np.argsort(-first, kind="stable")[:POLISHED]]
+    if SCANNED:  # ranked without the sublattice rule: unpolished, a true but weak lattice may fail it
+        own, cosets = _own_and_cosets(white, _SCAN, _SCAN_COSETS)
+        chosen += [_SCAN[i] for i in np.argsort(-(own - np.maximum(cosets, 0.0)), kind="stable")[:SCANNED]]
     ranked = []
-    for i in np.argsort(-first, kind="stable")[:POLISHED]:
-        fit, basis = _polish(white, proposed[i])
+    for start in chosen:
+        fit, basis = _polish(white, start)
         basis = _upright(basis[:, 0], basis[:, 1])
         # A fit <= 0: a sublattice, or nothing on its points.
         if fit > 0 and not any(np.abs(basis - other).max() < 1.0 for _, other in ranked):
