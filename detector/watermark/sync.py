@@ -42,6 +42,8 @@ POLISH_STEPS = (
     (np.arange(-4.0, 4.01, 1.0), np.arange(0.94, 1.061, 0.02)),
     (np.arange(-1.0, 1.01, 0.25), np.arange(0.985, 1.0151, 0.005)),
 )
+#: Candidate views whose mappings differ by less than this (every entry) are read once.
+SAME_VIEW = 0.005
 #: Images at most this small (px) are also searched on a fine grid (lattices of marks shrunk to 0.3x).
 SMALL_SIDE = 200
 #: The second lattice vector is looked for at these lengths relative to the first (aspect changes up to
@@ -319,7 +321,11 @@ def canonical_views(
                 det = abs(np.linalg.det(m))
                 if not 0.2 < math.sqrt(det) < 2.6:
                     continue
-                if np.allclose(m, np.eye(2), atol=0.03) or any(np.allclose(m, s, atol=0.02) for s in seen):
+                # Views closer than SAME_VIEW are read once; the same lattice found on two grids a
+                # little apart is read twice (a 1% error in scale already misaligns the fold).
+                if np.allclose(m, np.eye(2), atol=0.03) or any(
+                    np.allclose(m, s, atol=SAME_VIEW) for s in seen
+                ):
                     continue
                 seen.append(m)
                 views.append((view_of(image, m), m))
