@@ -140,14 +140,6 @@ def _scores(corr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return corr, score, np.where(ring, score, -np.inf)
 
 
-def lattice_strength(corr: np.ndarray) -> float:
-    """How strongly the autocorrelation shows a lattice: the best lag's score (in ring standard
-    deviations, its own plus its harmonic's). A marked image's lattice stands far out; content does not."""
-    masked = _scores(corr)[2]
-    best = float(masked.max())
-    return best if np.isfinite(best) else 0.0
-
-
 def _peak_bases(corr: np.ndarray, score: np.ndarray, masked: np.ndarray, n_peaks: int) -> list[np.ndarray]:
     """Bases proposed by the ``n_peaks`` strongest lags, each with its best perpendicular partner
     (``corr``, ``score``, ``masked``: what :func:`_scores` returns)."""
