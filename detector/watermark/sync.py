@@ -179,12 +179,16 @@ _K = _half_plane_multiples(FIT_REACH)
 #: longer) also lands every point on a lattice peak, but then so does one of its cosets at a fraction
 #: (i/n, j/n) of it: the fit subtracts the best of these, for every index up to ``SUBLATTICE_INDEX``.
 SUBLATTICE_INDEX = 5
-_COSETS = np.array(
-    sorted(
-        {(i / n, j / n) for n in range(2, SUBLATTICE_INDEX + 1) for i in range(n) for j in range(n)}
-        - {(0.0, 0.0)}
+
+
+def _coset_fractions(indices) -> np.ndarray:
+    """(C, 2) fractions (i/n, j/n) of a basis for every index n given, (0, 0) left out, sorted."""
+    return np.array(
+        sorted({(i / n, j / n) for n in indices for i in range(n) for j in range(n)} - {(0.0, 0.0)})
     )
-)
+
+
+_COSETS = _coset_fractions(range(2, SUBLATTICE_INDEX + 1))
 
 
 def _mean_at(white: np.ndarray, bases: np.ndarray, ks: np.ndarray) -> np.ndarray:
@@ -247,7 +251,7 @@ SCANNED = 2
 _SCAN = np.stack([np.eye(2) * p for p in SCAN_PERIODS])
 #: An upright square that lands on an upright lattice's points is k times its period: its cosets at
 #: i/2 and i/3 tell k = 2, 3 (and multiples) apart, enough to rank the scan before polishing.
-_SCAN_COSETS = np.array([c for c in _COSETS if all(abs(v * 6 - round(v * 6)) < 1e-9 for v in c)])
+_SCAN_COSETS = _coset_fractions((2, 3))
 
 
 def lattice_candidates(corr: np.ndarray, n_peaks: int = PEAKS_PER_MAP) -> list[np.ndarray]:

@@ -57,9 +57,11 @@ def crop_area(image: np.ndarray, area: float, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(image[top : top + ch, left : left + cw])
 
 
-def compress(image: np.ndarray, fmt: str, quality: int) -> np.ndarray:
+def compress(image: np.ndarray, fmt: str, quality: int, subsampling: int | None = None) -> np.ndarray:
+    """A codec round trip; ``subsampling`` (JPEG, PIL's numbering: 0 = 4:4:4, 2 = 4:2:0) else PIL's default."""
     buf = io.BytesIO()
-    _pil(image).save(buf, format=fmt, quality=quality)
+    extra = {} if subsampling is None else {"subsampling": subsampling}
+    _pil(image).save(buf, format=fmt, quality=quality, **extra)
     buf.seek(0)
     return np.asarray(Image.open(buf).convert("RGB"))
 

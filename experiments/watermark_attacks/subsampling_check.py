@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -31,14 +29,6 @@ from run import crops  # noqa: E402
 from detector.corpus.photos import catalogue, load_photos  # noqa: E402
 from detector.watermark import Watermarker, WatermarkKey  # noqa: E402
 from detector.watermark.train import CHECKPOINT_TRAINED_ON  # noqa: E402
-
-
-def jpeg(image: np.ndarray, quality: int, subsampling: int) -> np.ndarray:
-    """JPEG round trip; ``subsampling`` is PIL's: 0 = 4:4:4, 2 = 4:2:0."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=subsampling)
-    buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 def main() -> None:
@@ -63,7 +53,7 @@ def main() -> None:
         for label, (factor, quality, grid) in cases.items():
             shrunk = marked if factor == 1.0 else attacks.resize(marked, factor)
             for chroma, sub in (("4:2:0", 2), ("4:4:4", 0)):
-                image = shrunk if quality is None else jpeg(shrunk, quality, sub)
+                image = shrunk if quality is None else attacks.compress(shrunk, "JPEG", quality, sub)
                 logits, _, _ = wm._read(image, (grid,), (0.0,))
                 accuracy.setdefault((label, chroma), []).append(float(((logits > 0) == truth).mean()))
     print(f"{args.n} crops of 384 px of the training photos, shipped checkpoint at 41 dB, geometry given\n")

@@ -71,10 +71,6 @@ def shaped(tile: np.ndarray, image: np.ndarray, model) -> np.ndarray:
     return tiled * mask[..., None]
 
 
-def subtract(image: np.ndarray, estimate: np.ndarray, alpha: float) -> np.ndarray:
-    return np.clip(image.astype(np.float32) - alpha * estimate + 0.5, 0, 255).astype(np.uint8)
-
-
 def run(args: argparse.Namespace) -> Path:
     torch.set_num_threads(1)
     key = WatermarkKey(hashlib.sha256(b"watermark-attack-suite").digest())  # run.py's key
@@ -95,19 +91,15 @@ def run(args: argparse.Namespace) -> Path:
         truth = wm.codec.encode(PAYLOAD, wm.content_of(clean))
         marked = wm.embed_array(clean, PAYLOAD)
         own = fold(attacks.residual(marked, args.sigma), period)
-        estimates = {f"subtract-avg{n}": (average, AVG_ALPHAS, True) for n, average in averages.items()}
-        estimates["self-fold"] = (shaped(own, marked, model), ALPHAS, False)
+        estimates = {f"subtract-avg{n}": (average, AVG_ALPHAS) for n, average in averages.items()}
+        estimates["self-fold"] = (shaped(own, marked, model), ALPHAS)
         for k in args.components:
             basis = directions[:k]
             projected = (basis.T @ (basis @ own.ravel())).reshape(own.shape)
-            estimates[f"subspace{k}"] = (shaped(projected, marked, model), ALPHAS, False)
-        for attack, (estimate, alphas, tiled) in estimates.items():
+            estimates[f"subspace{k}"] = (shaped(projected, marked, model), ALPHAS)
+        for attack, (estimate, alphas) in estimates.items():
             for alpha in alphas:
-                image = (
-                    attacks.add_estimate(marked, estimate, -alpha)
-                    if tiled
-                    else subtract(marked, estimate, alpha)
-                )
+                image = attacks.add_estimate(marked, estimate, -alpha)  # a full-size estimate tiles to itself
                 result = wm.detect_array(image)
                 bits = np.frombuffer(result.bits.encode(), np.uint8) - ord("0")
                 rows.append(
