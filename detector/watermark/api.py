@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,9 @@ CHECKPOINT_ENV = "DETECTOR_WATERMARK_CHECKPOINT"
 #: Decoding reads a centre window at most this large (native pixels): the decoder pools globally, so a
 #: window carries the whole message, and huge images decode in bounded time.
 DECODE_WINDOW = 1024
+#: Seconds the registered payload ids are kept before the registry is read again (a long-running
+#: service sees new registrations; the set read is never a function of the image tested).
+REGISTERED_TTL = 60.0
 #: Formats written back as they came; lossy ones at a high quality.
 _SAVE_OPTIONS = {
     "JPEG": {"quality": 95, "subsampling": 0},
@@ -192,6 +196,7 @@ class Watermarker:
         if registry is not None and not isinstance(registry, PayloadRegistry):
             registry = PayloadRegistry(registry)
         self.registry = registry
+        self._registered: tuple[float, np.ndarray | None] | None = None  # (read at, ids)
         if not 0 < fpr < 1:
             raise WatermarkError(f"fpr must be in (0, 1), got {fpr}")
         self.fpr = fpr
@@ -258,6 +263,23 @@ class Watermarker:
             if b["content_bits"]
             else None
         )
+
+    @property
+    def registered(self) -> np.ndarray | None:
+        """Payload ids the registry holds for this key (None without a registry or with none): the test
+        spends half its ``fpr`` on these (:mod:`.payload`, "Registered payloads"). Read at most every
+        ``REGISTERED_TTL`` seconds; records of another binding are left out (their marks do not
+        decode under this one)."""
+        if self.registry is None:
+            return None
+        now = time.monotonic()
+        if self._registered is None or now - self._registered[0] > REGISTERED_TTL:
+            tag = self.binding_tag
+            ids = sorted(
+                {r.payload_id for r in self.registry.records(self.key.key_id) if r.binding in (None, tag)}
+            )
+            self._registered = (now, np.array(ids, dtype=np.int64) if ids else None)
+        return self._registered[1]
 
     @torch.no_grad()
     def decode(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -355,11 +377,16 @@ class Watermarker:
         received = margins = None
         if self.codec.content_bits:  # hashed as the decoder saw it: the geometry it found undone
             received, margins = received_hashes(seen, self.key, self.codec.content_bits, self.scheme)
-        decoded = self.codec.decode(bits, np.abs(logits), self.fpr, received, margins)
+        registered = self.registered
+        if registered is not None:
+            extra["registered_payloads"] = len(registered)
+        decoded = self.codec.decode(bits, np.abs(logits), self.fpr, received, margins, registered)
         status = "watermarked" if decoded.watermarked else "forged" if decoded.forged else "absent"
+        if registered is not None:  # which half of the test the p-value is from
+            extra["registered_test"] = decoded.registered
         if status == "absent":
             # Subtracting an over-estimated mark flips its bits: the complement of a valid word reads then.
-            flipped = self.codec.decode(1 - bits, np.abs(logits), self.fpr, received, margins)
+            flipped = self.codec.decode(1 - bits, np.abs(logits), self.fpr, received, margins, registered)
             if flipped.watermarked or flipped.forged:
                 status = "inverted"
                 decoded = dataclasses.replace(
@@ -437,6 +464,7 @@ class Watermarker:
     ) -> PayloadRecord:
         if self.registry is None:
             raise WatermarkError("no registry configured (pass --registry URL)")
+        self._registered = None  # the next detection reads the registry again
         return self.registry.register(
             self.key.key_id,
             generator,

@@ -53,6 +53,16 @@ detector, given the hash ``h`` of the image it received, makes two claims, each 
 
 So an unmarked image gets *some* positive claim with probability at most ``2 * fpr`` (``3 * fpr``
 with the inverted-mark check of the API), and the ``watermarked`` claim alone keeps ``fpr``.
+
+**Registered payloads** (``registered``: the ids a registry holds for this key, read without looking
+at the image). A key's owner registers a few payloads (a generator, a model version), not 65,536, and
+a test that only has to cover those needs less agreement. Each claim then spends half its ``fpr`` on
+the registered codewords and half on all of them (a weighted Bonferroni bound): a registered payload
+gets ``p = 2 * |R| * H * P(score)`` (``H``: the hashes the claim accepts), any payload
+``p = 2 * 2**payload_bits * H * P(score)``, the smaller one counts. Under H0 each half is at most
+``fpr / 2``, so every claim keeps its ``fpr``; a mark whose payload is missing from the registry is
+still found, at one bit more of agreement. With 64 bits and 100 registered payloads the count test
+needs 54 bound bits instead of 60 (``threshold(registered=100)``).
 """
 
 from __future__ import annotations
@@ -268,6 +278,7 @@ class Decoded:
     distance: int | None = None  # its Hamming distance to the received image's hash
     forged: bool = False  # a mark of this key whose content hash does not match the image
     score: float | None = None  # the weighted agreement the test used, -1 .. 1 (1: every bit agrees)
+    registered: bool = False  # the p-value is the registered payloads' (see "Registered payloads")
 
     @property
     def bit_accuracy(self) -> float | None:
@@ -406,6 +417,7 @@ class PayloadCodec:
         fpr: float = 1e-6,
         content_hash: np.ndarray | None = None,
         content_margins: np.ndarray | None = None,
+        registered: np.ndarray | None = None,
     ) -> Decoded:
         """Decode raw bits (embedded order; ``confidence`` = |logit| per bit, optional) and test them.
 
@@ -414,7 +426,8 @@ class PayloadCodec:
         to ``content_views`` of them as rows (views of the image: either may accept), and
         ``content_margins`` how far each of their bits is from flipping (needed unless every bit may
         differ, ``doubtful == content_bits``); without a hash a bound mark can only be tested with the
-        any-hash bound and is never declared ``forged``."""
+        any-hash bound and is never declared ``forged``. ``registered``: payload ids registered under
+        this key (module docstring, "Registered payloads"); None or empty: every payload alike."""
         bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
         if bits.size != self.n_bits:
             raise ValueError(f"expected {self.n_bits} bits, got {bits.size}")
@@ -423,6 +436,7 @@ class PayloadCodec:
             conf = np.asarray(confidence, dtype=np.float64).reshape(-1)
             if conf.size != self.n_bits:
                 raise ValueError(f"expected {self.n_bits} confidences, got {conf.size}")
+        reg = self._registered(registered)
         test = _WeightedTest(soft_weights(conf) if conf is not None else np.ones(self.n_bits, np.int64))
         received = fixed = None
         if self.content_bits and content_hash is not None:
@@ -432,40 +446,39 @@ class PayloadCodec:
             if len(received) > self.content_views:
                 raise ValueError(f"{len(received)} received hashes, the test allows {self.content_views}")
             fixed = self._certain_bits(received, content_margins)
-        best_bound = best_any = None  # (score, payload, content, expected, hash distance, accepted)
+
+        def distance(content: int) -> int | None:
+            if received is None:
+                return None
+            return int((int_to_hash(content, self.content_bits) != received).sum(axis=1).min())
+
+        # (score, payload, content, hash distance, accepted) per codeword proposed
+        proposed = []
         word = self._unscramble(bits)
         for payload, content in self._candidates(word, None if conf is None else conf[self.perm]):
-            expected = self.encode(payload, content)
-            score = test.score(expected == bits)
-            distance, accepted = None, False
+            score = test.score(self.encode(payload, content) == bits)
+            accepted = False
             if received is not None:
                 differ = int_to_hash(content, self.content_bits) != received  # (views, bits)
-                distance = int(differ.sum(axis=1).min())
                 allowed = (differ.sum(axis=1) <= self.tolerance) & ~(differ & fixed).any(axis=1)
                 accepted = bool(allowed.any())
-            candidate = (score, payload, content, expected, distance, accepted)
-            if best_any is None or score > best_any[0]:
-                best_any = candidate
-            if accepted and (best_bound is None or score > best_bound[0]):
-                best_bound = candidate
-        if self.payload_bits <= EXHAUSTIVE_PAYLOAD_BITS and (received is not None or not self.content_bits):
+            proposed.append((score, payload, content, distance(content), accepted))
+        if received is not None or not self.content_bits:
             # Every codeword the `watermarked` test accepts, scored at once: the best may be one that
             # RS and Chase decoding miss (errors spread over more symbols than they can fix).
-            score, payload, content = self._best_accepted(bits, test.weights, received, fixed)
-            distance = None
-            if received is not None:
-                distance = int((int_to_hash(content, self.content_bits) != received).sum(axis=1).min())
-            candidate = (score, payload, content, self.encode(payload, content), distance, True)
-            if best_any is None or score > best_any[0]:
-                best_any = candidate
-            if best_bound is None or score > best_bound[0]:
-                best_bound = candidate
-        if best_any is None:
+            searched = [reg] if reg is not None else []
+            if self.payload_bits <= EXHAUSTIVE_PAYLOAD_BITS:
+                searched.append(None)  # every payload
+            for payloads in searched:
+                score, payload, content = self._best_accepted(bits, test.weights, received, fixed, payloads)
+                proposed.append((score, payload, content, distance(content), True))
+        if not proposed:
             return Decoded(None, 0, self.n_bits, 1.0, False, None)
 
         def tested(candidate, bound: bool) -> Decoded:
-            score, payload, content, expected, distance, _ = candidate
-            p = min(1.0, self.multiplicity(bound) * test.tail(score))
+            score, payload, content, dist, _ = candidate
+            p, from_registered = self._p_value(test.tail(score), payload, bound, reg)
+            expected = self.encode(payload, content)
             return Decoded(
                 payload,
                 int((expected == bits).sum()),
@@ -474,20 +487,46 @@ class PayloadCodec:
                 False,
                 expected,
                 content if self.content_bits else None,
-                distance,
+                dist,
                 score=test.normalised(score),
+                registered=from_registered,
             )
 
+        def best(candidates, bound: bool):  # the smallest p-value; at equal p the higher score
+            return min(candidates, key=lambda c: (self._p_value(test.tail(c[0]), c[1], bound, reg)[0], -c[0]))
+
+        any_hash = best(proposed, bound=not self.content_bits)
         if received is None:  # unbound, or no hash to check: every candidate counts, never `forged`
-            result = tested(best_any, bound=not self.content_bits)
+            result = tested(any_hash, bound=not self.content_bits)
             return dataclasses.replace(result, watermarked=result.p_value <= fpr)
-        bound = tested(best_bound, bound=True) if best_bound is not None else None
+        accepted = [c for c in proposed if c[4]]
+        bound = tested(best(accepted, bound=True), bound=True) if accepted else None
         if bound is not None and bound.p_value <= fpr:
             return dataclasses.replace(bound, watermarked=True)
-        other = tested(best_any, bound=False)
-        if not best_any[5]:
+        other = tested(any_hash, bound=False)
+        if not any_hash[4]:
             return dataclasses.replace(other, forged=other.p_value <= fpr)
         return bound or other
+
+    @staticmethod
+    def _registered(registered: np.ndarray | None) -> frozenset[int] | None:
+        if registered is None:
+            return None
+        ids = frozenset(int(i) for i in np.asarray(registered).reshape(-1))
+        return ids or None
+
+    def _p_value(
+        self, tail: float, payload: int, bound: bool, reg: frozenset[int] | None
+    ) -> tuple[float, bool]:
+        """``(p, from the registered half)`` of one codeword's score tail (module docstring)."""
+        full = self.multiplicity(bound) * tail
+        if reg is None:
+            return min(1.0, full), False
+        if payload in reg:
+            registered = self.multiplicity(bound, len(reg)) * tail
+            if registered <= 2 * full:
+                return min(1.0, registered), True
+        return min(1.0, 2 * full), False
 
     @cached_property
     def _linear_code(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -502,8 +541,11 @@ class PayloadCodec:
     @cached_property
     def _payload_signs(self) -> np.ndarray:
         """(2**payload_bits, n_bits) float32: +-1 for each payload's contribution to the word."""
+        return self._signs_of(np.arange(2**self.payload_bits, dtype=np.int64))
+
+    def _signs_of(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), n_bits) float32: +-1 for each of these payloads' contribution to the word."""
         _, basis, _ = self._linear_code
-        ids = np.arange(2**self.payload_bits, dtype=np.int64)
         payload_bits = ((ids[:, None] >> np.arange(self.payload_bits)) & 1).astype(np.int32)
         return (1 - 2 * ((payload_bits @ basis.astype(np.int32)) % 2)).astype(np.float32)
 
@@ -522,21 +564,30 @@ class PayloadCodec:
         return np.unique(np.stack(out), axis=0)
 
     def _best_accepted(
-        self, bits: np.ndarray, weights: np.ndarray, received: np.ndarray | None, fixed: np.ndarray | None
+        self,
+        bits: np.ndarray,
+        weights: np.ndarray,
+        received: np.ndarray | None,
+        fixed: np.ndarray | None,
+        payloads: frozenset[int] | None = None,
     ) -> tuple[int, int, int]:
-        """``(score, payload, hash)`` of the best-scoring codeword among every payload times every
-        accepted hash: one matrix product (the score is linear in the payload's +-1 signs)."""
+        """``(score, payload, hash)`` of the best-scoring codeword among every payload (or those of
+        ``payloads``) times every accepted hash: one matrix product (the score is linear in the
+        payload's +-1 signs)."""
         zero, _, hash_basis = self._linear_code
         hashes = self._accepted_hashes(received, fixed)
         lsb_first = hashes[:, ::-1].astype(np.int32)  # a hash's first bit is its most significant
         hash_part = (lsb_first @ hash_basis.astype(np.int32)) % 2 ^ zero  # (k, n_bits)
         rest = (weights * (1 - 2 * (bits[None, :] ^ hash_part))).astype(np.float32)  # (k, n_bits)
-        scores = self._payload_signs @ rest.T  # (payloads, k): exact, small integers
-        payload, k = np.unravel_index(int(np.argmax(scores)), scores.shape)
+        ids = None if payloads is None else np.array(sorted(payloads), dtype=np.int64)
+        signs = self._payload_signs if ids is None else self._signs_of(ids)
+        scores = signs @ rest.T  # (payloads, k): exact, small integers
+        row, k = np.unravel_index(int(np.argmax(scores)), scores.shape)
         from detector.watermark.binding import hash_to_int
 
         content = hash_to_int(hashes[k])
-        return int(round(float(scores[payload, k]))), int(payload), content
+        payload = int(row) if ids is None else int(ids[row])
+        return int(round(float(scores[row, k]))), payload, content
 
     def _certain_bits(self, received: np.ndarray, margins: np.ndarray | None) -> np.ndarray:
         """(views, bits) mask of the received hash bits that must agree: all but the ``doubtful``
@@ -560,17 +611,21 @@ class PayloadCodec:
         ``doubtful`` least certain bits changed, for any view."""
         return self.content_views * sum(math.comb(self.doubtful, i) for i in range(self.tolerance + 1))
 
-    def multiplicity(self, bound: bool = True) -> int:
-        """Codewords the test is corrected for: every payload, times the hashes it may accept."""
+    def multiplicity(self, bound: bool = True, registered: int | None = None) -> int:
+        """Codewords the test is corrected for: every payload, times the hashes it may accept.
+        ``registered`` (a count): the correction of a registered payload's codewords, twice their
+        number (the registered half of the test, module docstring)."""
         hashes = self.bound_candidates if bound else 2**self.content_bits
-        return 2**self.payload_bits * hashes
+        return (2 * registered if registered else 2**self.payload_bits) * hashes
 
-    def p_value(self, matches: int, bound: bool = True) -> float:
+    def p_value(self, matches: int, bound: bool = True, registered: int | None = None) -> float:
         """Bonferroni over every codeword the test may accept: ``multiplicity * P(Binomial(n, 1/2) >= k)``
         (without binding: every payload; with it, ``bound=True`` is the ``watermarked`` test's correction,
-        ``bound=False`` the any-hash one of ``forged``)."""
-        return min(1.0, self.multiplicity(bound) * binomial_pvalue(matches, self.n_bits))
+        ``bound=False`` the any-hash one of ``forged``; ``registered``: a registered payload's, with that
+        many registered)."""
+        return min(1.0, self.multiplicity(bound, registered) * binomial_pvalue(matches, self.n_bits))
 
-    def threshold(self, fpr: float = 1e-6, bound: bool = True) -> int:
-        """Matching bits needed to declare a watermark (``bound=False``: a forged one) at ``fpr``."""
-        return min_matches(self.n_bits, fpr, self.multiplicity(bound))
+    def threshold(self, fpr: float = 1e-6, bound: bool = True, registered: int | None = None) -> int:
+        """Matching bits needed to declare a watermark (``bound=False``: a forged one) at ``fpr``
+        (``registered``: for a registered payload, with that many registered)."""
+        return min_matches(self.n_bits, fpr, self.multiplicity(bound, registered))

@@ -11,6 +11,10 @@ found and bound to the content), ``forged``, ``inverted`` or ``absent``, at FPR 
     python experiments/watermark_attacks/run.py --report-only        # rewrite RESULTS.md from the CSVs
     python experiments/watermark_attacks/run.py --only resize0.3,resize0.4   # rerun some rows after a change
     python experiments/watermark_attacks/run.py --checkpoint NEW --tag NAME  # another checkpoint, apart
+    python experiments/watermark_attacks/run.py --registered 100 --tag registry100  # a registry's test
+
+``--registered N``: the detector reads a registry holding the suite's payload and N - 1 others (drawn
+with a fixed seed), so its test is the registered-payload one (``detector.watermark.payload``).
 
 ``--tag NAME`` writes ``results_<mode>_NAME.csv`` and ``RESULTS_NAME.md`` (with a row-by-row comparison
 against the untagged run), so the untagged table stays the baseline.
@@ -25,6 +29,7 @@ import csv
 import hashlib
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +44,7 @@ import attacks  # noqa: E402
 from detector.corpus.photos import catalogue, load_photos  # noqa: E402
 from detector.io import atomic_write_text  # noqa: E402
 from detector.watermark import Watermarker, WatermarkKey, load_model  # noqa: E402
+from detector.watermark.registry import PayloadRegistry  # noqa: E402
 from detector.watermark.train import CHECKPOINT_TRAINED_ON, unseen_photos  # noqa: E402
 
 PAYLOAD = 4242
@@ -88,6 +94,13 @@ def run(args: argparse.Namespace) -> Path:
     # The exhaustive search (every candidate at every sub-cell phase): run on the marked images the
     # default staged search misses, to count what the staged search's speed costs.
     exhaustive = Watermarker(key, model=wm.model, content_bits=args.content_bits, search="exhaustive")
+    if args.registered:
+        registry = PayloadRegistry(Path(tempfile.mkdtemp()) / "registry.db")
+        others = np.random.default_rng(0).permutation(wm.codec.max_payload + 1)
+        ids = [PAYLOAD, *[int(i) for i in others if i != PAYLOAD][: args.registered - 1]]
+        wm.registry = exhaustive.registry = registry
+        for i in ids:
+            wm.register(f"generator-{i}", payload_id=i)
     held = load_photos(unseen_photos())
     trained = load_photos([p for p in catalogue() if p.name in CHECKPOINT_TRAINED_ON])
     images = crops(held, args.n or len(held), args.size, seed=0)
@@ -179,7 +192,12 @@ def run(args: argparse.Namespace) -> Path:
 
 def _flags(args: argparse.Namespace) -> str:
     """The options that change what the run measures, as they are typed."""
-    flags = {"--size": (args.size, 384), "--refine-steps": (args.refine_steps, 0), "--tag": (args.tag, "")}
+    flags = {
+        "--size": (args.size, 384),
+        "--refine-steps": (args.refine_steps, 0),
+        "--registered": (args.registered, 0),
+        "--tag": (args.tag, ""),
+    }
     return "".join(f" {flag} {value}" for flag, (value, default) in flags.items() if value != default)
 
 
@@ -488,6 +506,9 @@ def main() -> None:
         help="attack-aware embedding steps (detector.watermark.refine); 0: the plain mark of the baseline",
     )
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument(
+        "--registered", type=int, default=0, help="payloads in the detector's registry (0: no registry)"
+    )
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--resume", action="store_true", help="continue a stopped full run from its CSV")
     parser.add_argument("--commit", default="see git log", help="the commit the CSV was measured with")

@@ -19,6 +19,11 @@ independent photos. Results are appended per image to ``clean.jsonl`` / ``other_
 so an interrupted run resumes where it stopped.
 
     python experiments/watermark_fpr/run.py --clean 4000 --other-key 1000
+    python experiments/watermark_fpr/run.py --registered 100 --out experiments/watermark_fpr/NAME
+
+``--registered N``: the detector reads a registry of N payloads of its key (drawn with a fixed seed), so
+every image is tested with the registered-payload test (``detector.watermark.payload``), which claims
+with less agreement: its FPR is what this run checks.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +44,7 @@ from detector.watermark.api import Watermarker, default_checkpoint
 from detector.watermark.distortions import jpeg_numpy
 from detector.watermark.model import WatermarkModel
 from detector.watermark.payload import WatermarkKey
+from detector.watermark.registry import PayloadRegistry
 from detector.watermark.train import unseen_photos
 
 HERE = Path(__file__).resolve().parent
@@ -100,6 +107,7 @@ def run_part(path: Path, n: int, make, detector: Watermarker, label: str) -> lis
                 "payload_found": result.payload is not None or "candidate_payload" in result.extra,
                 "watermarked": result.watermarked,
                 "status": result.status,
+                "registered_test": result.extra.get("registered_test"),
                 "bits": result.bits,
                 "seconds": round(time.perf_counter() - t0, 4),
             }
@@ -197,10 +205,11 @@ def calibration(rows: list[dict], codec, seed: int = 7) -> dict:
     }
 
 
-def simulate_h0(codec, n: int, seed: int = 11) -> list[tuple[int | None, str, float]]:
+def simulate_h0(codec, n: int, seed: int = 11, registered=None) -> list[tuple[int | None, str, float]]:
     """The test on its own model of H0: fair-coin bits with random confidences and a random received
-    content hash (and hash margins) per view, through the same decoding and test. ``(best-match count or None, claim,
-    p-value)`` per word; the claim is ``watermarked``, ``forged`` or ``absent``."""
+    content hash (and hash margins) per view, through the same decoding and test (``registered``: the
+    detector's registered payloads). ``(best-match count or None, claim, p-value)`` per word; the claim
+    is ``watermarked``, ``forged`` or ``absent``."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -213,6 +222,7 @@ def simulate_h0(codec, n: int, seed: int = 11) -> list[tuple[int | None, str, fl
             np.abs(rng.standard_normal(codec.n_bits)),
             content_hash=received,
             content_margins=margins,
+            registered=registered,
         )
         claim = "watermarked" if decoded.watermarked else "forged" if decoded.forged else "absent"
         out.append((decoded.matches if decoded.payload is not None else None, claim, decoded.p_value))
@@ -431,6 +441,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--simulate", type=int, default=5000, help="Fair-coin words for the H0 reference.")
     parser.add_argument(
+        "--registered", type=int, default=0, help="payloads in the detector's registry (0: no registry)"
+    )
+    parser.add_argument(
         "--refine-steps",
         type=int,
         default=0,
@@ -442,6 +455,11 @@ def main() -> None:
     key_a = WatermarkKey(b"fpr-check-key-A-0123456789abcdef")
     key_b = WatermarkKey(b"fpr-check-key-B-0123456789abcdef")
     detector = Watermarker(key_a, model=model)
+    if args.registered:
+        detector.registry = PayloadRegistry(Path(tempfile.mkdtemp()) / "registry.db")
+        ids = np.random.default_rng(7).choice(detector.codec.max_payload + 1, args.registered, replace=False)
+        for i in ids:
+            detector.register(f"generator-{i}", payload_id=int(i))
     other = Watermarker(key_b, model=model, refine_steps=args.refine_steps)
     photos = load_photos(unseen_photos())
     args.out.mkdir(parents=True, exist_ok=True)
@@ -453,6 +471,8 @@ def main() -> None:
         else str(args.checkpoint),
         "fpr": detector.fpr,
         "threshold_matches": detector.codec.threshold(),
+        "registered_payloads": args.registered,
+        "threshold_matches_registered": detector.codec.threshold(registered=args.registered or None),
         "n_bits": model.cfg.n_bits,
         "refine_steps": args.refine_steps,
         "search": {
@@ -489,7 +509,7 @@ def main() -> None:
     )
     report["own_key_detection_rate"] = {"n": args.self_check, "rate": found / max(1, args.self_check)}
     report["seconds_this_invocation"] = round(time.time() - t0, 1)
-    simulated = simulate_h0(detector.codec, args.simulate)
+    simulated = simulate_h0(detector.codec, args.simulate, registered=detector.registered)
     sim_found = [k for k, _, _ in simulated if k is not None]
     report["simulated_fair_coins"] = {
         "n": len(simulated),
