@@ -20,7 +20,10 @@ def bundle_command(
     watermark_checkpoint: Path | None = typer.Option(
         None, help="Watermark model (default: the shipped one)."
     ),
-    watermark_registry: Path | None = typer.Option(None, help="Watermark payload registry (SQLite)."),
+    watermark_registry: Path | None = typer.Option(
+        None,
+        help="Watermark payload registry (SQLite): names generators; registered payloads need fewer bits.",
+    ),
     inversion_model: str | None = typer.Option(
         None,
         help="Diffusion model (diffusers folder or hub id) for the inversion branch, e.g. the benchmark "

@@ -29,7 +29,9 @@ REGISTRY_OPT = typer.Option(
     None,
     "--registry",
     envvar="DETECTOR_WATERMARK_REGISTRY",
-    help="Payload registry: SQLite path/URL or postgresql:// URL.",
+    help="Payload registry: SQLite path/URL or postgresql:// URL. Names the generator of a payload found; "
+    "detection also tests the key's registered payloads on their own, so their marks need fewer "
+    "agreeing bits (the FPR holds).",
 )
 
 

@@ -84,6 +84,17 @@ def crops(photos: list[tuple[str, np.ndarray]], n: int, size: int, seed: int) ->
     return out
 
 
+def register_payloads(detectors: list[Watermarker], n: int) -> None:
+    """Give these detectors (one key) a fresh registry holding PAYLOAD and ``n - 1`` other payloads
+    (fixed seed): their test is then the registered-payload one."""
+    registry = PayloadRegistry(Path(tempfile.mkdtemp()) / "registry.db")
+    others = np.random.default_rng(0).permutation(detectors[0].codec.max_payload + 1)
+    for detector in detectors:
+        detector.registry = registry
+    for i in [PAYLOAD, *[int(i) for i in others if i != PAYLOAD][: n - 1]]:
+        detectors[0].register(f"generator-{i}", payload_id=i)
+
+
 def run(args: argparse.Namespace) -> Path:
     torch.set_num_threads(1)
     mode = "bound" if args.content_bits else "legacy"
@@ -95,12 +106,7 @@ def run(args: argparse.Namespace) -> Path:
     # default staged search misses, to count what the staged search's speed costs.
     exhaustive = Watermarker(key, model=wm.model, content_bits=args.content_bits, search="exhaustive")
     if args.registered:
-        registry = PayloadRegistry(Path(tempfile.mkdtemp()) / "registry.db")
-        others = np.random.default_rng(0).permutation(wm.codec.max_payload + 1)
-        ids = [PAYLOAD, *[int(i) for i in others if i != PAYLOAD][: args.registered - 1]]
-        wm.registry = exhaustive.registry = registry
-        for i in ids:
-            wm.register(f"generator-{i}", payload_id=i)
+        register_payloads([wm, exhaustive], args.registered)
     held = load_photos(unseen_photos())
     trained = load_photos([p for p in catalogue() if p.name in CHECKPOINT_TRAINED_ON])
     images = crops(held, args.n or len(held), args.size, seed=0)

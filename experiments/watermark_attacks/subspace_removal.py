@@ -23,6 +23,9 @@ removal succeeds, and its PSNR is what it cost.
 
     python experiments/watermark_attacks/subspace_removal.py                  # every unseen photo
     python experiments/watermark_attacks/subspace_removal.py --report-only    # rewrite the report
+    python experiments/watermark_attacks/subspace_removal.py --registered 100 \
+        --out experiments/watermark_attacks/results_subspace_registry100.csv \
+        --report experiments/watermark_attacks/RESULTS_subspace_registry100.md   # a registry's test
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import attacks  # noqa: E402
-from run import PAYLOAD, crops  # noqa: E402
+from run import PAYLOAD, crops, register_payloads  # noqa: E402
 
 from detector.corpus.photos import catalogue, load_photos  # noqa: E402
 from detector.io import atomic_write_text  # noqa: E402
@@ -76,6 +79,8 @@ def run(args: argparse.Namespace) -> Path:
     key = WatermarkKey(hashlib.sha256(b"watermark-attack-suite").digest())  # run.py's key
     model = load_model(args.checkpoint)
     wm = Watermarker(key, model=model)
+    if args.registered:
+        register_payloads([wm], args.registered)
     period = model.cfg.tile * model.cfg.scale
     held = load_photos(unseen_photos())
     trained = load_photos([p for p in catalogue() if p.name in CHECKPOINT_TRAINED_ON])
@@ -166,7 +171,8 @@ def report(args: argparse.Namespace) -> None:
         f"(41 dB), content binding on, the default search, FPR 1e-6; {args.size} px crops of the unseen "
         "photos (`run.py`'s images, key and payload); the attacker's "
         f"{args.attacker_images} marked images are crops of the nine training photos (one payload, as "
-        f"from one generator); residual = image minus a Gaussian blur of sigma {args.sigma}. "
+        f"from one generator); the detector's registry: "
+        f"{f'{args.registered} payloads' if args.registered else 'none'}; residual = image minus a Gaussian blur of sigma {args.sigma}. "
         "TPR: `watermarked` with the right payload. PSNR: attacked against marked.",
         "",
         "| " + " | ".join(cols) + " |",
@@ -203,6 +209,9 @@ def main() -> None:
     )
     parser.add_argument("--sigma", type=float, default=2.0)
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument(
+        "--registered", type=int, default=0, help="payloads in the detector's registry (0: no registry)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results_subspace.csv")
     parser.add_argument("--report", type=Path, default=HERE / "RESULTS_subspace.md")
     parser.add_argument("--commit", default="see git log")
