@@ -302,6 +302,17 @@ def write_markdown(out: Path, report: dict, command: str) -> None:
         f"Other-key and self-check marks: {report.get('refine_steps', 0)} attack-aware embedding steps "
         "(0: the embedder's plain mark; `detector.watermark.refine`).",
         "",
+        *(
+            [
+                f"Registry: the detector's key has {report['registered_payloads']} registered payloads, so "
+                "every image is also tested with the registered-payload half of the test (a registered "
+                f"payload needs k >= {report['threshold_matches_registered']} bound bits in the count form; "
+                "`detector.watermark.payload`).",
+                "",
+            ]
+            if report.get("registered_payloads")
+            else []
+        ),
         f"Lattice synchronisation (any resize, aspect, rotation, mirror views): {report['search'].get('lattice_sync')};"
         f" content binding: {report['search'].get('binding')}. 'Any claim' counts `forged` and `inverted` too.",
         "",
