@@ -61,8 +61,11 @@ the registered codewords and half on all of them (a weighted Bonferroni bound): 
 gets ``p = 2 * |R| * H * P(score)`` (``H``: the hashes the claim accepts), any payload
 ``p = 2 * 2**payload_bits * H * P(score)``, the smaller one counts. Under H0 each half is at most
 ``fpr / 2``, so every claim keeps its ``fpr``; a mark whose payload is missing from the registry is
-still found, at one bit more of agreement. With 64 bits and 100 registered payloads the count test
-needs 54 bound bits instead of 60 (``threshold(registered=100)``).
+still found, at one bit more of agreement. With 64 bits, binding v2 and 100 registered payloads the
+count test needs 57 bound bits instead of 59 (``threshold(registered=100)``; 54 with one). The set must
+not be chosen after looking at the image: registering a photo's best candidate payload, then testing
+it again, would spend the registered half on that photo (so registry write access is as sensitive as
+the key; docs/security.md).
 """
 
 from __future__ import annotations
