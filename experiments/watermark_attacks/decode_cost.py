@@ -32,13 +32,15 @@ def main(n: int = 200) -> None:
     confidences = np.abs(rng.standard_normal((n, 64)))
     hashes = rng.integers(0, 2, (n, CONTENT_VIEWS, CONTENT_BITS)).astype(np.uint8)
     margins = np.abs(rng.standard_normal(hashes.shape))
-    for label, weighted in (
-        ("count test, plain RS decoding", False),
-        ("weighted test, Chase decoding", True),
+    registry = np.random.default_rng(1).choice(2**16, 100, replace=False)
+    for label, weighted, registered in (
+        ("count test, plain RS decoding", False, None),
+        ("weighted test, Chase decoding", True, None),
+        ("weighted test, Chase decoding, 100 registered payloads", True, registry),
     ):
         start = time.perf_counter()
         for word, conf, h, m in zip(words, confidences, hashes, margins, strict=True):
-            codec.decode(word, conf if weighted else None, 1e-6, h, m)
+            codec.decode(word, conf if weighted else None, 1e-6, h, m, registered)
         per = (time.perf_counter() - start) / n * 1000
         print(
             f"{label}: {per:.2f} ms per decode ({2 * per:.1f} ms per unmarked image with the inverted check)"
