@@ -352,7 +352,8 @@ def by_colour(rows: list[dict]) -> list[str]:
 
 def done_when(summary: list[dict], rows: list[dict], suffix: str = "") -> list[str]:
     """The issue's 'Done when' items, each met or not with its figure (FPR and speed from their runs;
-    a tagged run reads the FPR run of the same tag, ``unseen_photos_TAG``)."""
+    a tagged run reads the FPR run of the same tag, ``unseen_photos_TAG``, less a ``size...`` prefix:
+    the FPR run's views do not depend on the suite's crop size)."""
     import json
 
     by = {s["attack"]: s for s in summary}
@@ -380,7 +381,8 @@ def done_when(summary: list[dict], rows: list[dict], suffix: str = "") -> list[s
             f"- Removal by subtraction fails only below 30 dB: **{'met' if first['psnr'] < 30 else 'not met'}**, "
             f"first failure at {first['attack']} ({first['psnr']} dB)."
         )
-    fpr = HERE.parent / "watermark_fpr" / f"unseen_photos{suffix}" / "results.json"
+    fpr_suffix = re.sub(r"^_size\d+", "", suffix)
+    fpr = HERE.parent / "watermark_fpr" / f"unseen_photos{fpr_suffix}" / "results.json"
     if not fpr.is_file():
         lines.append(
             f"- FPR run: not run for this checkpoint (`{fpr.parent.relative_to(HERE.parent.parent)}`)."
@@ -392,10 +394,11 @@ def done_when(summary: list[dict], rows: list[dict], suffix: str = "") -> list[s
         lines.append(
             f"- FPR run (>= 5,000 images of >= 50 photos, 0 false positives): **{'met' if ok else 'not met'}**, "
             f"{a['any_claim']} claims in {a['n']} images of {a['distinct_source_photos']} photos "
-            f"(95% upper bound {a['fpr_95_upper_bound']:.1e}; `experiments/watermark_fpr/unseen_photos{suffix}`)."
+            f"(95% upper bound {a['fpr_95_upper_bound']:.1e}; `experiments/watermark_fpr/unseen_photos{fpr_suffix}`)."
         )
     # the newest throughput run first (experiments/throughput/RESULTS.md lists them)
-    runs = [HERE.parent / "throughput" / f for f in ("bench_score_weighted.json", "bench_score.json")]
+    names = ("bench_score_scan.json", "bench_score_weighted.json", "bench_score.json")
+    runs = [HERE.parent / "throughput" / f for f in names]
     bench = next((path for path in runs if path.is_file()), runs[-1])
     if bench.is_file():
         ratio = json.loads(bench.read_text())["ratio_to_raw"].get("+ watermark, full search")
