@@ -95,6 +95,10 @@ def test_watermarker_reads_the_registry_and_sees_new_registrations(tmp_path):
     assert after.status == "watermarked" and after.record == record.to_dict()
     assert after.extra["registered_payloads"] == 1 and after.extra["registered_test"] is True
     assert after.p_value < before.p_value
+    # The mark subtracted twice reads inverted; the flag describes the inverted word's test.
+    removed = np.clip(2 * image.astype(int) - marked.astype(int), 0, 255).astype(np.uint8)
+    inverted = wm.detect_array(removed)
+    assert inverted.status == "inverted" and inverted.extra["registered_test"] is True
 
 
 def test_scoring_evidence_never_carries_the_candidate_payload_a_registry_writer_would_need():

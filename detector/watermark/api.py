@@ -382,8 +382,6 @@ class Watermarker:
             extra["registered_payloads"] = len(registered)
         decoded = self.codec.decode(bits, np.abs(logits), self.fpr, received, margins, registered)
         status = "watermarked" if decoded.watermarked else "forged" if decoded.forged else "absent"
-        if registered is not None:  # which half of the test the p-value is from
-            extra["registered_test"] = decoded.registered
         if status == "absent":
             # Subtracting an over-estimated mark flips its bits: the complement of a valid word reads then.
             flipped = self.codec.decode(1 - bits, np.abs(logits), self.fpr, received, margins, registered)
@@ -396,6 +394,8 @@ class Watermarker:
                     watermarked=False,
                     forged=False,
                 )
+        if registered is not None:  # which half of the test the reported p-value is from
+            extra["registered_test"] = decoded.registered
         record = None
         if status != "absent" and self.registry is not None:
             found = self.registry.lookup(self.key.key_id, decoded.payload)

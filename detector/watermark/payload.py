@@ -460,12 +460,12 @@ class PayloadCodec:
         word = self._unscramble(bits)
         for payload, content in self._candidates(word, None if conf is None else conf[self.perm]):
             score = test.score(self.encode(payload, content) == bits)
-            accepted = False
+            dist, accepted = None, False
             if received is not None:
                 differ = int_to_hash(content, self.content_bits) != received  # (views, bits)
                 allowed = (differ.sum(axis=1) <= self.tolerance) & ~(differ & fixed).any(axis=1)
-                accepted = bool(allowed.any())
-            proposed.append((score, payload, content, distance(content), accepted))
+                dist, accepted = int(differ.sum(axis=1).min()), bool(allowed.any())
+            proposed.append((score, payload, content, dist, accepted))
         if received is not None or not self.content_bits:
             # Every codeword the `watermarked` test accepts, scored at once: the best may be one that
             # RS and Chase decoding miss (errors spread over more symbols than they can fix).
